@@ -1,0 +1,193 @@
+package clientip
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// candidates returns every IP address that can be read out of s by splitting
+// it on list, parameter and bracket punctuation and stripping ports: the
+// result of a resolution must always be one of them (or the peer's).
+func candidates(s string) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	s = strings.ReplaceAll(s, `\`, "")
+	fields := strings.FieldsFunc(s, func(r rune) bool {
+		return strings.ContainsRune(",;= \t\"[]\n", r)
+	})
+	for _, f := range fields {
+		for _, c := range []string{f, strings.SplitN(f, ":", 2)[0]} {
+			if ip, err := netip.ParseAddr(c); err == nil {
+				out[ip.Unmap().WithZone("")] = true
+			}
+		}
+	}
+	return out
+}
+
+func fuzzConfigs() []*Resolver {
+	cfgs := []Config{
+		{Strategy: RemoteAddr},
+		{Strategy: SingleHeader, Header: "X-Real-IP"},
+		{Strategy: LeftmostNonPrivate},
+		{Strategy: RightmostNonPrivate},
+		{Strategy: RightmostTrustedCount, TrustedHops: 2},
+		{Strategy: RightmostTrustedRange, TrustedCIDRs: prefixes("10.0.0.0/8", "fd00::/8")},
+		{Strategy: EnvoyXFF},
+		{Strategy: EnvoyXFF, UseRemoteAddress: true, TrustedHops: 1},
+		{Strategy: EnvoyXFF, TrustedCIDRs: prefixes("10.0.0.0/8", "fd00::/8")},
+		{Strategy: LeftmostNonPrivate, Header: "Forwarded"},
+		{Strategy: RightmostNonPrivate, Header: "Forwarded"},
+		{Strategy: RightmostTrustedCount, TrustedHops: 1, Header: "Forwarded"},
+		{Strategy: RightmostTrustedRange, Header: "Forwarded", TrustedCIDRs: prefixes("10.0.0.0/8", "fd00::/8")},
+	}
+	rs := make([]*Resolver, len(cfgs))
+	for i, c := range cfgs {
+		rs[i] = must(New(c))
+	}
+	return rs
+}
+
+func must(r *Resolver, err error) *Resolver {
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// checkResolution asserts the invariants of every resolution: a result is
+// "no result" or an IP that appears in the peer or the headers, the peer is
+// only returned as SourcePeer, header results respect the trust set, and
+// Explain agrees with Resolve.
+func checkResolution(t *testing.T, r *Resolver, peer string, lines []string) {
+	res := r.Resolve(peer, append([]string(nil), lines...))
+	exp, e := r.Explain(peer, append([]string(nil), lines...))
+	if res != exp {
+		t.Fatalf("%v: Resolve %+v != Explain %+v", r.Strategy(), res, exp)
+	}
+	if !res.OK() {
+		if res.Source != SourceNone || e.ClientIP != "" {
+			t.Fatalf("%v: no result with source %v / %q", r.Strategy(), res.Source, e.ClientIP)
+		}
+		if r.Strategy() == EnvoyXFF {
+			if _, st := parsePeer(peer); st == peerIsIP {
+				t.Fatalf("envoy_xff gave no result with IP peer %q", peer)
+			}
+		}
+		return
+	}
+	if res.IP.IsUnspecified() || res.IP.Is4In6() {
+		t.Fatalf("%v: non-canonical or unspecified result %v", r.Strategy(), res.IP)
+	}
+	var pool map[netip.Addr]bool
+	switch res.Source {
+	case SourcePeer:
+		pool = candidates(peer)
+	case SourceHeader:
+		pool = candidates(strings.Join(lines, ","))
+		if r.Strategy() == RightmostTrustedRange && r.trusted.Contains(res.IP) {
+			t.Fatalf("trusted entry %v returned as the client", res.IP)
+		}
+		if (r.Strategy() == LeftmostNonPrivate || r.Strategy() == RightmostNonPrivate) && IsPrivate(res.IP) {
+			t.Fatalf("private %v returned by %v", res.IP, r.Strategy())
+		}
+	default:
+		t.Fatalf("result with source %v", res.Source)
+	}
+	if !pool[res.IP.WithZone("")] {
+		t.Fatalf("%v: result %v does not appear in its source (peer %q, lines %q)", r.Strategy(), res.IP, peer, lines)
+	}
+	if got := e.ClientIP; got != res.IP.String() {
+		t.Fatalf("explanation client_ip %q != %v", got, res.IP)
+	}
+}
+
+func FuzzResolve(f *testing.F) {
+	seeds := []struct{ peer, header string }{
+		{"10.0.0.5:80", "203.0.113.9, 10.1.1.1"},
+		{"[fd00::1]:443", "2001:db8::1, [2606:4700::1]:80\nfd00::2"},
+		{"192.0.2.1:1", `for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711"`},
+		{"/run/sock", `for="_hidden", for=unknown, For="10.0.0.1:_x"`},
+		{"0.0.0.0:0", ",,, ::ffff:1.2.3.4 ,fe80::1%eth0"},
+		{"", `for="6.6.6.6, for=192.0.2.60;ext="a\",b"`},
+	}
+	for _, s := range seeds {
+		f.Add(s.peer, s.header)
+	}
+	rs := fuzzConfigs()
+	f.Fuzz(func(t *testing.T, peer, header string) {
+		var lines []string
+		if header != "" {
+			lines = strings.Split(header, "\n")
+		}
+		for _, r := range rs {
+			checkResolution(t, r, peer, lines)
+		}
+	})
+}
+
+func FuzzParseXFF(f *testing.F) {
+	for _, s := range []string{"1.2.3.4", " [2001:db8::1]:443 ", "1.2.3.4:65536", "::ffff:10.0.0.1", "fe80::1%eth0", "01.2.3.4", "1.2.3.4.5", "[1.2.3.4]:80", "1.2.3.4:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, entry string) {
+		ip, ok := parseNode(entry, false)
+		if !ok {
+			if ip.IsValid() {
+				t.Fatalf("invalid entry %q returned %v", entry, ip)
+			}
+			return
+		}
+		if ip.IsUnspecified() || ip.Is4In6() {
+			t.Fatalf("%q: non-canonical %v", entry, ip)
+		}
+		if !candidates(entry)[ip.WithZone("")] {
+			t.Fatalf("%q parsed to %v, which it does not contain", entry, ip)
+		}
+		// The IPv4 fast path must agree with netip's parser.
+		if v4, rest, ok := parseIPv4Prefix(entry); ok && rest == "" {
+			want, err := netip.ParseAddr(entry)
+			if err != nil || (want.IsUnspecified() && v4.IsValid()) || (!want.IsUnspecified() && v4 != want) {
+				t.Fatalf("fast path %q = %v, netip = %v, %v", entry, v4, want, err)
+			}
+		}
+		bare, bareOK := parseBareIP(entry)
+		if bareOK && bare != ip {
+			t.Fatalf("%q: bare %v != node %v", entry, bare, ip)
+		}
+	})
+}
+
+func FuzzParseForwarded(f *testing.F) {
+	for _, s := range []string{
+		"for=192.0.2.60;proto=http;by=203.0.113.43",
+		`for="[2001:db8:cafe::17]:4711"`,
+		`For="_gazonk"`, "for=unknown", `for="192.0.2.6\0";x="a,b"`,
+		`for=1.2.3.4;for=5.6.7.8`, `for="`, `;;=`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, elem string) {
+		var buf [64]byte
+		node, ok := forwardedFor(elem, &buf)
+		if !ok {
+			return
+		}
+		if !strings.Contains(elem, `\`) && !strings.Contains(elem, node) {
+			t.Fatalf("for=%q is not part of %q", node, elem)
+		}
+		ip, ok := forwardedNode(node)
+		if ok && !candidates(elem)[ip.WithZone("")] {
+			t.Fatalf("%q yielded %v", elem, ip)
+		}
+		// The element iterator must never lose or invent bytes.
+		it := newEntryIter([]string{elem}, kindForwarded)
+		total := 0
+		for raw, more := it.next(); more; raw, more = it.next() {
+			total += len(raw) + 1
+		}
+		if total-1 != len(elem) {
+			t.Fatalf("iterator split %q into %d bytes", elem, total-1)
+		}
+	})
+}

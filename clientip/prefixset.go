@@ -1,0 +1,150 @@
+package clientip
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"slices"
+)
+
+// PrefixSet is an immutable set of CIDR prefixes with allocation-free,
+// O(log n) membership tests: prefixes are merged into sorted, disjoint
+// address ranges searched by bisection. IPv4-mapped IPv6 addresses and
+// prefixes are treated as IPv4; zones are ignored. The zero PrefixSet is
+// empty. A PrefixSet is safe for concurrent use.
+type PrefixSet struct {
+	v4 []range4
+	v6 []range6
+	n  int
+}
+
+type range4 struct{ lo, hi uint32 }
+
+type u128 struct{ hi, lo uint64 }
+
+func (a u128) less(b u128) bool { return a.hi < b.hi || a.hi == b.hi && a.lo < b.lo }
+
+type range6 struct{ lo, hi u128 }
+
+// NewPrefixSet builds a set from prefixes. Invalid prefixes are ignored.
+func NewPrefixSet(prefixes []netip.Prefix) PrefixSet {
+	var s PrefixSet
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			continue
+		}
+		a, bits := p.Addr().WithZone(""), p.Bits()
+		if a.Is4In6() {
+			if bits < 96 {
+				// A prefix wider than ::ffff:0:0/96 covers all of IPv4 space.
+				a, bits = netip.IPv4Unspecified(), 0
+				s.addV6(netip.PrefixFrom(p.Addr().WithZone(""), p.Bits()))
+			} else {
+				a, bits = a.Unmap(), bits-96
+			}
+		}
+		p = netip.PrefixFrom(a, bits).Masked()
+		s.n++
+		if a.Is4() {
+			lo := binary.BigEndian.Uint32(p.Addr().AsSlice())
+			hi := lo | uint32(uint64(1<<(32-bits))-1)
+			s.v4 = append(s.v4, range4{lo, hi})
+		} else {
+			s.addV6(p)
+		}
+	}
+	slices.SortFunc(s.v4, func(a, b range4) int {
+		if a.lo < b.lo {
+			return -1
+		}
+		if a.lo > b.lo {
+			return 1
+		}
+		return 0
+	})
+	merged4 := s.v4[:0]
+	for _, r := range s.v4 {
+		if n := len(merged4); n > 0 && (r.lo <= merged4[n-1].hi || merged4[n-1].hi != ^uint32(0) && r.lo == merged4[n-1].hi+1) {
+			merged4[n-1].hi = max(merged4[n-1].hi, r.hi)
+			continue
+		}
+		merged4 = append(merged4, r)
+	}
+	s.v4 = merged4
+	slices.SortFunc(s.v6, func(a, b range6) int {
+		if a.lo.less(b.lo) {
+			return -1
+		}
+		if b.lo.less(a.lo) {
+			return 1
+		}
+		return 0
+	})
+	merged6 := s.v6[:0]
+	for _, r := range s.v6 {
+		if n := len(merged6); n > 0 && !merged6[n-1].hi.less(r.lo) {
+			if merged6[n-1].hi.less(r.hi) {
+				merged6[n-1].hi = r.hi
+			}
+			continue
+		}
+		merged6 = append(merged6, r)
+	}
+	s.v6 = merged6
+	return s
+}
+
+func (s *PrefixSet) addV6(p netip.Prefix) {
+	p = p.Masked()
+	b := p.Addr().As16()
+	lo := u128{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
+	hi := lo
+	host := 128 - p.Bits()
+	switch {
+	case host >= 64:
+		hi.lo = ^uint64(0)
+		hi.hi |= uint64(1<<(host-64)) - 1
+		if host == 128 {
+			hi.hi = ^uint64(0)
+		}
+	case host > 0:
+		hi.lo |= uint64(1<<host) - 1
+	}
+	s.v6 = append(s.v6, range6{lo, hi})
+}
+
+// Len returns the number of prefixes the set was built from.
+func (s PrefixSet) Len() int { return s.n }
+
+// Contains reports whether ip lies in one of the prefixes.
+func (s *PrefixSet) Contains(ip netip.Addr) bool {
+	if !ip.IsValid() {
+		return false
+	}
+	if ip.Is4() || ip.Is4In6() {
+		b := ip.Unmap().As4()
+		x := binary.BigEndian.Uint32(b[:])
+		// Find the last range whose lo <= x.
+		lo, hi := 0, len(s.v4)
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if s.v4[m].lo <= x {
+				lo = m + 1
+			} else {
+				hi = m
+			}
+		}
+		return lo > 0 && x <= s.v4[lo-1].hi
+	}
+	b := ip.As16()
+	x := u128{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
+	lo, hi := 0, len(s.v6)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if !x.less(s.v6[m].lo) {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo > 0 && !s.v6[lo-1].hi.less(x)
+}

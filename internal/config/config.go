@@ -1,0 +1,97 @@
+// Package config loads and validates realipd's YAML configuration file.
+//
+// Every key has a default (Default returns them), unknown keys are errors,
+// and Validate reports every problem at once with its key path. A loaded
+// Config carries the parsed forms (netip prefixes, clientip.Config) so that no
+// hot path re-parses strings.
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/realipd/realipd/clientip"
+)
+
+// Config is the whole file. Field tags are the YAML keys of DESIGN.md.
+type Config struct {
+	Trust    Trust    `json:"trust"`
+	ExtProc  ExtProc  `json:"extproc"`
+	XDS      XDS      `json:"xds"`
+	OrigDst  OrigDst  `json:"origdst"`
+	Admin    Admin    `json:"admin"`
+	Policies []Policy `json:"policies"`
+}
+
+// Trust selects the client-IP resolution strategy.
+type Trust struct {
+	Strategy         string   `json:"strategy"`
+	Header           string   `json:"header"`
+	TrustedCIDRs     []string `json:"trusted_cidrs"`
+	TrustedHops      *int     `json:"trusted_hops"`
+	UseRemoteAddress *bool    `json:"use_remote_address"`
+
+	clientIP clientip.Config // parsed by Validate
+}
+
+// ExtProc configures the ext_proc gRPC server.
+type ExtProc struct {
+	Enabled            bool     `json:"enabled"`
+	Listen             string   `json:"listen"`
+	ClientIPHeader     string   `json:"client_ip_header"`
+	MetadataNamespace  string   `json:"metadata_namespace"`
+	XFFAppendedByEnvoy bool     `json:"xff_appended_by_envoy"`
+	DenyStatus         int      `json:"deny_status"`
+	DrainTimeout       Duration `json:"drain_timeout"`
+}
+
+// XDS configures the xDS control plane.
+type XDS struct {
+	Enabled        bool     `json:"enabled"`
+	Listen         string   `json:"listen"`
+	Mode           string   `json:"mode"`
+	OutboundPort   int      `json:"outbound_port"`
+	InboundPort    int      `json:"inbound_port"`
+	IPFamilies     []string `json:"ip_families"`
+	HTTPPorts      []int    `json:"http_ports"`
+	ExtProcAddress string   `json:"extproc_address"`
+}
+
+// OrigDst configures the native fallback listener.
+type OrigDst struct {
+	Enabled       bool     `json:"enabled"`
+	Mode          string   `json:"mode"`
+	Listen        []string `json:"listen"`
+	Mark          int      `json:"mark"`
+	TProxyMark    int      `json:"tproxy_mark"`
+	Fallback      string   `json:"fallback"`
+	HTTPPorts     []int    `json:"http_ports"`
+	ProxyProtocol bool     `json:"proxy_protocol"`
+
+	listen []netip.AddrPort // parsed by Validate
+}
+
+// Admin configures the admin HTTP listener.
+type Admin struct {
+	Enabled bool   `json:"enabled"`
+	Listen  string `json:"listen"`
+}
+
+// Policy is one entry of the policies list.
+type Policy struct {
+	Name     string         `json:"name"`
+	Type     string         `json:"type"` // cidr | plugin
+	Deny     []string       `json:"deny,omitempty"`
+	Allow    []string       `json:"allow,omitempty"`
+	Path     string         `json:"path,omitempty"`
+	SHA256   string         `json:"sha256,omitempty"`
+	Timeout  Duration       `json:"timeout,omitempty"`
+	OnError  string         `json:"on_error,omitempty"` // allow | deny
+	CacheTTL Duration       `json:"cache_ttl,omitempty"`
+	Config   map[string]any `json:"config,omitempty"`
+
+	deny, allow []netip.Prefix // parsed by Validate
+}
+
+// Duration is a time.Duration written as a Go duration string ("20ms").
+type Duration struct{ time.Duration }
