@@ -1,9 +1,3 @@
-// Package config loads and validates realipd's YAML configuration file.
-//
-// Every key has a default (Default returns them), unknown keys are errors,
-// and Validate reports every problem at once with its key path. A loaded
-// Config carries the parsed forms (netip prefixes, clientip.Config) so that no
-// hot path re-parses strings.
 package config
 
 import (

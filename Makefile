@@ -1,0 +1,56 @@
+# realipd — run `make help` for the targets.
+
+GO       ?= go
+BIN      ?= bin/realipd
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS  := -X main.version=$(VERSION)
+CONFIG   ?=
+FUZZTIME ?= 10s
+BENCH    ?= .
+
+.DEFAULT_GOAL := help
+.PHONY: help build test race bench fuzz lint fmt run ci clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables: CONFIG=file (run), FUZZTIME=$(FUZZTIME) (fuzz), BENCH=regexp (bench), VERSION=$(VERSION) (build)"
+
+build: ## Build bin/realipd
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/realipd
+
+test: ## Run every test (the README's test command)
+	$(GO) test ./...
+
+race: ## Run every test with the race detector (needs cgo and a C compiler)
+	$(GO) test -race ./...
+
+bench: ## Run the benchmarks (BENCH=regexp to pick some), with allocations
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem ./...
+
+fuzz: ## Run each Fuzz target for FUZZTIME (default 10s)
+	@set -e; for pkg in $$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./...); do \
+		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$target ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+GOFILES = $$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
+
+lint: ## Check formatting (gofmt) and run go vet
+	@unformatted=$$(gofmt -l $(GOFILES)); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+fmt: ## Format every Go file
+	gofmt -w $(GOFILES)
+
+run: ## Run realipd serve (CONFIG=file.yaml, default: built-in defaults)
+	$(GO) run ./cmd/realipd serve $(if $(CONFIG),--config $(CONFIG))
+
+ci: ## Run what CI runs (.ci/run: installs packages, tests, fuzzes)
+	bash .ci/run
+
+clean: ## Remove build output
+	rm -rf bin

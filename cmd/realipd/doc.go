@@ -1,0 +1,15 @@
+// Command realipd finds the real client IP of requests that reach Envoy
+// through CDNs, load balancers and ingress hops, and the original
+// destination of intercepted connections.
+//
+// Usage:
+//
+//	realipd serve    [--config FILE]    run every enabled role until SIGTERM/SIGINT
+//	realipd resolve  [--config FILE] --remote-addr ADDR [-H 'Name: value']... [flags]
+//	realipd validate --config FILE      list every configuration error with its key path
+//	realipd version
+//
+// main is thin: it installs the signal handling and calls run, which tests
+// call in-process. Exit codes: 0 success, 1 failure, no result or invalid
+// configuration, 2 bad command line.
+package main

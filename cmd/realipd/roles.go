@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/realipd/realipd/internal/config"
+)
+
+// A role is one long-running part of realipd (ext_proc server, xDS control
+// plane, admin listener, native listener). run serves until ctx is
+// cancelled, then shuts down gracefully and returns nil. An error returned
+// at any time stops every other role and makes the process exit 1.
+type role struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// buildRoles returns the roles cfg enables, in start order. Each role's
+// constructor is where its package is wired in: it gets the validated
+// configuration and a logger, and returns a role or an error that stops
+// serve before anything starts.
+func buildRoles(cfg *config.Config, logger *slog.Logger) ([]role, error) {
+	var roles []role
+	if cfg.Admin.Enabled {
+		roles = append(roles, pendingRole("admin", logger, "listen", cfg.Admin.Listen))
+	}
+	if cfg.ExtProc.Enabled {
+		roles = append(roles, pendingRole("extproc", logger, "listen", cfg.ExtProc.Listen))
+	}
+	if cfg.XDS.Enabled {
+		roles = append(roles, pendingRole("xds", logger, "listen", cfg.XDS.Listen, "extproc_address", cfg.ExtProcAddress()))
+	}
+	if cfg.OrigDst.Enabled {
+		roles = append(roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))
+	}
+	return roles, nil
+}
+
+// pendingRole stands in for a role whose package is not written yet: it
+// says what it would serve and waits for shutdown.
+func pendingRole(name string, logger *slog.Logger, attrs ...any) role {
+	return role{name: name, run: func(ctx context.Context) error {
+		logger.Warn("role not implemented yet; it would serve here", append([]any{"role", name}, attrs...)...)
+		<-ctx.Done()
+		return nil
+	}}
+}
+
+// runRoles runs every role concurrently until ctx is cancelled (a signal)
+// or one role fails. Then it cancels the others and waits for all of them,
+// but at most grace: a role still running after that is reported as stuck.
+// It returns nil after a clean shutdown, or the errors of the roles that
+// failed.
+func runRoles(ctx context.Context, logger *slog.Logger, roles []role, grace time.Duration) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	var (
+		mu      sync.Mutex
+		errs    []error
+		running = make(map[string]bool, len(roles))
+		wg      sync.WaitGroup
+	)
+	for _, r := range roles {
+		running[r.name] = true
+	}
+	for _, r := range roles {
+		wg.Go(func() {
+			err := r.run(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			delete(running, r.name)
+			switch {
+			case err != nil:
+				logger.Error("role failed", "role", r.name, "err", err)
+				errs = append(errs, fmt.Errorf("%s: %w", r.name, err))
+				cancel(fmt.Errorf("role %s failed", r.name))
+			case ctx.Err() == nil:
+				logger.Info("role finished", "role", r.name)
+			}
+		})
+	}
+	names := make([]string, len(roles))
+	for i, r := range roles {
+		names[i] = r.name
+	}
+	logger.Info("realipd running", "roles", names)
+
+	<-ctx.Done()
+	if cause := context.Cause(ctx); errors.Is(cause, context.Canceled) {
+		logger.Info("shutting down", "reason", "signal")
+	} else {
+		logger.Info("shutting down", "reason", cause)
+	}
+
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		mu.Lock()
+		stuck := make([]string, 0, len(running))
+		for name := range running {
+			stuck = append(stuck, name)
+		}
+		mu.Unlock()
+		slices.Sort(stuck)
+		logger.Error("roles did not stop in time", "roles", stuck, "grace", grace)
+		mu.Lock()
+		defer mu.Unlock()
+		return errors.Join(append(errs, fmt.Errorf("roles %v did not stop within %v", stuck, grace))...)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	logger.Info("realipd stopped")
+	return nil
+}

@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // a failure, no result, an invalid configuration
+	exitUsage   = 2 // bad command line
+)
+
+// exitError ends run with a given exit code. Its message, if any, has
+// already been written to stderr by run.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// exitCode maps run's error to the process exit code.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	if ee, ok := errors.AsType[*exitError](err); ok {
+		return ee.code
+	}
+	return exitFailure
+}
+
+// usageError is a bad command line: exit 2.
+func usageError(format string, args ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// failure is an error already reported on stderr: exit 1.
+func failure(err error) error { return &exitError{code: exitFailure, err: err} }
+
+// command is one subcommand.
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run every enabled role (ext_proc, xDS, admin, native listener) until SIGTERM", runServe},
+		{"resolve", "resolve the client IP of one request given on the command line", runResolve},
+		{"validate", "check a configuration file and list every error with its key path", runValidate},
+		{"version", "print the version", runVersion},
+	}
+}
+
+// run is the whole program: main calls it with os.Args[1:], tests call it
+// in-process. Every message for the user is written to stdout or stderr
+// here; the returned error only carries the exit code (see exitCode).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := dispatch(ctx, args, stdout, stderr)
+	if err == nil {
+		return nil
+	}
+	ee, ok := errors.AsType[*exitError](err)
+	if ok && ee.code == exitOK {
+		return nil // --help
+	}
+	if !ok {
+		fmt.Fprintf(stderr, "realipd: %v\n", err)
+		return failure(err)
+	}
+	if ee.err != nil {
+		fmt.Fprintf(stderr, "realipd: %v\n", ee.err)
+		if ee.code == exitUsage {
+			fmt.Fprintf(stderr, "Run 'realipd help' for usage.\n")
+		}
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		printUsage(stderr)
+		return &exitError{code: exitUsage}
+	}
+	name, rest := args[0], args[1:]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		if len(rest) > 0 && rest[0] != "" {
+			// "realipd help resolve" is "realipd resolve --help".
+			return dispatch(ctx, []string{rest[0], "--help"}, stdout, stderr)
+		}
+		printUsage(stdout)
+		return nil
+	}
+	for _, c := range commands() {
+		if c.name == name {
+			return c.run(ctx, rest, stdout, stderr)
+		}
+	}
+	return usageError("unknown command %q", name)
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprint(w, `realipd finds the real client IP of requests that reach Envoy through
+CDNs, load balancers and ingress hops, and the original destination of
+intercepted connections.
+
+Usage:
+  realipd <command> [flags]
+
+Commands:
+`)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprint(w, `
+Run 'realipd <command> --help' for a command's flags.
+`)
+}
+
+// newFlagSet returns a FlagSet whose usage text starts with synopsis and
+// description.
+func newFlagSet(name, synopsis, description string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage:\n  realipd %s\n\n%s\n", synopsis, strings.TrimSpace(description))
+		hasFlags := false
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintf(w, "\nFlags:\n")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+// parseFlags parses args with fs. --help prints the usage to stdout and
+// ends the command with exit 0 (errHelp); a bad flag prints the flag
+// package's message and the usage to stderr and ends with exit 2.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = stdout.Write(out.Bytes())
+		return errHelp
+	case err != nil:
+		_, _ = stderr.Write(out.Bytes())
+		return &exitError{code: exitUsage}
+	}
+	fs.SetOutput(stderr)
+	if fs.NArg() > 0 {
+		return usageError("%s: unexpected argument %q", fs.Name(), fs.Arg(0))
+	}
+	return nil
+}
+
+// errHelp ends a command successfully after --help.
+var errHelp = &exitError{code: exitOK}
+
+// flagsSet returns the names of the flags given on the command line.
+func flagsSet(fs *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/realipd/realipd/internal/config"
+)
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "serve [--config FILE] [--log-level LEVEL] [--log-format FORMAT]", `
+Run every role the configuration enables (ext_proc server, xDS control plane,
+admin listener, native fallback listener) in one process until SIGTERM or
+SIGINT, then shut them down gracefully and exit 0. Without --config the
+defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin on
+127.0.0.1:9902, the native listener off.`)
+	path := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
+	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	format := fs.String("log-format", "text", "log `FORMAT`: text or json")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr, *level, *format)
+	if err != nil {
+		return usageError("serve: %v", err)
+	}
+	cfg, err := loadOrDefault(*path)
+	if err != nil {
+		return failure(err)
+	}
+	source := *path
+	if source == "" {
+		source = "(built-in defaults)"
+	}
+	logger.Info("realipd starting", "version", versionString(), "config", source)
+	ci := cfg.Trust.ClientIP()
+	logger.Info("client IP resolution", "strategy", ci.Strategy.String(), "header", ci.Header,
+		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies))
+
+	roles, err := buildRoles(cfg, logger)
+	if err != nil {
+		return failure(fmt.Errorf("serve: %w", err))
+	}
+	grace := cfg.ExtProc.DrainTimeout.Duration + 5*time.Second
+	return runRoles(ctx, logger, roles, grace)
+}
+
+// loadOrDefault loads path, or validates the defaults when path is "".
+func loadOrDefault(path string) (*config.Config, error) {
+	if path != "" {
+		return config.Load(path)
+	}
+	cfg := config.Default()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q is not one of debug, info, warn, error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q is not one of text, json", format)
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/realipd/realipd/internal/config"
+)
+
+func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("validate", "validate --config FILE", `
+Check a configuration file. Every error is listed with its key path (for
+example trust.trusted_cidrs[1]) and the exit status is 1; a valid file prints
+a one-line summary and exits 0.`)
+	path := fs.String("config", "", "configuration `FILE` to check (required)")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if *path == "" {
+		return usageError("validate: --config is required")
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return failure(err)
+	}
+	fmt.Fprintf(stdout, "%s: OK (strategy %s; roles: %s; %d policies)\n",
+		*path, cfg.Trust.Strategy, strings.Join(enabledRoles(cfg), ", "), len(cfg.Policies))
+	return nil
+}
+
+// enabledRoles names the roles cfg enables, in start order.
+func enabledRoles(cfg *config.Config) []string {
+	var names []string
+	for _, r := range []struct {
+		name string
+		on   bool
+	}{
+		{"admin", cfg.Admin.Enabled},
+		{"extproc", cfg.ExtProc.Enabled},
+		{"xds", cfg.XDS.Enabled},
+		{"origdst", cfg.OrigDst.Enabled},
+	} {
+		if r.on {
+			names = append(names, r.name)
+		}
+	}
+	if len(names) == 0 {
+		return []string{"none"}
+	}
+	return names
+}

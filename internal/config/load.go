@@ -1,0 +1,230 @@
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Defaults that are not obvious from Default's literal.
+const (
+	DefaultPluginTimeout = 50 * time.Millisecond // policies[].timeout
+	DefaultPluginOnError = "deny"                // policies[].on_error: fail closed
+)
+
+// Default returns the configuration realipd runs with when no file is
+// given: ext_proc, xDS and admin on loopback, the native listener off, and
+// the peer taken as the client (rightmost_trusted_range with no trusted
+// CIDRs). The result is not yet validated: call Validate before using the
+// parsed forms.
+func Default() Config {
+	return Config{
+		Trust: Trust{
+			Strategy: "rightmost_trusted_range",
+			Header:   "X-Forwarded-For",
+		},
+		ExtProc: ExtProc{
+			Enabled:            true,
+			Listen:             "127.0.0.1:9001",
+			ClientIPHeader:     "x-real-ip",
+			MetadataNamespace:  "realipd",
+			XFFAppendedByEnvoy: true,
+			DenyStatus:         403,
+			DrainTimeout:       Duration{10 * time.Second},
+		},
+		XDS: XDS{
+			Enabled:      true,
+			Listen:       "127.0.0.1:18000",
+			Mode:         "redirect",
+			OutboundPort: 15001,
+			InboundPort:  15006,
+			IPFamilies:   []string{"ipv4"},
+			HTTPPorts:    []int{8080},
+		},
+		OrigDst: OrigDst{
+			Enabled:    false,
+			Mode:       "redirect",
+			Listen:     []string{"0.0.0.0:15001"},
+			Mark:       1338,
+			TProxyMark: 1337,
+			Fallback:   "always",
+			HTTPPorts:  []int{},
+		},
+		Admin: Admin{
+			Enabled: true,
+			Listen:  "127.0.0.1:9902",
+		},
+		Policies: []Policy{},
+	}
+}
+
+// Load reads, parses and validates the YAML file at path. A validation
+// failure is a *ValidationError naming the file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: read: %w", err)
+	}
+	return parse(data, path)
+}
+
+// Parse parses and validates a YAML document. Keys that are absent keep
+// their Default value; unknown keys are errors. A validation failure is a
+// *ValidationError listing every problem found.
+func Parse(data []byte) (*Config, error) {
+	return parse(data, "")
+}
+
+func parse(data []byte, file string) (*Config, error) {
+	where := ""
+	if file != "" {
+		where = file + ": "
+	}
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("config: %sparse YAML: %w", where, err)
+	}
+	var tree any
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&tree); err != nil {
+		return nil, fmt.Errorf("config: %sparse YAML: %w", where, err)
+	}
+
+	cfg := Default()
+	var errs errorList
+	if tree != nil {
+		if _, ok := tree.(map[string]any); !ok {
+			return nil, &ValidationError{File: file, Errors: []FieldError{{Msg: "the document must be a mapping of keys, not " + describe(tree)}}}
+		}
+		checkShape(&errs, "", tree, reflect.TypeFor[Config]())
+		// What remains after checkShape has only known keys and values of
+		// the right kinds; decoding it strictly is a second line of defence.
+		clean, err := json.Marshal(tree)
+		if err != nil {
+			return nil, fmt.Errorf("config: %sre-encode: %w", where, err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(clean))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cfg); err != nil {
+			return nil, fmt.Errorf("config: %sdecode: %w", where, err)
+		}
+		applyPolicyDefaults(&cfg, tree.(map[string]any))
+	}
+	if verr := cfg.Validate(); verr != nil {
+		var ve *ValidationError
+		if !errors.As(verr, &ve) {
+			return nil, verr
+		}
+		errs = append(errs, ve.Errors...)
+	}
+	if len(errs) > 0 {
+		sortByDocumentOrder(errs)
+		return nil, &ValidationError{File: file, Errors: errs}
+	}
+	return &cfg, nil
+}
+
+// sortByDocumentOrder orders errors by section (in the order of Config's
+// fields; unknown top-level keys first) and by policy index, keeping the
+// order of errors within one section or policy.
+func sortByDocumentOrder(errs errorList) {
+	sections := sortKeysInFieldOrder(reflect.TypeFor[Config]())
+	rank := func(path string) (int, int) {
+		top, _, _ := strings.Cut(path, ".")
+		name, index, _ := strings.Cut(top, "[")
+		n, _ := strconv.Atoi(strings.TrimSuffix(index, "]"))
+		return slices.Index(sections, name), n
+	}
+	slices.SortStableFunc(errs, func(a, b FieldError) int {
+		sa, ia := rank(a.Path)
+		sb, ib := rank(b.Path)
+		return cmp.Or(cmp.Compare(sa, sb), cmp.Compare(ia, ib))
+	})
+}
+
+// sortKeysInFieldOrder lists the JSON keys of struct type t in field order.
+func sortKeysInFieldOrder(t reflect.Type) []string {
+	var keys []string
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		keys = append(keys, name)
+	}
+	return keys
+}
+
+// applyPolicyDefaults fills the keys a plugin policy left out. It looks at
+// the document rather than at zero values so that an explicit "timeout: 0s"
+// is still reported as an error.
+func applyPolicyDefaults(cfg *Config, doc map[string]any) {
+	list, _ := doc["policies"].([]any)
+	for i := range cfg.Policies {
+		p := &cfg.Policies[i]
+		if p.Type != "plugin" || i >= len(list) {
+			continue
+		}
+		m, _ := list[i].(map[string]any)
+		if _, ok := m["timeout"]; !ok {
+			p.Timeout = Duration{DefaultPluginTimeout}
+		}
+		if _, ok := m["on_error"]; !ok {
+			p.OnError = DefaultPluginOnError
+		}
+	}
+}
+
+// FieldError is one problem with one key.
+type FieldError struct {
+	Path string // key path, e.g. "trust.trusted_cidrs[1]"; "" for the whole document
+	Msg  string
+}
+
+func (e FieldError) Error() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
+
+// ValidationError lists every problem found in a configuration.
+type ValidationError struct {
+	File   string // the file, when loaded with Load
+	Errors []FieldError
+}
+
+// Error prints one problem per line, each with its key path.
+func (e *ValidationError) Error() string {
+	var b strings.Builder
+	b.WriteString("config: ")
+	if e.File != "" {
+		b.WriteString(e.File)
+		b.WriteString(": ")
+	}
+	if len(e.Errors) == 1 {
+		b.WriteString(e.Errors[0].Error())
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%d errors:", len(e.Errors))
+	for _, fe := range e.Errors {
+		b.WriteString("\n  ")
+		b.WriteString(fe.Error())
+	}
+	return b.String()
+}
+
+// errorList collects FieldErrors.
+type errorList []FieldError
+
+func (l *errorList) add(path, format string, args ...any) {
+	*l = append(*l, FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}

@@ -1,0 +1,485 @@
+package config
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/realipd/realipd/clientip"
+)
+
+// Validate checks every key, records the parsed forms (ClientIP,
+// DenyPrefixes, ListenAddrs...) and normalises extproc.client_ip_header to
+// lower case. It returns nil or a *ValidationError listing every problem,
+// each with its key path. Parse and Load call it; call it yourself on a
+// Config built in code (Default included).
+func (c *Config) Validate() error {
+	var errs errorList
+	c.Trust.validate(&errs, "trust", c.OrigDst.ProxyProtocol)
+	c.ExtProc.validate(&errs, "extproc")
+	c.XDS.validate(&errs, "xds", c)
+	c.OrigDst.validate(&errs, "origdst", c)
+	validateListen(&errs, "admin.listen", c.Admin.Listen, true)
+	validatePolicies(&errs, c.Policies)
+	validateDistinctListeners(&errs, c)
+	if len(errs) > 0 {
+		return &ValidationError{Errors: errs}
+	}
+	return nil
+}
+
+// Validate checks the trust section alone (paths start with "trust.") and
+// records its parsed form, returned by ClientIP. Strategy parameters that
+// the strategy does not use are errors.
+func (t *Trust) Validate() error {
+	var errs errorList
+	t.validate(&errs, "trust", false)
+	if len(errs) > 0 {
+		return &ValidationError{Errors: errs}
+	}
+	return nil
+}
+
+// ClientIP returns the trust section as a clientip.Config, ready for
+// clientip.New. It is the zero Config until Validate has succeeded.
+func (t Trust) ClientIP() clientip.Config { return t.clientIP }
+
+// ExtProcAddress is where Envoy reaches the ext_proc server:
+// xds.extproc_address, or extproc.listen when that is empty.
+func (c *Config) ExtProcAddress() string {
+	if c.XDS.ExtProcAddress != "" {
+		return c.XDS.ExtProcAddress
+	}
+	return c.ExtProc.Listen
+}
+
+// DenyPrefixes returns the parsed deny list of a cidr policy (after Validate).
+func (p Policy) DenyPrefixes() []netip.Prefix { return p.deny }
+
+// AllowPrefixes returns the parsed allow list of a cidr policy (after
+// Validate); empty means every client IP not denied may pass.
+func (p Policy) AllowPrefixes() []netip.Prefix { return p.allow }
+
+// ListenAddrs returns the parsed capture addresses of origdst.listen (after
+// Validate), in the order given.
+func (o OrigDst) ListenAddrs() []netip.AddrPort { return o.listen }
+
+// Network splits a listen address of this file into the network and address
+// that net.Listen takes: "unix:///run/x.sock" → ("unix", "/run/x.sock"),
+// anything else → ("tcp", addr).
+func Network(addr string) (network, address string) {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		return "unix", path
+	}
+	return "tcp", addr
+}
+
+// Strategy parameters: which strategies use them.
+var (
+	cidrStrategies = []clientip.Strategy{clientip.RightmostTrustedRange, clientip.EnvoyXFF}
+	hopsStrategies = []clientip.Strategy{clientip.RightmostTrustedCount, clientip.EnvoyXFF}
+)
+
+// validate checks the trust section. cidrsUsedElsewhere allows
+// trusted_cidrs with a strategy that does not read them (origdst's PROXY
+// protocol also uses them).
+func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) {
+	t.clientIP = clientip.Config{}
+	before := len(*errs)
+
+	strategy, strategyErr := clientip.ParseStrategy(t.Strategy)
+	if strategyErr != nil {
+		errs.add(path+".strategy", "%q is not one of %s", t.Strategy, strings.Join(clientip.StrategyNames(), ", "))
+	}
+	prefixes := make([]netip.Prefix, 0, len(t.TrustedCIDRs))
+	for i, s := range t.TrustedCIDRs {
+		p, err := parsePrefix(s)
+		if err != nil {
+			errs.add(fmt.Sprintf("%s.trusted_cidrs[%d]", path, i), "%s", err.Error())
+			continue
+		}
+		prefixes = append(prefixes, p)
+	}
+	if strategyErr != nil {
+		return // the rest depends on the strategy
+	}
+
+	header := t.Header
+	switch {
+	case strategy == clientip.RemoteAddr:
+		header = "" // ignored
+	case header == "":
+		errs.add(path+".header", "required by %s", strategy)
+	case !isToken(header):
+		errs.add(path+".header", "%q is not a valid header name", header)
+	case strategy == clientip.SingleHeader && (strings.EqualFold(header, "X-Forwarded-For") || strings.EqualFold(header, "Forwarded")):
+		errs.add(path+".header", "single_header cannot read %s, a list of hops; name a header that a trusted proxy overwrites with one IP (X-Real-IP, True-Client-IP, CF-Connecting-IP...) or use a list strategy", header)
+	case strategy == clientip.EnvoyXFF && !strings.EqualFold(header, "X-Forwarded-For"):
+		errs.add(path+".header", "envoy_xff reads X-Forwarded-For only, as Envoy does, not %s", header)
+	}
+
+	if len(t.TrustedCIDRs) > 0 && !slices.Contains(cidrStrategies, strategy) && !cidrsUsedElsewhere {
+		errs.add(path+".trusted_cidrs", "not used by %s (only by rightmost_trusted_range and envoy_xff)", strategy)
+	}
+
+	hops := 0
+	switch {
+	case t.TrustedHops != nil && !slices.Contains(hopsStrategies, strategy):
+		errs.add(path+".trusted_hops", "not used by %s (only by rightmost_trusted_count and envoy_xff)", strategy)
+	case strategy == clientip.RightmostTrustedCount:
+		hops = 1
+		if t.TrustedHops != nil {
+			hops = *t.TrustedHops
+		}
+		if hops < 1 {
+			errs.add(path+".trusted_hops", "%d is not valid for rightmost_trusted_count (need >= 1)", hops)
+		} else if hops > clientip.MaxEntries {
+			errs.add(path+".trusted_hops", "%d is more than the %d entries a header may have", hops, clientip.MaxEntries)
+		}
+	case strategy == clientip.EnvoyXFF && t.TrustedHops != nil:
+		hops = *t.TrustedHops
+		if hops < 0 {
+			errs.add(path+".trusted_hops", "%d is not valid for envoy_xff (need >= 0)", hops)
+		}
+	}
+
+	useRemote := false
+	if t.UseRemoteAddress != nil {
+		if strategy != clientip.EnvoyXFF {
+			errs.add(path+".use_remote_address", "not used by %s (only by envoy_xff)", strategy)
+		}
+		useRemote = *t.UseRemoteAddress
+	}
+	if strategy == clientip.EnvoyXFF && len(t.TrustedCIDRs) > 0 && (t.TrustedHops != nil || t.UseRemoteAddress != nil) {
+		errs.add(path+".trusted_cidrs", "cannot be combined with trusted_hops or use_remote_address: envoy_xff emulates either Envoy's xff extension (trusted_cidrs) or use_remote_address with xff_num_trusted_hops")
+	}
+
+	if len(*errs) > before {
+		return
+	}
+	cfg := clientip.Config{
+		Strategy:         strategy,
+		Header:           header,
+		TrustedHops:      hops,
+		UseRemoteAddress: useRemote,
+	}
+	if slices.Contains(cidrStrategies, strategy) {
+		cfg.TrustedCIDRs = prefixes
+	}
+	if _, err := clientip.New(cfg); err != nil {
+		var ce *clientip.ConfigError
+		if !errors.As(err, &ce) {
+			errs.add(path, "%v", err)
+			return
+		}
+		for _, f := range ce.Fields {
+			errs.add(path+"."+f.Field, "%s", f.Reason)
+		}
+		return
+	}
+	t.clientIP = cfg
+}
+
+// parsePrefix parses a CIDR, or a bare IP as a single-address prefix. A
+// CIDR with bits set past its length is refused as a likely typo.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR", s)
+		}
+		if p != p.Masked() {
+			return netip.Prefix{}, fmt.Errorf("%q has address bits set past /%d (did you mean %s?)", s, p.Bits(), p.Masked())
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an IP address", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// forbiddenClientIPHeaders may not be the header realipd writes.
+var forbiddenClientIPHeaders = []string{"host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive", "proxy-connection"}
+
+func (x *ExtProc) validate(errs *errorList, path string) {
+	validateListen(errs, path+".listen", x.Listen, true)
+	switch h := strings.ToLower(x.ClientIPHeader); {
+	case h == "":
+		errs.add(path+".client_ip_header", "required")
+	case !isToken(h):
+		errs.add(path+".client_ip_header", "%q is not a valid header name", x.ClientIPHeader)
+	case slices.Contains(forbiddenClientIPHeaders, h):
+		errs.add(path+".client_ip_header", "%q is a header realipd must not overwrite", x.ClientIPHeader)
+	default:
+		x.ClientIPHeader = h
+	}
+	if x.MetadataNamespace == "" || strings.ContainsFunc(x.MetadataNamespace, isSpaceOrControl) {
+		errs.add(path+".metadata_namespace", "%q is not a valid namespace (non-empty, no spaces)", x.MetadataNamespace)
+	}
+	if x.DenyStatus < 200 || x.DenyStatus > 599 {
+		errs.add(path+".deny_status", "%d is not an HTTP status between 200 and 599", x.DenyStatus)
+	}
+	if x.DrainTimeout.Duration < 0 {
+		errs.add(path+".drain_timeout", "%v is negative", x.DrainTimeout.Duration)
+	}
+}
+
+var (
+	modes      = []string{"redirect", "tproxy"}
+	fallbacks  = []string{"always", "auto", "never"}
+	families   = []string{"ipv4", "ipv6"}
+	policyKind = []string{"cidr", "plugin"}
+)
+
+func (x *XDS) validate(errs *errorList, path string, c *Config) {
+	validateListen(errs, path+".listen", x.Listen, true)
+	oneOf(errs, path+".mode", x.Mode, modes)
+	validatePort(errs, path+".outbound_port", x.OutboundPort)
+	validatePort(errs, path+".inbound_port", x.InboundPort)
+	if x.OutboundPort == x.InboundPort {
+		errs.add(path+".inbound_port", "%d is also the outbound_port", x.InboundPort)
+	}
+	if len(x.IPFamilies) == 0 {
+		errs.add(path+".ip_families", "must list ipv4, ipv6 or both")
+	}
+	for i, f := range x.IPFamilies {
+		p := fmt.Sprintf("%s.ip_families[%d]", path, i)
+		if oneOf(errs, p, f, families) && slices.Index(x.IPFamilies, f) < i {
+			errs.add(p, "%q is listed twice", f)
+		}
+	}
+	validatePorts(errs, path+".http_ports", x.HTTPPorts)
+	if x.ExtProcAddress != "" {
+		validateListen(errs, path+".extproc_address", x.ExtProcAddress, false)
+	} else if x.Enabled && c.ExtProc.Listen != "" {
+		if network, addr := Network(c.ExtProc.Listen); network == "tcp" {
+			if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+				errs.add(path+".extproc_address", "required when extproc.listen has port 0 (Envoy cannot dial an ephemeral port it does not know)")
+			}
+		}
+	}
+}
+
+func (o *OrigDst) validate(errs *errorList, path string, c *Config) {
+	oneOf(errs, path+".mode", o.Mode, modes)
+	o.listen = nil
+	if o.Enabled && len(o.Listen) == 0 {
+		errs.add(path+".listen", "must list at least one capture address when origdst is enabled")
+	}
+	for i, s := range o.Listen {
+		p := fmt.Sprintf("%s.listen[%d]", path, i)
+		ap, err := netip.ParseAddrPort(s)
+		switch {
+		case err != nil:
+			errs.add(p, "%q is not an IP:port (like 0.0.0.0:15001 or [::]:15001)", s)
+		case ap.Addr().Zone() != "":
+			errs.add(p, "%q: zones are not supported", s)
+		case slices.Contains(o.listen, ap):
+			errs.add(p, "%q is listed twice", s)
+		default:
+			o.listen = append(o.listen, ap)
+		}
+	}
+	validateMark(errs, path+".mark", o.Mark)
+	validateMark(errs, path+".tproxy_mark", o.TProxyMark)
+	if o.Mark == o.TProxyMark {
+		errs.add(path+".tproxy_mark", "%d is also origdst.mark; the upstream mark must differ from the TPROXY mark", o.TProxyMark)
+	}
+	if oneOf(errs, path+".fallback", o.Fallback, fallbacks) && o.Fallback == "auto" && o.Enabled && !c.XDS.Enabled {
+		errs.add(path+".fallback", "auto needs xds.enabled (it watches for an Envoy that has ACKed)")
+	}
+	validatePorts(errs, path+".http_ports", o.HTTPPorts)
+	if o.ProxyProtocol && len(c.Trust.TrustedCIDRs) == 0 {
+		errs.add(path+".proxy_protocol", "needs trust.trusted_cidrs: PROXY headers are accepted only from trusted peers")
+	}
+}
+
+func validatePolicies(errs *errorList, policies []Policy) {
+	names := make(map[string]int, len(policies))
+	for i := range policies {
+		p := &policies[i]
+		path := fmt.Sprintf("policies[%d]", i)
+		p.deny, p.allow = nil, nil
+		switch first, seen := names[p.Name]; {
+		case p.Name == "":
+			errs.add(path+".name", "required")
+		case seen:
+			errs.add(path+".name", "%q is already the name of policies[%d]", p.Name, first)
+		default:
+			names[p.Name] = i
+		}
+		if !oneOf(errs, path+".type", p.Type, policyKind) {
+			continue
+		}
+		switch p.Type {
+		case "cidr":
+			p.deny = parsePrefixes(errs, path+".deny", p.Deny)
+			p.allow = parsePrefixes(errs, path+".allow", p.Allow)
+			if len(p.Deny) == 0 && len(p.Allow) == 0 {
+				errs.add(path, "a cidr policy needs deny, allow or both")
+			}
+			for _, f := range []struct {
+				key string
+				set bool
+			}{
+				{"path", p.Path != ""}, {"sha256", p.SHA256 != ""}, {"timeout", p.Timeout.Duration != 0},
+				{"on_error", p.OnError != ""}, {"cache_ttl", p.CacheTTL.Duration != 0}, {"config", p.Config != nil},
+			} {
+				if f.set {
+					errs.add(path+"."+f.key, "not used by cidr policies")
+				}
+			}
+		case "plugin":
+			if p.Path == "" {
+				errs.add(path+".path", "required for a plugin policy")
+			} else if filepath.Clean(p.Path) == "." {
+				errs.add(path+".path", "%q is not a program path", p.Path)
+			}
+			if p.SHA256 != "" {
+				if b, err := hex.DecodeString(p.SHA256); err != nil || len(b) != 32 {
+					errs.add(path+".sha256", "%q is not 64 hexadecimal digits", p.SHA256)
+				}
+			}
+			if p.Timeout.Duration <= 0 {
+				errs.add(path+".timeout", "%v is not a positive duration", p.Timeout.Duration)
+			}
+			oneOf(errs, path+".on_error", p.OnError, []string{"allow", "deny"})
+			if p.CacheTTL.Duration < 0 {
+				errs.add(path+".cache_ttl", "%v is negative", p.CacheTTL.Duration)
+			}
+			if len(p.Deny) > 0 {
+				errs.add(path+".deny", "not used by plugin policies (a plugin takes its settings under config)")
+			}
+			if len(p.Allow) > 0 {
+				errs.add(path+".allow", "not used by plugin policies (a plugin takes its settings under config)")
+			}
+		}
+	}
+}
+
+func parsePrefixes(errs *errorList, path string, list []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(list))
+	for i, s := range list {
+		p, err := parsePrefix(s)
+		if err != nil {
+			errs.add(fmt.Sprintf("%s[%d]", path, i), "%s", err.Error())
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// validateDistinctListeners refuses two enabled roles on one address.
+func validateDistinctListeners(errs *errorList, c *Config) {
+	type listener struct{ path, addr string }
+	var seen []listener
+	for _, l := range []struct {
+		on   bool
+		path string
+		addr string
+	}{
+		{c.ExtProc.Enabled, "extproc.listen", c.ExtProc.Listen},
+		{c.XDS.Enabled, "xds.listen", c.XDS.Listen},
+		{c.Admin.Enabled, "admin.listen", c.Admin.Listen},
+	} {
+		if !l.on || l.addr == "" || strings.HasSuffix(l.addr, ":0") {
+			continue
+		}
+		for _, s := range seen {
+			if s.addr == l.addr {
+				errs.add(l.path, "%q is also %s", l.addr, s.path)
+			}
+		}
+		seen = append(seen, listener{l.path, l.addr})
+	}
+}
+
+// validateListen checks "host:port" (port 0 allowed when listening: the
+// kernel picks one) or "unix:///absolute/path".
+func validateListen(errs *errorList, path, addr string, listening bool) {
+	if addr == "" {
+		errs.add(path, "required (host:port or unix:///absolute/path)")
+		return
+	}
+	if network, p := Network(addr); network == "unix" {
+		if !filepath.IsAbs(p) || filepath.Clean(p) == "/" {
+			errs.add(path, "%q: a unix socket address is unix:// followed by an absolute path", addr)
+		}
+		return
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		errs.add(path, "%q is not host:port or unix:///absolute/path", addr)
+		return
+	}
+	if strings.ContainsAny(host, " /") {
+		errs.add(path, "%q: %q is not a host name or IP address", addr, host)
+	}
+	n, err := strconv.Atoi(port)
+	lowest := 1
+	if listening {
+		lowest = 0
+	}
+	if err != nil || n < lowest || n > 65535 {
+		errs.add(path, "%q: port %q is not between %d and 65535", addr, port, lowest)
+	}
+}
+
+func validatePort(errs *errorList, path string, port int) {
+	if port < 1 || port > 65535 {
+		errs.add(path, "%d is not a port between 1 and 65535", port)
+	}
+}
+
+func validatePorts(errs *errorList, path string, ports []int) {
+	for i, port := range ports {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		validatePort(errs, p, port)
+		if slices.Index(ports, port) < i {
+			errs.add(p, "%d is listed twice", port)
+		}
+	}
+}
+
+func validateMark(errs *errorList, path string, mark int) {
+	if mark < 1 || mark > 0xFFFFFFFF {
+		errs.add(path, "%d is not a fwmark between 1 and 4294967295", mark)
+	}
+}
+
+// oneOf records an error unless v is one of allowed, and reports whether it is.
+func oneOf(errs *errorList, path, v string, allowed []string) bool {
+	if slices.Contains(allowed, v) {
+		return true
+	}
+	errs.add(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	return false
+}
+
+// isToken reports whether s is an HTTP field name (RFC 9110 token).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }
