@@ -9,7 +9,7 @@ FUZZTIME ?= 10s
 BENCH    ?= .
 
 .DEFAULT_GOAL := help
-.PHONY: help build test race bench fuzz lint fmt run ci clean
+.PHONY: help build test race bench fuzz lint fmt proto proto-check run ci clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,13 @@ lint: ## Check formatting (gofmt) and run go vet
 
 fmt: ## Format every Go file
 	gofmt -w $(GOFILES)
+
+proto: ## Regenerate the plugin API code (needs protoc, protoc-gen-go, protoc-gen-go-grpc)
+	plugins/proto/gen.sh
+
+proto-check: ## Fail if the committed plugin API code differs from a regeneration
+	plugins/proto/gen.sh
+	git diff --exit-code -- plugins/proto
 
 run: ## Run realipd serve (CONFIG=file.yaml, default: built-in defaults)
 	$(GO) run ./cmd/realipd serve $(if $(CONFIG),--config $(CONFIG))

@@ -386,25 +386,38 @@ func forwardedNode(node string) (netip.Addr, bool) {
 func parseIPv4Prefix(s string) (ip netip.Addr, rest string, ok bool) {
 	var b [4]byte
 	i := 0
-	for f := 0; f < 4; f++ {
+	for f := range 4 {
 		if f > 0 {
 			if i >= len(s) || s[i] != '.' {
 				return netip.Addr{}, "", false
 			}
 			i++
 		}
-		start, v := i, 0
-		for i < len(s) && s[i] >= '0' && s[i] <= '9' && i-start < 3 {
-			v = v*10 + int(s[i]-'0')
-			i++
+		if i >= len(s) {
+			return netip.Addr{}, "", false
 		}
-		n := i - start
-		if n == 0 || v > 255 || n > 1 && s[start] == '0' {
+		d := s[i] - '0'
+		if d > 9 {
+			return netip.Addr{}, "", false
+		}
+		i++
+		v := uint(d)
+		if d != 0 { // a field never has a leading zero: "0" ends it
+			for n := 1; n < 3 && i < len(s); n++ {
+				d = s[i] - '0'
+				if d > 9 {
+					break
+				}
+				v = v*10 + uint(d)
+				i++
+			}
+		}
+		if v > 255 {
 			return netip.Addr{}, "", false
 		}
 		b[f] = byte(v)
 	}
-	if i < len(s) && (s[i] >= '0' && s[i] <= '9' || s[i] == '.') {
+	if i < len(s) && (s[i]-'0' <= 9 || s[i] == '.') {
 		return netip.Addr{}, "", false
 	}
 	if b == [4]byte{} {

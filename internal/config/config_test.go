@@ -204,7 +204,7 @@ func TestValidate(t *testing.T) {
 		{name: "plugin policy", yaml: "policies: [{name: p, type: plugin, sha256: ABCD, timeout: 0s, on_error: maybe, cache_ttl: -1s, deny: [10.0.0.0/8]}]",
 			want: map[string]string{"policies[0].path": "required", "policies[0].sha256": "not 64 hexadecimal", "policies[0].timeout": "not a positive duration",
 				"policies[0].on_error": `"maybe" is not one of allow, deny`, "policies[0].cache_ttl": "negative", "policies[0].deny": "not used by plugin"}},
-		{name: "plugin defaults", yaml: "policies: [{name: p, type: plugin, path: /bin/true}]"},
+		{name: "plugin defaults", yaml: "policies: [{name: p, type: plugin, path: /bin/true, sha256: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}]"},
 		{name: "unknown keys", yaml: "trust: {stratgy: x}\nextra: 1\npolicies: [{name: a, type: cidr, deny: [10.0.0.0/8], dney: []}]",
 			want: map[string]string{"trust.stratgy": "unknown key", "extra": "unknown key", "policies[0].dney": "unknown key"}},
 		{name: "keys are case sensitive", yaml: "trust: {Strategy: remote_addr}",
@@ -212,7 +212,7 @@ func TestValidate(t *testing.T) {
 		{name: "wrong kinds", yaml: "extproc: {enabled: 1, deny_status: 4.5, listen: 9001}\nxds: {http_ports: 8080}\norigdst: {listen: [15001]}\npolicies: {}",
 			want: map[string]string{"extproc.enabled": "must be true or false", "extproc.deny_status": "whole number", "extproc.listen": "must be a string",
 				"xds.http_ports": "must be a list", "origdst.listen[0]": "must be a string", "policies": "must be a list"}},
-		{name: "duration forms", yaml: "extproc: {drain_timeout: 0}\npolicies: [{name: p, type: plugin, path: /p, timeout: 1.5}]",
+		{name: "duration forms", yaml: "extproc: {drain_timeout: 0}\npolicies: [{name: p, type: plugin, path: /p, sha256: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, timeout: 1.5}]",
 			want: map[string]string{"policies[0].timeout": "write it with a unit"}},
 		{name: "duration garbage", yaml: "extproc: {drain_timeout: soon}",
 			want: map[string]string{"extproc.drain_timeout": `"soon" is not a duration`}},
@@ -295,7 +295,7 @@ func TestParsedForms(t *testing.T) {
 }
 
 func TestPluginDefaults(t *testing.T) {
-	c, err := Parse([]byte("policies: [{name: p, type: plugin, path: /bin/p}]"))
+	c, err := Parse([]byte("policies: [{name: p, type: plugin, path: /bin/p, sha256: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}]"))
 	if err != nil {
 		t.Fatal(err)
 	}

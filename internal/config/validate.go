@@ -343,7 +343,9 @@ func validatePolicies(errs *errorList, policies []Policy) {
 			} else if filepath.Clean(p.Path) == "." {
 				errs.add(path+".path", "%q is not a program path", p.Path)
 			}
-			if p.SHA256 != "" {
+			if p.SHA256 == "" {
+				errs.add(path+".sha256", "required for a plugin policy: the binary's SHA-256, so a replaced binary is refused (sha256sum PATH)")
+			} else {
 				if b, err := hex.DecodeString(p.SHA256); err != nil || len(b) != 32 {
 					errs.add(path+".sha256", "%q is not 64 hexadecimal digits", p.SHA256)
 				}
