@@ -1,0 +1,200 @@
+package host
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/plugins"
+	policypb "github.com/realipd/realipd/plugins/proto"
+)
+
+// inputs is what a plugin said its decisions depend on (policypb.Inputs),
+// besides the client IP. The host sends only these fields and keys the cache
+// on exactly them, so a cached decision is never reused for a request the
+// plugin could have told apart.
+type inputs struct {
+	all         bool
+	peer        bool
+	originalDst bool
+	resolution  bool
+	listener    bool
+	route       bool
+	headers     []string // lower-case
+	ipOnly      bool
+}
+
+func inputsFromProto(p *policypb.Inputs) *inputs {
+	if p == nil || p.GetAll() {
+		return &inputs{all: true}
+	}
+	in := &inputs{
+		peer:        p.GetPeer(),
+		originalDst: p.GetOriginalDst(),
+		resolution:  p.GetResolution(),
+		listener:    p.GetListener(),
+		route:       p.GetRoute(),
+	}
+	for _, h := range p.GetHeaders() {
+		h = strings.ToLower(h)
+		if !slices.Contains(in.headers, h) {
+			in.headers = append(in.headers, h)
+		}
+	}
+	slices.Sort(in.headers)
+	in.ipOnly = !in.peer && !in.originalDst && !in.resolution && !in.listener && !in.route && len(in.headers) == 0
+	return in
+}
+
+func (in *inputs) equal(o *inputs) bool {
+	return in.all == o.all && in.peer == o.peer && in.originalDst == o.originalDst &&
+		in.resolution == o.resolution && in.listener == o.listener && in.route == o.route &&
+		slices.Equal(in.headers, o.headers)
+}
+
+func (in *inputs) String() string {
+	if in.all {
+		return "all"
+	}
+	var parts []string
+	parts = append(parts, "client_ip")
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{in.peer, "peer"}, {in.originalDst, "original_dst"}, {in.resolution, "resolution"}, {in.listener, "listener"}, {in.route, "route"}} {
+		if f.on {
+			parts = append(parts, f.name)
+		}
+	}
+	for _, h := range in.headers {
+		parts = append(parts, "header:"+h)
+	}
+	return strings.Join(parts, ",")
+}
+
+// wantHeader reports whether the request header named name is an input.
+func (in *inputs) wantHeader(name string) bool {
+	if in.all {
+		return true
+	}
+	for _, h := range in.headers {
+		if strings.EqualFold(h, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// key returns the cache key of req. It allocates only when the plugin reads
+// more than the client IP, and then once.
+func (in *inputs) key(req *plugins.Request) cacheKey {
+	k := cacheKey{ip: req.ClientIP}
+	if in.ipOnly {
+		return k
+	}
+	var buf [256]byte
+	b := buf[:0]
+	if in.all || in.peer {
+		b = appendField(b, 'p', req.Peer)
+	}
+	if in.all || in.originalDst {
+		b = append(b, 'o')
+		b, _ = req.OriginalDst.AppendBinary(b)
+	}
+	if in.all || in.resolution {
+		b = append(b, 'r', byte(req.Strategy), byte(req.Resolution.Source), byte(req.Resolution.Reason))
+		b = binary.AppendVarint(b, int64(req.Resolution.Position))
+	}
+	if in.all || in.listener {
+		b = appendField(b, 'l', req.Listener)
+	}
+	if in.all || in.route {
+		b = appendField(b, 't', req.Route)
+	}
+	for _, h := range req.Headers {
+		if in.wantHeader(h.Name) {
+			b = append(b, 'h')
+			b = binary.AppendUvarint(b, uint64(len(h.Name)))
+			for i := 0; i < len(h.Name); i++ { // lower-cased, as the plugin sees it
+				c := h.Name[i]
+				if 'A' <= c && c <= 'Z' {
+					c += 'a' - 'A'
+				}
+				b = append(b, c)
+			}
+			b = appendField(b, 'v', h.Value)
+		}
+	}
+	k.rest = string(b)
+	return k
+}
+
+// appendField appends a tag, the length of s and s: an unambiguous encoding
+// of a sequence of strings.
+func appendField(b []byte, tag byte, s string) []byte {
+	b = append(b, tag)
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// request builds the message for the plugin: the client IP and the declared
+// inputs only.
+func (in *inputs) request(req *plugins.Request) *policypb.DecideRequest {
+	pr := &policypb.DecideRequest{}
+	if req.ClientIP.IsValid() {
+		pr.ClientIp = req.ClientIP.String()
+	}
+	if in.all || in.peer {
+		pr.Peer = req.Peer
+	}
+	if (in.all || in.originalDst) && req.OriginalDst.IsValid() {
+		pr.OriginalDst = req.OriginalDst.String()
+	}
+	if in.all || in.resolution {
+		pr.Resolution = &policypb.Resolution{
+			Strategy:     name(req.Strategy),
+			ResolvedFrom: sourceName(req.Resolution.Source),
+			Reason:       name(req.Resolution.Reason),
+			Position:     int32(req.Resolution.Position),
+		}
+	}
+	if in.all || in.listener {
+		pr.Listener = req.Listener
+	}
+	if in.all || in.route {
+		pr.Route = req.Route
+	}
+	if !in.ipOnly {
+		for _, h := range req.Headers {
+			if in.wantHeader(h.Name) {
+				pr.Headers = append(pr.Headers, &policypb.Header{Name: strings.ToLower(h.Name), Value: h.Value})
+			}
+		}
+	}
+	return pr
+}
+
+// name returns the contract name of a clientip enum through its String
+// method, "" for the zero value.
+func name[T ~uint8](v T) string {
+	if v == 0 {
+		return ""
+	}
+	if s, ok := any(v).(fmt.Stringer); ok {
+		return s.String()
+	}
+	return fmt.Sprint(uint8(v))
+}
+
+func sourceName(s clientip.Source) string {
+	switch s {
+	case clientip.SourceHeader:
+		return "header"
+	case clientip.SourcePeer:
+		return "peer"
+	default:
+		return ""
+	}
+}
