@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/realipd/realipd/internal/config"
 )
 
@@ -27,11 +29,16 @@ type role struct {
 // serve before anything starts.
 func buildRoles(cfg *config.Config, logger *slog.Logger) ([]role, error) {
 	var roles []role
+	reg := prometheus.NewRegistry() // every role registers its metrics here; the admin role serves it
 	if cfg.Admin.Enabled {
 		roles = append(roles, pendingRole("admin", logger, "listen", cfg.Admin.Listen))
 	}
 	if cfg.ExtProc.Enabled {
-		roles = append(roles, pendingRole("extproc", logger, "listen", cfg.ExtProc.Listen))
+		r, _, err := extprocRole(cfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		roles = append(roles, r)
 	}
 	if cfg.XDS.Enabled {
 		roles = append(roles, pendingRole("xds", logger, "listen", cfg.XDS.Listen, "extproc_address", cfg.ExtProcAddress()))

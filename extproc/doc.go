@@ -1,0 +1,43 @@
+// Package extproc is realipd's envoy.service.ext_proc.v3.ExternalProcessor:
+// Envoy's ext_proc HTTP filter streams each request's headers to it, and it
+// answers with the real client IP as a request header (x-real-ip), dynamic
+// metadata, or an immediate deny from the policy chain.
+//
+// Protocol rules it keeps, since Envoy turns any slip into a 500 or 504 for
+// the user's request:
+//
+//   - every message gets exactly one answer of the matching oneof, a
+//     pass-through for the phases realipd does not act on (response headers,
+//     bodies, trailers); messages with observability_mode get none;
+//   - io.EOF and cancellation end a stream normally (status OK);
+//   - header values are read from raw_value (value when raw_value is empty)
+//     and written in raw_value only, with append_action set explicitly to
+//     OVERWRITE_IF_EXISTS_OR_ADD, so a client-sent x-real-ip never survives;
+//   - the peer is the source.address request attribute under the attributes
+//     key "envoy.filters.http.ext_proc" ("ip:port" or "[v6]:port"); without
+//     it, resolution uses the headers only (counted, logged once);
+//   - a deny is an ImmediateResponse with an explicit status (deny_status),
+//     a short text body and details "realipd_policy_denied".
+//
+// Dynamic metadata goes under the configured namespace (default realipd) as
+// string fields client_ip, peer, strategy, resolved_from (header, peer, or
+// none when there is no client IP at all), decision (allow, deny) and, on
+// deny, policy. Fields and headers a policy adds to its decision are merged
+// in; realipd's own fields and its client-IP header win, and headers Envoy
+// would reject (not a lower-case token, or a value with NUL, CR or LF) are
+// dropped.
+//
+// With Settings.XFFAppendedByEnvoy and a strategy reading X-Forwarded-For,
+// the last X-Forwarded-For entry (the one Envoy appended) is removed before
+// resolving; when it differs from source.address the
+// realipd_extproc_xff_mismatch_total counter goes up (an X-Forwarded-For
+// header missing altogether counts too).
+//
+// The hot path reads and writes protobuf wire format directly (wire.go,
+// encode.go) and takes its settings from an atomic pointer, so Update can
+// swap resolver, policies and names while streams run.
+//
+// Serving: TCP or unix:///path, grpc.health.v1 (SERVING for "" and
+// ServiceName until the drain), server reflection, keepalive enforcement, and
+// a bounded graceful drain when Serve's context ends.
+package extproc

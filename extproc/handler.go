@@ -1,0 +1,302 @@
+package extproc
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/plugins"
+)
+
+// Defaults of Settings fields left empty.
+const (
+	DefaultClientIPHeader    = "x-real-ip"
+	DefaultMetadataNamespace = "realipd"
+	DefaultDenyStatus        = 403
+)
+
+// denyBody is the ImmediateResponse body when the deciding policy gives none.
+const denyBody = "access denied\n"
+
+// denyDetails is ImmediateResponse.details (Envoy's %RESPONSE_CODE_DETAILS%);
+// Envoy wants no whitespace there.
+const denyDetails = "realipd_policy_denied"
+
+// Values of the resolved_from metadata field.
+const (
+	resolvedHeader = "header"
+	resolvedPeer   = "peer"
+	resolvedNone   = "none"
+)
+
+// passThrough holds the serialized pass-through answer of each phase: the
+// matching oneof member with an empty body, meaning "continue unchanged".
+var passThrough = func() [phaseResponseTrailers + 1][]byte {
+	var out [phaseResponseTrailers + 1][]byte
+	msgs := map[phase]*extprocv3.ProcessingResponse{
+		phaseRequestHeaders:   {Response: &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}},
+		phaseResponseHeaders:  {Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}},
+		phaseRequestBody:      {Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}},
+		phaseResponseBody:     {Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}},
+		phaseRequestTrailers:  {Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}},
+		phaseResponseTrailers: {Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}},
+	}
+	for p, m := range msgs {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			panic("extproc: marshal pass-through response: " + err.Error())
+		}
+		out[p] = b
+	}
+	return out
+}()
+
+// validDenyStatus reports whether Envoy accepts code as an ImmediateResponse
+// status: a defined type.v3.StatusCode of at least 200.
+func validDenyStatus(code int) bool {
+	if code < 200 || code > 599 {
+		return false
+	}
+	_, ok := typev3.StatusCode_name[int32(code)]
+	return ok
+}
+
+// state is one immutable set of runtime settings; Update swaps it atomically.
+type state struct {
+	resolver       *clientip.Resolver
+	strategy       clientip.Strategy
+	strategyName   string
+	header         string // lower-case header the resolver reads ("" for remote_addr)
+	trimXFF        bool   // remove Envoy's appended X-Forwarded-For entry first
+	chain          *plugins.Chain
+	clientIPHeader string
+	namespace      string
+	denyStatus     int
+	allowCount     interface{ Inc() }
+	denyCount      interface{ Inc() }
+}
+
+// handle answers one serialized ProcessingRequest msg by filling out; it
+// reports false when the message gets no answer (observability mode, or a
+// message carrying no phase, which only flow-control updates do and realipd
+// never enables flow control). An error means msg could not be decoded.
+// Nothing handle returns refers to msg.
+func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, error) {
+	start := time.Now()
+	st := s.state.Load()
+	req, err := parseRequest(in.b, st.header, in.lines[:0])
+	in.lines = req.lines[:0] // keep a grown buffer for the stream's next message
+	if err != nil {
+		s.m.malformed.Inc()
+		return false, err
+	}
+	if req.observability {
+		s.m.observed.Inc()
+		return false, nil
+	}
+	if req.phase != phaseRequestHeaders {
+		s.m.messageBy[req.phase].Inc()
+		if req.phase == phaseNone {
+			return false, nil
+		}
+		out.b, out.pooled = passThrough[req.phase], nil
+		return true, nil
+	}
+	out.b, out.pooled = nil, s.requestHeaders(ctx, st, &req)
+	s.m.messageBy[phaseRequestHeaders].Inc()
+	s.m.latency.Observe(time.Since(start).Seconds())
+	return true, nil
+}
+
+// requestHeaders resolves, runs the policies and encodes the answer.
+func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[]byte {
+	peer := req.peer
+	if !req.hasPeer {
+		peer = ""
+		s.m.noPeer.Inc()
+		s.warnNoPeer.Do(func() {
+			s.log.Warn("extproc: request without the source.address attribute: resolving from headers only; add source.address to the ext_proc filter's request_attributes")
+		})
+	}
+	lines := req.lines
+	if st.trimXFF {
+		var last string
+		lines, last = clientip.TrimLastEntry(lines)
+		if req.hasPeer {
+			p, pok := peerAddr(peer)
+			l, lok := peerAddr(last)
+			if !pok || !lok || p != l {
+				s.m.mismatch.Inc()
+			}
+		}
+	}
+	res := st.resolver.Resolve(peer, lines)
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.explain(ctx, st, req, peer, lines)
+	}
+	ip := res.IP
+	from := resolvedHeader
+	switch {
+	case !res.OK():
+		s.m.failure(res.Reason)
+		if a, ok := peerAddr(peer); ok {
+			ip, from = a, resolvedPeer
+		} else {
+			from = resolvedNone
+		}
+	case res.Source == clientip.SourcePeer:
+		from = resolvedPeer
+	}
+
+	var verdict plugins.Verdict
+	if st.chain.Len() > 0 {
+		verdict = st.chain.Decide(ctx, newPolicyRequest(ip, peer, res, st.strategy))
+		if verdict.Err != nil {
+			s.m.policyErrors.WithLabelValues(verdict.ErrPolicy).Inc()
+			s.log.Debug("extproc: policy failed; on_error applied", "policy", verdict.ErrPolicy, "error", verdict.Err, "deny", verdict.Deny)
+		}
+	}
+
+	var ipBuf [64]byte
+	ipText := ""
+	if ip.IsValid() {
+		ipText = bytesString(ip.AppendTo(ipBuf[:0]))
+	}
+	// Filled by index, not append, so that nothing here escapes to the heap.
+	var fieldsBuf [6]metaField
+	fieldsBuf[0] = metaField{"client_ip", ipText}
+	fieldsBuf[1] = metaField{"peer", peer}
+	fieldsBuf[2] = metaField{"strategy", st.strategyName}
+	fieldsBuf[3] = metaField{"resolved_from", from}
+	md := metadata{namespace: st.namespace}
+	var setBuf [1]header
+	var mut mutation
+
+	if verdict.Deny {
+		st.denyCount.Inc()
+		fieldsBuf[4] = metaField{"decision", "deny"}
+		fieldsBuf[5] = metaField{"policy", verdict.Policy}
+		md.fields = fieldsBuf[:6]
+		status := st.denyStatus
+		if verdict.Status != 0 && validDenyStatus(verdict.Status) {
+			status = verdict.Status
+		}
+		body := verdict.Body
+		if body == "" {
+			body = denyBody
+		}
+		setBuf[0] = header{"content-type", "text/plain; charset=utf-8"}
+		mut.set = setBuf[:1]
+		mut.policy = verdict.Headers
+		return encodeImmediateResponse(answerPool, status, &mut, body, denyDetails, &md)
+	}
+	st.allowCount.Inc()
+	fieldsBuf[4] = metaField{"decision", "allow"}
+	md.fields = fieldsBuf[:5]
+	md.extra = verdict.Metadata
+	var removeBuf [1]string
+	if ipText != "" {
+		setBuf[0] = header{st.clientIPHeader, ipText}
+		mut.set = setBuf[:1]
+	} else {
+		removeBuf[0] = st.clientIPHeader
+		mut.remove = removeBuf[:1]
+	}
+	mut.policy = verdict.Headers
+	return encodeHeadersResponse(answerPool, &mut, &md)
+}
+
+// policyRequest is a plugins.Request allocated together with room for a
+// copy of the peer: the peer string handle receives views the stream's
+// receive buffer, which the next message overwrites, while a policy may keep
+// what it is given.
+type policyRequest struct {
+	req     plugins.Request
+	peerBuf [48]byte
+}
+
+func newPolicyRequest(ip netip.Addr, peer string, res clientip.Result, strategy clientip.Strategy) *plugins.Request {
+	pr := &policyRequest{req: plugins.Request{ClientIP: ip, Resolution: res, Strategy: strategy}}
+	if len(peer) <= len(pr.peerBuf) {
+		n := copy(pr.peerBuf[:], peer)
+		pr.req.Peer = bytesString(pr.peerBuf[:n])
+	} else {
+		pr.req.Peer = strings.Clone(peer)
+	}
+	return &pr.req
+}
+
+// validPolicyHeader reports whether Envoy would accept a header a policy
+// asks for: a lower-case token name, a value without NUL, CR or LF.
+func validPolicyHeader(h plugins.Header) bool {
+	return validHeaderName(h.Name) && !strings.ContainsAny(h.Value, "\x00\r\n")
+}
+
+// validHeaderName reports whether name is a lower-case HTTP token (Envoy
+// rejects mutations of pseudo-headers and upper-case names in HTTP/2).
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := range len(name) {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// peerAddr parses an "ip:port", "[v6]:port" or bare IP, unmapped and without
+// port; 0.0.0.0, :: and non-IPs are not usable. It does not allocate.
+func peerAddr(s string) (netip.Addr, bool) {
+	if s == "" {
+		return netip.Addr{}, false
+	}
+	var a netip.Addr
+	if s[0] == '[' || strings.Count(s, ":") == 1 {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		a = ap.Addr()
+	} else {
+		var err error
+		if a, err = netip.ParseAddr(s); err != nil {
+			return netip.Addr{}, false
+		}
+	}
+	a = a.Unmap()
+	if a.IsUnspecified() {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// explain logs the resolution step by step at debug level.
+func (s *Server) explain(ctx context.Context, st *state, req *request, peer string, lines []string) {
+	_, ex := st.resolver.Explain(peer, lines)
+	detail := ex.Detail
+	if !req.hasPeer {
+		detail = "no source.address attribute: resolved from headers only. " + detail
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "extproc: resolved",
+		slog.String("strategy", ex.Strategy),
+		slog.String("peer", ex.Peer),
+		slog.String("client_ip", ex.ClientIP),
+		slog.String("resolved_from", ex.ResolvedFrom),
+		slog.String("reason", ex.Reason),
+		slog.Any("entries", ex.Entries),
+		slog.String("detail", detail),
+	)
+}

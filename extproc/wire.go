@@ -1,0 +1,511 @@
+package extproc
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// This file reads and writes the few parts of envoy.service.ext_proc.v3
+// messages realipd needs directly in protobuf wire format. The generated Go
+// types cost dozens of allocations per request headers message (one per
+// header, per string, per map entry); reading in place costs none. The
+// decoder follows protobuf's merge rules exactly (last oneof member wins,
+// repeated message fields merge, a later map entry replaces an earlier one
+// with the same key), which a differential fuzz test checks against
+// proto.Unmarshal.
+
+// phase is the ProcessingRequest oneof member, numbered as its field.
+type phase uint8
+
+// Phases (ProcessingRequest field numbers of the request oneof).
+const (
+	phaseNone             phase = 0
+	phaseRequestHeaders   phase = 2
+	phaseResponseHeaders  phase = 3
+	phaseRequestBody      phase = 4
+	phaseResponseBody     phase = 5
+	phaseRequestTrailers  phase = 6
+	phaseResponseTrailers phase = 7
+)
+
+var phaseNames = [...]string{
+	phaseNone:             "none",
+	phaseRequestHeaders:   "request_headers",
+	phaseResponseHeaders:  "response_headers",
+	phaseRequestBody:      "request_body",
+	phaseResponseBody:     "response_body",
+	phaseRequestTrailers:  "request_trailers",
+	phaseResponseTrailers: "response_trailers",
+}
+
+func (p phase) String() string {
+	if int(p) < len(phaseNames) {
+		return phaseNames[p]
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
+}
+
+// Field numbers used by the decoder.
+const (
+	fieldReqAttributes    = 9  // ProcessingRequest.attributes
+	fieldReqObservability = 10 // ProcessingRequest.observability_mode
+	fieldHTTPHeaders      = 1  // HttpHeaders.headers (HeaderMap)
+	fieldHeaderMapHeaders = 1  // HeaderMap.headers (HeaderValue)
+	fieldHVKey            = 1  // HeaderValue.key
+	fieldHVValue          = 2  // HeaderValue.value
+	fieldHVRawValue       = 3  // HeaderValue.raw_value
+	fieldMapKey           = 1  // map entry key
+	fieldMapValue         = 2  // map entry value
+	fieldStructFields     = 1  // google.protobuf.Struct.fields
+	fieldValueString      = 3  // google.protobuf.Value.string_value
+	valueKindMin          = 1  // google.protobuf.Value kind oneof: fields 1..6
+	valueKindMax          = 6
+)
+
+// attributesKey is the ProcessingRequest.attributes key Envoy's ext_proc
+// filter files request attributes under.
+const attributesKey = "envoy.filters.http.ext_proc"
+
+// sourceAddressAttr is the attribute holding the downstream peer.
+const sourceAddressAttr = "source.address"
+
+var errMalformed = errors.New("malformed protobuf")
+
+// request is what realipd reads from a ProcessingRequest. Its strings point
+// into the message buffer, which must stay unmodified while they are used.
+type request struct {
+	phase         phase
+	observability bool
+	hasPeer       bool   // the source.address attribute was present as a string
+	peer          string // source.address
+	lines         []string
+}
+
+// bytesString returns a string sharing b's memory. The caller guarantees b
+// is never modified afterwards.
+func bytesString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// parseRequest decodes msg, a serialized ProcessingRequest. It collects into
+// lines (appending, in order) the values of every request header named want
+// (lower-case; compared ASCII case-insensitively), read from raw_value or,
+// when that is empty, value. It does not allocate unless lines must grow.
+func parseRequest(msg []byte, want string, lines []string) (request, error) {
+	r := request{lines: lines}
+	hdrFrom := 0    // request_headers occurrences before this offset were discarded by a later oneof member
+	var attr []byte // the last attributes entry with our key
+	off := 0
+	for off < len(msg) {
+		b := msg[off:]
+		num, typ, n := consumeTag(b)
+		if n < 0 {
+			return r, errMalformed
+		}
+		switch {
+		case num >= protowire.Number(phaseRequestHeaders) && num <= protowire.Number(phaseResponseTrailers) && typ == protowire.BytesType:
+			_, m := consumeBytes(b[n:])
+			if m < 0 {
+				return r, errMalformed
+			}
+			if phase(num) != phaseRequestHeaders || r.phase != phaseRequestHeaders {
+				// A different member replaces the oneof; a request_headers
+				// member after another member starts afresh.
+				hdrFrom = off
+			}
+			r.phase = phase(num)
+			n += m
+		case num == fieldReqAttributes && typ == protowire.BytesType:
+			entry, m := consumeBytes(b[n:])
+			if m < 0 {
+				return r, errMalformed
+			}
+			key, err := mapEntryKey(entry)
+			if err != nil {
+				return r, err
+			}
+			if key == attributesKey {
+				attr = entry
+			}
+			n += m
+		case num == fieldReqObservability && typ == protowire.VarintType:
+			v, m := protowire.ConsumeVarint(b[n:])
+			if m < 0 {
+				return r, errMalformed
+			}
+			r.observability = v != 0
+			n += m
+		default:
+			m := protowire.ConsumeFieldValue(num, typ, b[n:])
+			if m < 0 {
+				return r, errMalformed
+			}
+			n += m
+		}
+		off += n
+	}
+	if attr != nil {
+		peer, ok, err := stringFieldOfStructEntry(attr, sourceAddressAttr)
+		if err != nil {
+			return r, err
+		}
+		r.peer, r.hasPeer = peer, ok
+	}
+	if r.phase == phaseRequestHeaders && want != "" {
+		var err error
+		r.lines, err = collectHeaders(msg[hdrFrom:], want, r.lines)
+		if err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// collectHeaders walks every request_headers member in msg (already checked
+// well-formed at the top level) and appends the values of header want.
+func collectHeaders(msg []byte, want string, lines []string) ([]string, error) {
+	for len(msg) > 0 {
+		num, typ, n := consumeTag(msg)
+		msg = msg[n:]
+		if num == protowire.Number(phaseRequestHeaders) && typ == protowire.BytesType {
+			hh, m := consumeBytes(msg)
+			msg = msg[m:]
+			var err error
+			if lines, err = collectHTTPHeaders(hh, want, lines); err != nil {
+				return lines, err
+			}
+			continue
+		}
+		msg = msg[protowire.ConsumeFieldValue(num, typ, msg):]
+	}
+	return lines, nil
+}
+
+// collectHTTPHeaders reads an HttpHeaders message.
+func collectHTTPHeaders(b []byte, want string, lines []string) ([]string, error) {
+	for len(b) > 0 {
+		num, typ, n := consumeTag(b)
+		if n < 0 {
+			return lines, errMalformed
+		}
+		b = b[n:]
+		if num == fieldHTTPHeaders && typ == protowire.BytesType {
+			hm, m := consumeBytes(b)
+			if m < 0 {
+				return lines, errMalformed
+			}
+			b = b[m:]
+			var err error
+			if lines, err = collectHeaderMap(hm, want, lines); err != nil {
+				return lines, err
+			}
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return lines, errMalformed
+		}
+		b = b[m:]
+	}
+	return lines, nil
+}
+
+// collectHeaderMap reads a config.core.v3.HeaderMap message. This loop
+// runs once per request header, so one-byte tags and lengths (every header
+// shorter than 128 bytes) are decoded inline.
+func collectHeaderMap(b []byte, want string, lines []string) ([]string, error) {
+	for len(b) > 0 {
+		var hv []byte
+		if len(b) > 1 && b[0] == 0x0a && b[1] < 0x80 && int(b[1])+2 <= len(b) {
+			// field 1 (headers), length-delimited, short
+			hv, b = b[2:2+int(b[1])], b[2+int(b[1]):]
+		} else {
+			num, typ, n := consumeTag(b)
+			if n < 0 {
+				return lines, errMalformed
+			}
+			b = b[n:]
+			if num != fieldHeaderMapHeaders || typ != protowire.BytesType {
+				m := protowire.ConsumeFieldValue(num, typ, b)
+				if m < 0 {
+					return lines, errMalformed
+				}
+				b = b[m:]
+				continue
+			}
+			var m int
+			if hv, m = consumeBytes(b); m < 0 {
+				return lines, errMalformed
+			}
+			b = b[m:]
+		}
+		key, value, raw, err := parseHeaderValue(hv)
+		if err != nil {
+			return lines, err
+		}
+		if equalFoldASCII(key, want) {
+			if len(raw) > 0 {
+				lines = append(lines, bytesString(raw))
+			} else {
+				lines = append(lines, bytesString(value))
+			}
+		}
+	}
+	return lines, nil
+}
+
+// parseHeaderValue reads a config.core.v3.HeaderValue message; the last
+// occurrence of each field wins.
+func parseHeaderValue(b []byte) (key, value, raw []byte, err error) {
+	for len(b) > 0 {
+		c := b[0]
+		if c < 0x80 && (c == 0x0a || c == 0x12 || c == 0x1a) && len(b) > 1 && b[1] < 0x80 && int(b[1])+2 <= len(b) {
+			// key, value or raw_value with a short length
+			v := b[2 : 2+int(b[1])]
+			b = b[2+int(b[1]):]
+			switch c {
+			case 0x0a:
+				key = v
+			case 0x12:
+				value = v
+			default:
+				raw = v
+			}
+			continue
+		}
+		num, typ, n := consumeTag(b)
+		if n < 0 {
+			return nil, nil, nil, errMalformed
+		}
+		b = b[n:]
+		if typ == protowire.BytesType && num >= fieldHVKey && num <= fieldHVRawValue {
+			v, m := consumeBytes(b)
+			if m < 0 {
+				return nil, nil, nil, errMalformed
+			}
+			b = b[m:]
+			switch num {
+			case fieldHVKey:
+				key = v
+			case fieldHVValue:
+				value = v
+			case fieldHVRawValue:
+				raw = v
+			}
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return nil, nil, nil, errMalformed
+		}
+		b = b[m:]
+	}
+	return key, value, raw, nil
+}
+
+// equalFoldASCII compares a header name with a lower-case name. Envoy sends
+// lower-case names; upper-case ASCII letters are folded anyway.
+func equalFoldASCII(b []byte, lower string) bool {
+	if len(b) != len(lower) {
+		return false
+	}
+	for i := range len(b) {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// mapEntryKey returns the (last) string key of a map entry message.
+func mapEntryKey(entry []byte) (string, error) {
+	var key []byte
+	for len(entry) > 0 {
+		num, typ, n := consumeTag(entry)
+		if n < 0 {
+			return "", errMalformed
+		}
+		entry = entry[n:]
+		if num == fieldMapKey && typ == protowire.BytesType {
+			v, m := consumeBytes(entry)
+			if m < 0 {
+				return "", errMalformed
+			}
+			key = v
+			entry = entry[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, entry)
+		if m < 0 {
+			return "", errMalformed
+		}
+		entry = entry[m:]
+	}
+	return bytesString(key), nil
+}
+
+// stringFieldOfStructEntry looks up field name in the Struct value of a
+// map<string, Struct> entry (every value occurrence of the entry merges) and
+// reports its string_value when the field's kind is a string.
+func stringFieldOfStructEntry(entry []byte, name string) (string, bool, error) {
+	var (
+		found bool
+		val   []byte // last entry for name: its bytes
+	)
+	for len(entry) > 0 {
+		num, typ, n := consumeTag(entry)
+		if n < 0 {
+			return "", false, errMalformed
+		}
+		entry = entry[n:]
+		if num == fieldMapValue && typ == protowire.BytesType {
+			st, m := consumeBytes(entry)
+			if m < 0 {
+				return "", false, errMalformed
+			}
+			entry = entry[m:]
+			// Walk the Struct's fields entries.
+			for len(st) > 0 {
+				fnum, ftyp, k := consumeTag(st)
+				if k < 0 {
+					return "", false, errMalformed
+				}
+				st = st[k:]
+				if fnum == fieldStructFields && ftyp == protowire.BytesType {
+					fe, j := consumeBytes(st)
+					if j < 0 {
+						return "", false, errMalformed
+					}
+					st = st[j:]
+					key, err := mapEntryKey(fe)
+					if err != nil {
+						return "", false, err
+					}
+					if key == name {
+						found, val = true, fe
+					}
+					continue
+				}
+				j := protowire.ConsumeFieldValue(fnum, ftyp, st)
+				if j < 0 {
+					return "", false, errMalformed
+				}
+				st = st[j:]
+			}
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, entry)
+		if m < 0 {
+			return "", false, errMalformed
+		}
+		entry = entry[m:]
+	}
+	if !found {
+		return "", false, nil
+	}
+	return valueEntryString(val)
+}
+
+// valueEntryString reads the google.protobuf.Value of a Struct.fields entry
+// (its value occurrences merge: the last kind set wins) and returns its
+// string_value if that is the kind.
+func valueEntryString(fe []byte) (string, bool, error) {
+	var (
+		kind protowire.Number
+		str  []byte
+	)
+	for len(fe) > 0 {
+		num, typ, n := consumeTag(fe)
+		if n < 0 {
+			return "", false, errMalformed
+		}
+		fe = fe[n:]
+		if num == fieldMapValue && typ == protowire.BytesType {
+			v, m := consumeBytes(fe)
+			if m < 0 {
+				return "", false, errMalformed
+			}
+			fe = fe[m:]
+			for len(v) > 0 {
+				vnum, vtyp, k := consumeTag(v)
+				if k < 0 {
+					return "", false, errMalformed
+				}
+				v = v[k:]
+				j := protowire.ConsumeFieldValue(vnum, vtyp, v)
+				if j < 0 {
+					return "", false, errMalformed
+				}
+				if vnum >= valueKindMin && vnum <= valueKindMax && wireTypeOfValueKind(vnum) == vtyp {
+					kind = vnum
+					if vnum == fieldValueString {
+						s, _ := consumeBytes(v)
+						str = s
+					}
+				}
+				v = v[j:]
+			}
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, fe)
+		if m < 0 {
+			return "", false, errMalformed
+		}
+		fe = fe[m:]
+	}
+	if kind != fieldValueString {
+		return "", false, nil
+	}
+	return bytesString(str), true, nil
+}
+
+// wireTypeOfValueKind returns the wire type of google.protobuf.Value's kind
+// fields: null_value (enum), number_value (double), string_value,
+// bool_value, struct_value, list_value.
+func wireTypeOfValueKind(n protowire.Number) protowire.Type {
+	switch n {
+	case 1, 4:
+		return protowire.VarintType
+	case 2:
+		return protowire.Fixed64Type
+	}
+	return protowire.BytesType
+}
+
+// consumeTag is protowire.ConsumeTag with an inlined fast path for one-byte
+// tags (field numbers below 16), which is every field realipd reads.
+func consumeTag(b []byte) (protowire.Number, protowire.Type, int) {
+	if len(b) > 0 && b[0] < 0x80 && b[0] >= 8 {
+		return protowire.Number(b[0] >> 3), protowire.Type(b[0] & 7), 1
+	}
+	return consumeTagSlow(b)
+}
+
+//go:noinline
+func consumeTagSlow(b []byte) (protowire.Number, protowire.Type, int) {
+	return protowire.ConsumeTag(b)
+}
+
+// consumeBytes is protowire.ConsumeBytes with an inlined fast path for
+// lengths below 128.
+func consumeBytes(b []byte) ([]byte, int) {
+	if len(b) > 0 && b[0] < 0x80 && int(b[0]) < len(b) {
+		return b[1 : 1+int(b[0])], 1 + int(b[0])
+	}
+	return consumeBytesSlow(b)
+}
+
+//go:noinline
+func consumeBytesSlow(b []byte) ([]byte, int) {
+	return protowire.ConsumeBytes(b)
+}

@@ -1,0 +1,222 @@
+package policies
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/extproc"
+	"github.com/realipd/realipd/extproc/extproctest"
+	"github.com/realipd/realipd/internal/config"
+)
+
+// pluginBin holds the example plugins TestMain builds once.
+var pluginBin struct{ denylist, geotag string }
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "realipd-policies-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"../../examples/plugins/denylist", "../../examples/plugins/geotag")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build example plugins:", err)
+		return 1
+	}
+	pluginBin.denylist = filepath.Join(dir, "denylist")
+	pluginBin.geotag = filepath.Join(dir, "geotag")
+	return m.Run()
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func pluginPolicies(t *testing.T) []config.Policy {
+	list := filepath.Join(t.TempDir(), "deny.txt")
+	if err := os.WriteFile(list, []byte("198.51.100.0/24\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ms := func(d string) config.Duration {
+		var c config.Duration
+		if err := c.UnmarshalJSON([]byte(`"` + d + `"`)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	return []config.Policy{
+		{Name: "blocklist", Type: "cidr", Deny: []string{"203.0.113.0/24"}},
+		{Name: "deny", Type: "plugin", Path: pluginBin.denylist, SHA256: fileSHA(t, pluginBin.denylist),
+			Timeout: ms("2s"), OnError: "deny", CacheTTL: ms("30s"),
+			Config: map[string]any{"list": list, "status": 429, "body": "go away\n"}},
+		{Name: "geo", Type: "plugin", Path: pluginBin.geotag, SHA256: fileSHA(t, pluginBin.geotag),
+			Timeout: ms("2s"), OnError: "allow", CacheTTL: ms("30s")},
+	}
+}
+
+// TestPluginsThroughExtProc is the end-to-end path: policies config → Chain
+// with real plugin processes → realipd's ext_proc server → an Envoy-like
+// ext_proc client over real gRPC.
+func TestPluginsThroughExtProc(t *testing.T) {
+	chain, err := BuildWith(pluginPolicies(t), Options{Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { chain.Close() })
+	if got := strings.Join(chain.Names(), ","); got != "blocklist,deny,geo" {
+		t.Fatalf("chain %s", got)
+	}
+	r, err := clientip.New(clientip.Config{Strategy: clientip.RemoteAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := extproc.New(extproc.Settings{Resolver: r, Chain: chain}, extproc.Options{Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := extproc.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeListener(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	c, err := extproctest.Dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.MessageTimeout = 5 * time.Second // the first call starts TLS to the plugins; be generous on a loaded machine
+
+	tests := []struct {
+		name       string
+		peer       string
+		wantStatus int // 0: allowed
+		wantMeta   map[string]string
+		wantHdrs   map[string]string
+	}{
+		{
+			name: "plugin deny", peer: "198.51.100.7:40000", wantStatus: 429,
+			wantMeta: map[string]string{"decision": "deny", "policy": "deny", "client_ip": "198.51.100.7"},
+		},
+		{
+			name: "built-in deny first", peer: "203.0.113.1:40000", wantStatus: 403,
+			wantMeta: map[string]string{"decision": "deny", "policy": "blocklist"},
+		},
+		{
+			name:     "allowed and tagged",
+			peer:     "8.8.8.8:40000",
+			wantMeta: map[string]string{"decision": "allow", "client_ip": "8.8.8.8", "geo_country": "US", "geo_asn": "AS15169", "geo_org": "Google"},
+			wantHdrs: map[string]string{"x-real-ip": "8.8.8.8", "x-client-country": "US", "x-client-asn": "AS15169"},
+		},
+		{
+			name:     "allowed, unknown to the table",
+			peer:     "[2001:db8:1::5]:40000",
+			wantMeta: map[string]string{"decision": "allow", "geo_country": "XD", "geo_asn": "AS64499"},
+			wantHdrs: map[string]string{"x-client-country": "XD"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := c.Process(context.Background(), extproctest.Request{SourceAddress: tt.peer})
+			if err != nil {
+				t.Fatal(err)
+			}
+			meta, err := res.Metadata("realipd")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tt.wantMeta {
+				if meta[k] != v {
+					t.Errorf("metadata %s = %q, want %q (all: %v)", k, meta[k], v, meta)
+				}
+			}
+			if tt.wantStatus != 0 {
+				if res.Immediate == nil || int(res.Immediate.GetStatus().GetCode()) != tt.wantStatus {
+					t.Fatalf("immediate response %v, want status %d", res.Immediate, tt.wantStatus)
+				}
+				if tt.wantStatus == 429 && string(res.Immediate.GetBody()) != "go away\n" {
+					t.Errorf("deny body %q, want the plugin's", res.Immediate.GetBody())
+				}
+				return
+			}
+			if res.Immediate != nil {
+				t.Fatalf("denied: %v", res.Immediate)
+			}
+			for k, v := range tt.wantHdrs {
+				if got, _ := res.SetHeader(k); got != v {
+					t.Errorf("header %s = %q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}
+
+func TestBuildPluginErrors(t *testing.T) {
+	good := pluginPolicies(t)
+	tests := []struct {
+		name   string
+		mutate func(ps []config.Policy)
+		check  bool // also reported by Check, without starting anything
+		want   []string
+	}{
+		{"sha256 mismatch", func(ps []config.Policy) { ps[1].SHA256 = strings.Repeat("0", 64) }, true,
+			[]string{"policies[1]", `policy "deny"`, pluginBin.denylist, "sha256 mismatch"}},
+		{"missing binary", func(ps []config.Policy) { ps[2].Path = "/nonexistent/geotag" }, true,
+			[]string{"policies[2]", "/nonexistent/geotag", "no such file"}},
+		{"config rejected", func(ps []config.Policy) { ps[2].Config = map[string]any{"colour": "red"} }, false,
+			[]string{"policies[2]", `policy "geo"`, "rejected its config", `unknown field "colour"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ps := append([]config.Policy(nil), good...)
+			tt.mutate(ps)
+			_, err := Build(ps)
+			if err == nil {
+				t.Fatal("Build succeeded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Build error %q lacks %q", err, w)
+				}
+			}
+			if cerr := Check(ps); (cerr != nil) != tt.check {
+				t.Errorf("Check = %v, want an error: %v", cerr, tt.check)
+			}
+		})
+	}
+	if err := Check(good); err != nil {
+		t.Errorf("Check(good) = %v", err)
+	}
+}

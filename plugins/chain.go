@@ -1,0 +1,201 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+)
+
+// ErrorAction says what a Chain does when a policy's Decide returns an error.
+type ErrorAction uint8
+
+// Error actions. The zero value fails closed.
+const (
+	ErrorDeny  ErrorAction = iota // deny the request (fail closed)
+	ErrorAllow                    // treat the policy as having allowed the request (fail open)
+)
+
+// String returns the configuration spelling ("deny" or "allow").
+func (a ErrorAction) String() string {
+	if a == ErrorAllow {
+		return "allow"
+	}
+	return "deny"
+}
+
+// ParseErrorAction parses an on_error value: "allow", "deny", or "" (the
+// default, deny).
+func ParseErrorAction(s string) (ErrorAction, error) {
+	switch s {
+	case "", "deny":
+		return ErrorDeny, nil
+	case "allow":
+		return ErrorAllow, nil
+	}
+	return ErrorDeny, fmt.Errorf("plugins: on_error %q: want allow or deny", s)
+}
+
+// ChainEntry is one named policy of a Chain.
+type ChainEntry struct {
+	Name    string
+	Policy  Policy
+	OnError ErrorAction
+}
+
+// Verdict is the outcome of a Chain. Its embedded Decision is the deciding
+// policy's decision on deny, or the merge of every policy's effects on allow.
+type Verdict struct {
+	Decision
+	// Policy names the policy that denied the request; "" when allowed.
+	Policy string
+	// Err is the first error a policy returned (its on_error action was
+	// applied), with the policy's name; nil when every policy answered.
+	Err error
+	// ErrPolicy names the policy that returned Err.
+	ErrPolicy string
+}
+
+// Chain evaluates named policies in order; the first deny wins. It is
+// immutable and safe for concurrent use. A nil or empty Chain allows every
+// request.
+//
+// The Chain does not impose deadlines of its own: every policy receives the
+// caller's ctx and must honour it. In-process policies (such as CIDR) never
+// block; the out-of-process plugin host enforces its own per-call deadline
+// (the policy's configured timeout) and returns an error when it passes, which
+// the Chain then handles with the entry's ErrorAction. When ctx is already
+// done before a policy is asked, the Chain treats that policy as failed
+// without calling it.
+type Chain struct {
+	entries []ChainEntry
+}
+
+// NewChain builds a Chain. Names must be non-empty and unique and every entry
+// needs a Policy.
+func NewChain(entries ...ChainEntry) (*Chain, error) {
+	seen := make(map[string]bool, len(entries))
+	for i, e := range entries {
+		if e.Name == "" {
+			return nil, fmt.Errorf("plugins: chain entry %d: empty name", i)
+		}
+		if seen[e.Name] {
+			return nil, fmt.Errorf("plugins: chain entry %d: duplicate name %q", i, e.Name)
+		}
+		seen[e.Name] = true
+		if e.Policy == nil {
+			return nil, fmt.Errorf("plugins: chain entry %q: nil policy", e.Name)
+		}
+		if e.OnError != ErrorDeny && e.OnError != ErrorAllow {
+			return nil, fmt.Errorf("plugins: chain entry %q: invalid on_error %d", e.Name, e.OnError)
+		}
+	}
+	return &Chain{entries: append([]ChainEntry(nil), entries...)}, nil
+}
+
+// Len returns the number of policies.
+func (c *Chain) Len() int {
+	if c == nil {
+		return 0
+	}
+	return len(c.entries)
+}
+
+// Names returns the policy names in evaluation order.
+func (c *Chain) Names() []string {
+	if c == nil {
+		return nil
+	}
+	names := make([]string, len(c.entries))
+	for i, e := range c.entries {
+		names[i] = e.Name
+	}
+	return names
+}
+
+// errCanceled wraps a done context so it reads as a policy error.
+var errCanceled = errors.New("plugins: not asked: context done")
+
+// Decide runs the policies in order. The first deny ends the walk and becomes
+// the verdict (Policy names it). When every policy allows, the verdict allows
+// and carries the merged Headers (in policy order) and Metadata (a later
+// policy's key overrides an earlier one's). A policy error applies the entry's
+// OnError: deny ends the walk as a deny by that policy (with no status or
+// body, so the caller's defaults apply); allow continues. Decide does not
+// allocate when every policy allows without effects.
+func (c *Chain) Decide(ctx context.Context, req *Request) Verdict {
+	var v Verdict
+	if c == nil {
+		return v
+	}
+	var ownHeaders, ownMeta bool // whether v's slices/maps are ours to append to
+	for i := range c.entries {
+		e := &c.entries[i]
+		var (
+			d   Decision
+			err error
+		)
+		if ctx.Err() != nil {
+			err = errCanceled
+		} else {
+			d, err = e.Policy.Decide(ctx, req)
+		}
+		if err != nil {
+			if v.Err == nil {
+				v.Err = fmt.Errorf("plugins: policy %q: %w", e.Name, err)
+				v.ErrPolicy = e.Name
+			}
+			if e.OnError == ErrorAllow {
+				continue
+			}
+			return Verdict{Decision: Decision{Deny: true}, Policy: e.Name, Err: v.Err, ErrPolicy: v.ErrPolicy}
+		}
+		if d.Deny {
+			return Verdict{Decision: d, Policy: e.Name, Err: v.Err, ErrPolicy: v.ErrPolicy}
+		}
+		if len(d.Headers) > 0 {
+			switch {
+			case len(v.Headers) == 0:
+				v.Headers = d.Headers
+			case !ownHeaders:
+				v.Headers = append(append(make([]Header, 0, len(v.Headers)+len(d.Headers)), v.Headers...), d.Headers...)
+				ownHeaders = true
+			default:
+				v.Headers = append(v.Headers, d.Headers...)
+			}
+		}
+		if len(d.Metadata) > 0 {
+			switch {
+			case len(v.Metadata) == 0:
+				v.Metadata = d.Metadata
+			case !ownMeta:
+				m := make(map[string]string, len(v.Metadata)+len(d.Metadata))
+				maps.Copy(m, v.Metadata)
+				maps.Copy(m, d.Metadata)
+				v.Metadata = m
+				ownMeta = true
+			default:
+				maps.Copy(v.Metadata, d.Metadata)
+			}
+		}
+	}
+	return v
+}
+
+// Close closes every policy that implements io.Closer (such as plugin
+// processes) and returns their errors joined.
+func (c *Chain) Close() error {
+	if c == nil {
+		return nil
+	}
+	var errs []error
+	for _, e := range c.entries {
+		if cl, ok := e.Policy.(io.Closer); ok {
+			if err := cl.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("plugins: close policy %q: %w", e.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

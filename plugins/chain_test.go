@@ -1,0 +1,230 @@
+package plugins
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// policyFunc adapts a function to Policy.
+type policyFunc func(ctx context.Context, req *Request) (Decision, error)
+
+func (f policyFunc) Decide(ctx context.Context, req *Request) (Decision, error) { return f(ctx, req) }
+
+func fixed(d Decision, err error) Policy {
+	return policyFunc(func(context.Context, *Request) (Decision, error) { return d, err })
+}
+
+var errBoom = errors.New("boom")
+
+func TestChainDecide(t *testing.T) {
+	allow := fixed(Decision{}, nil)
+	deny := fixed(Decision{Deny: true, Status: 429, Body: "slow down"}, nil)
+	fail := fixed(Decision{}, errBoom)
+	hdrA := fixed(Decision{Headers: []Header{{"x-a", "1"}}, Metadata: map[string]string{"k": "a", "a": "1"}}, nil)
+	hdrB := fixed(Decision{Headers: []Header{{"x-b", "2"}}, Metadata: map[string]string{"k": "b"}}, nil)
+
+	tests := []struct {
+		name        string
+		entries     []ChainEntry
+		wantDeny    bool
+		wantPolicy  string
+		wantStatus  int
+		wantErr     bool
+		wantErrPol  string
+		wantHeaders []Header
+		wantMeta    map[string]string
+	}{
+		{name: "empty allows"},
+		{name: "all allow", entries: []ChainEntry{{Name: "a", Policy: allow}, {Name: "b", Policy: allow}}},
+		{name: "first deny wins", entries: []ChainEntry{{Name: "a", Policy: allow}, {Name: "d1", Policy: deny}, {Name: "d2", Policy: fixed(Decision{Deny: true, Status: 451}, nil)}},
+			wantDeny: true, wantPolicy: "d1", wantStatus: 429},
+		{name: "error deny by default", entries: []ChainEntry{{Name: "f", Policy: fail}, {Name: "a", Policy: allow}},
+			wantDeny: true, wantPolicy: "f", wantErr: true, wantErrPol: "f"},
+		{name: "error allow continues", entries: []ChainEntry{{Name: "f", Policy: fail, OnError: ErrorAllow}, {Name: "a", Policy: allow}},
+			wantErr: true, wantErrPol: "f"},
+		{name: "error allow then deny", entries: []ChainEntry{{Name: "f", Policy: fail, OnError: ErrorAllow}, {Name: "d", Policy: deny}},
+			wantDeny: true, wantPolicy: "d", wantStatus: 429, wantErr: true, wantErrPol: "f"},
+		{name: "one effect kept", entries: []ChainEntry{{Name: "a", Policy: allow}, {Name: "h", Policy: hdrA}},
+			wantHeaders: []Header{{"x-a", "1"}}, wantMeta: map[string]string{"k": "a", "a": "1"}},
+		{name: "effects merged in order", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "hb", Policy: hdrB}, {Name: "ha2", Policy: hdrA}},
+			wantHeaders: []Header{{"x-a", "1"}, {"x-b", "2"}, {"x-a", "1"}}, wantMeta: map[string]string{"k": "a", "a": "1"}},
+		{name: "later metadata overrides", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "hb", Policy: hdrB}},
+			wantHeaders: []Header{{"x-a", "1"}, {"x-b", "2"}}, wantMeta: map[string]string{"k": "b", "a": "1"}},
+		{name: "deny drops allow effects", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "d", Policy: deny}},
+			wantDeny: true, wantPolicy: "d", wantStatus: 429},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := NewChain(tt.entries...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := c.Decide(context.Background(), &Request{})
+			if v.Deny != tt.wantDeny || v.Policy != tt.wantPolicy || v.Status != tt.wantStatus {
+				t.Errorf("verdict deny=%v policy=%q status=%d, want %v %q %d", v.Deny, v.Policy, v.Status, tt.wantDeny, tt.wantPolicy, tt.wantStatus)
+			}
+			if (v.Err != nil) != tt.wantErr || v.ErrPolicy != tt.wantErrPol {
+				t.Errorf("err=%v errPolicy=%q, want err %v policy %q", v.Err, v.ErrPolicy, tt.wantErr, tt.wantErrPol)
+			}
+			if tt.wantErr && !errors.Is(v.Err, errBoom) {
+				t.Errorf("err %v does not wrap the policy's error", v.Err)
+			}
+			if !slices.Equal(v.Headers, tt.wantHeaders) {
+				t.Errorf("headers %v, want %v", v.Headers, tt.wantHeaders)
+			}
+			if !maps.Equal(v.Metadata, tt.wantMeta) {
+				t.Errorf("metadata %v, want %v", v.Metadata, tt.wantMeta)
+			}
+		})
+	}
+}
+
+func TestChainDoesNotMutatePolicyResults(t *testing.T) {
+	shared := []Header{{"x-a", "1"}}
+	sharedMeta := map[string]string{"a": "1"}
+	a := fixed(Decision{Headers: shared[:1:1], Metadata: sharedMeta}, nil)
+	b := fixed(Decision{Headers: []Header{{"x-b", "2"}}, Metadata: map[string]string{"b": "2"}}, nil)
+	c, err := NewChain(ChainEntry{Name: "a", Policy: a}, ChainEntry{Name: "b", Policy: b}, ChainEntry{Name: "a2", Policy: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		c.Decide(context.Background(), &Request{})
+	}
+	if len(shared) != 1 || len(sharedMeta) != 1 {
+		t.Fatalf("policy-owned values modified: %v %v", shared, sharedMeta)
+	}
+}
+
+func TestNewChainRejects(t *testing.T) {
+	p := fixed(Decision{}, nil)
+	tests := []struct {
+		name    string
+		entries []ChainEntry
+	}{
+		{"empty name", []ChainEntry{{Name: "", Policy: p}}},
+		{"duplicate", []ChainEntry{{Name: "a", Policy: p}, {Name: "a", Policy: p}}},
+		{"nil policy", []ChainEntry{{Name: "a"}}},
+		{"bad on_error", []ChainEntry{{Name: "a", Policy: p, OnError: 7}}},
+	}
+	for _, tt := range tests {
+		if _, err := NewChain(tt.entries...); err == nil {
+			t.Errorf("%s: NewChain succeeded", tt.name)
+		}
+	}
+}
+
+func TestChainHonoursContext(t *testing.T) {
+	// A policy that blocks until its context ends, as a well-behaved slow plugin does.
+	block := policyFunc(func(ctx context.Context, _ *Request) (Decision, error) {
+		<-ctx.Done()
+		return Decision{}, ctx.Err()
+	})
+	called := false
+	after := policyFunc(func(context.Context, *Request) (Decision, error) {
+		called = true
+		return Decision{}, nil
+	})
+	c, err := NewChain(ChainEntry{Name: "slow", Policy: block, OnError: ErrorAllow}, ChainEntry{Name: "after", Policy: after, OnError: ErrorDeny})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	v := c.Decide(ctx, &Request{})
+	if !errors.Is(v.Err, context.DeadlineExceeded) || v.ErrPolicy != "slow" {
+		t.Errorf("err %v policy %q, want deadline from slow", v.Err, v.ErrPolicy)
+	}
+	if called {
+		t.Error("policy after a done context was called")
+	}
+	if !v.Deny || v.Policy != "after" {
+		t.Errorf("verdict deny=%v policy=%q, want deny by after (its on_error is deny)", v.Deny, v.Policy)
+	}
+}
+
+type closer struct {
+	Policy
+	closed *int
+	err    error
+}
+
+func (c closer) Close() error { *c.closed++; return c.err }
+
+func TestChainClose(t *testing.T) {
+	n := 0
+	c, err := NewChain(
+		ChainEntry{Name: "a", Policy: closer{fixed(Decision{}, nil), &n, nil}},
+		ChainEntry{Name: "b", Policy: fixed(Decision{}, nil)},
+		ChainEntry{Name: "c", Policy: closer{fixed(Decision{}, nil), &n, errBoom}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); !errors.Is(err, errBoom) {
+		t.Errorf("Close = %v, want boom", err)
+	}
+	if n != 2 {
+		t.Errorf("closed %d policies, want 2", n)
+	}
+	var nilChain *Chain
+	if nilChain.Close() != nil || nilChain.Len() != 0 || nilChain.Decide(context.Background(), &Request{}).Deny {
+		t.Error("nil chain misbehaves")
+	}
+}
+
+func TestParseErrorAction(t *testing.T) {
+	for in, want := range map[string]ErrorAction{"": ErrorDeny, "deny": ErrorDeny, "allow": ErrorAllow} {
+		got, err := ParseErrorAction(in)
+		if err != nil || got != want {
+			t.Errorf("ParseErrorAction(%q) = %v, %v", in, got, err)
+		}
+		if in != "" && got.String() != in {
+			t.Errorf("String = %q, want %q", got.String(), in)
+		}
+	}
+	if _, err := ParseErrorAction("maybe"); err == nil {
+		t.Error("ParseErrorAction(maybe) succeeded")
+	}
+}
+
+func BenchmarkChainAllAllow(b *testing.B) {
+	deny := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8::/32")}
+	c, err := NewChain(
+		ChainEntry{Name: "blocklist", Policy: NewCIDR(nil, deny)},
+		ChainEntry{Name: "allow", Policy: fixed(Decision{}, nil)},
+		ChainEntry{Name: "blocklist2", Policy: NewCIDR(nil, deny)},
+	)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := &Request{ClientIP: netip.MustParseAddr("203.0.113.9")}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if c.Decide(ctx, req).Deny {
+			b.Fatal("denied")
+		}
+	}
+}
+
+func BenchmarkChainDeny(b *testing.B) {
+	deny := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	c, err := NewChain(ChainEntry{Name: "blocklist", Policy: NewCIDR(nil, deny)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := &Request{ClientIP: netip.MustParseAddr("198.51.100.7")}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if !c.Decide(ctx, req).Deny {
+			b.Fatal("allowed")
+		}
+	}
+}
