@@ -14,18 +14,20 @@ import (
 )
 
 // extprocRole builds the ext_proc server of cfg: the resolver, the policy
-// chain and the server, registering its metrics in reg. Serving starts when
-// the role runs; the drain on shutdown is bounded by extproc.drain_timeout.
-func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer) (role, *extproc.Server, error) {
+// chain (starting plugin processes) and the server, registering its metrics
+// in reg. Serving starts when the role runs; the drain on shutdown is bounded
+// by extproc.drain_timeout, after which the chain's plugins are stopped.
+// closeChain stops them when serve gives up before the role runs.
+func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer) (r role, srv *extproc.Server, closeChain func(), err error) {
 	resolver, err := clientip.New(cfg.Trust.ClientIP())
 	if err != nil {
-		return role{}, nil, fmt.Errorf("extproc: %w", err)
+		return role{}, nil, nil, fmt.Errorf("extproc: %w", err)
 	}
 	chain, err := policies.BuildWith(cfg.Policies, policies.Options{Logger: logger.With("role", "extproc"), Registerer: reg})
 	if err != nil {
-		return role{}, nil, fmt.Errorf("extproc: %w", err)
+		return role{}, nil, nil, fmt.Errorf("extproc: %w", err)
 	}
-	srv, err := extproc.New(extproc.Settings{
+	srv, err = extproc.New(extproc.Settings{
 		Resolver:           resolver,
 		Chain:              chain,
 		ClientIPHeader:     cfg.ExtProc.ClientIPHeader,
@@ -39,11 +41,12 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 	})
 	if err != nil {
 		chain.Close()
-		return role{}, nil, err
+		return role{}, nil, nil, err
 	}
+	closeChain = func() { chain.Close() }
 	return role{name: "extproc", run: func(ctx context.Context) error {
 		defer chain.Close()
 		logger.Info("role starting", "role", "extproc", "listen", cfg.ExtProc.Listen)
 		return srv.Serve(ctx, cfg.ExtProc.Listen)
-	}}, srv, nil
+	}}, srv, closeChain, nil
 }

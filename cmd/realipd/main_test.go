@@ -204,9 +204,36 @@ func TestResolveJSON(t *testing.T) {
 	}
 }
 
+// pluginConfig copies testdata/good/full.yaml into a new directory with a
+// plugin "binary" at its relative path ./bin/my-policy holding content (the
+// file pins sha256("test")) and returns the copy's path.
+func pluginConfig(t *testing.T, content string) string {
+	t.Helper()
+	dir := t.TempDir()
+	data, err := os.ReadFile("../../internal/config/testdata/good/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "realipd.yaml")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if content != "" {
+		if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "bin", "my-policy"), []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return path
+}
+
 func TestValidateCommand(t *testing.T) {
 	bad := "../../internal/config/testdata/bad/many.yaml"
-	good := "../../internal/config/testdata/good/full.yaml"
+	good := pluginConfig(t, "test")
+	noPlugin := pluginConfig(t, "")
+	wrongPlugin := pluginConfig(t, "not the pinned binary")
 	tests := []struct {
 		name     string
 		args     []string
@@ -221,6 +248,8 @@ func TestValidateCommand(t *testing.T) {
 			`policies[0].type: "foo" is not one of cidr, plugin`,
 			"extproc.deny_status:", "xds.mode:", "origdst.tproxy_mark:", "admin.listen:", "policies[2].sha256:",
 		}},
+		{name: "plugin binary missing", args: []string{"--config", noPlugin}, wantCode: 1, wantErr: []string{`policy "custom"`, filepath.Join(filepath.Dir(noPlugin), "bin", "my-policy")}},
+		{name: "plugin checksum mismatch", args: []string{"--config", wrongPlugin}, wantCode: 1, wantErr: []string{`policy "custom"`, filepath.Join(filepath.Dir(wrongPlugin), "bin", "my-policy"), "sha256"}},
 		{name: "missing flag", wantCode: 2, wantErr: []string{"--config is required"}},
 		{name: "missing file", args: []string{"--config", "absent.yaml"}, wantCode: 1, wantErr: []string{"absent.yaml"}},
 		{name: "help", args: []string{"--help"}, wantOut: []string{"Usage:\n  realipd validate --config FILE"}},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
 )
 
@@ -26,17 +27,36 @@ type role struct {
 // buildRoles returns the roles cfg enables, in start order. Each role's
 // constructor is where its package is wired in: it gets the validated
 // configuration and a logger, and returns a role or an error that stops
-// serve before anything starts.
-func buildRoles(cfg *config.Config, logger *slog.Logger) ([]role, error) {
-	var roles []role
-	reg := prometheus.NewRegistry() // every role registers its metrics here; the admin role serves it
+// serve before anything starts. Roles share one metrics registry, served by
+// the admin role. When a constructor fails, what the earlier ones started
+// (plugin processes) is stopped before the error is returned.
+func buildRoles(cfg *config.Config, logger *slog.Logger) (roles []role, err error) {
+	var cleanups []func()
+	defer func() {
+		if err != nil {
+			for _, c := range slices.Backward(cleanups) {
+				c()
+			}
+		}
+	}()
+	reg := prometheus.NewRegistry()
+	var adminSrv *admin.Server
 	if cfg.Admin.Enabled {
-		roles = append(roles, pendingRole("admin", logger, "listen", cfg.Admin.Listen))
-	}
-	if cfg.ExtProc.Enabled {
-		r, _, err := extprocRole(cfg, logger, reg)
+		r, srv, err := adminRole(cfg, logger, reg)
 		if err != nil {
 			return nil, err
+		}
+		adminSrv = srv
+		roles = append(roles, r)
+	}
+	if cfg.ExtProc.Enabled {
+		r, srv, closeChain, err := extprocRole(cfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, closeChain)
+		if adminSrv != nil {
+			adminSrv.AddReadinessCheck("extproc", srv.Ready)
 		}
 		roles = append(roles, r)
 	}

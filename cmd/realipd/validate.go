@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/internal/policies"
 )
 
 func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -24,6 +25,11 @@ a one-line summary and exits 0.`)
 	cfg, err := config.Load(*path)
 	if err != nil {
 		return failure(err)
+	}
+	// Plugin binaries: present, executable, matching their sha256. Nothing
+	// is started.
+	if err := policies.Check(cfg.Policies); err != nil {
+		return failure(fmt.Errorf("%s: %w", *path, err))
 	}
 	fmt.Fprintf(stdout, "%s: OK (strategy %s; roles: %s; %d policies)\n",
 		*path, cfg.Trust.Strategy, strings.Join(enabledRoles(cfg), ", "), len(cfg.Policies))

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -132,7 +133,22 @@ func parse(data []byte, file string) (*Config, error) {
 		sortByDocumentOrder(errs)
 		return nil, &ValidationError{File: file, Errors: errs}
 	}
+	if file != "" {
+		resolvePluginPaths(&cfg, filepath.Dir(file))
+	}
 	return &cfg, nil
+}
+
+// resolvePluginPaths makes relative plugin paths relative to dir, the
+// configuration file's directory, so that a file means the same whatever
+// directory realipd is started from.
+func resolvePluginPaths(cfg *Config, dir string) {
+	for i := range cfg.Policies {
+		p := &cfg.Policies[i]
+		if p.Type == "plugin" && p.Path != "" && !filepath.IsAbs(p.Path) {
+			p.Path = filepath.Join(dir, p.Path)
+		}
+	}
 }
 
 // sortByDocumentOrder orders errors by section (in the order of Config's

@@ -1,6 +1,8 @@
 package config
 
 import (
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -226,6 +228,9 @@ func (x *ExtProc) validate(errs *errorList, path string) {
 	}
 	if x.DenyStatus < 200 || x.DenyStatus > 599 {
 		errs.add(path+".deny_status", "%d is not an HTTP status between 200 and 599", x.DenyStatus)
+	} else if _, known := typev3.StatusCode_name[int32(x.DenyStatus)]; !known {
+		// Envoy's ImmediateResponse takes a type.v3.StatusCode enum value.
+		errs.add(path+".deny_status", "%d is not a status Envoy's ext_proc ImmediateResponse accepts (envoy.type.v3.StatusCode)", x.DenyStatus)
 	}
 	if x.DrainTimeout.Duration < 0 {
 		errs.add(path+".drain_timeout", "%v is negative", x.DrainTimeout.Duration)

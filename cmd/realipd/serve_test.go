@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/realipd/realipd/extproc/extproctest"
+)
+
+// logWatch collects log output and closes ready once every wanted pattern
+// has matched, keeping each pattern's first submatch.
+type logWatch struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	want  map[string]*regexp.Regexp
+	got   map[string]string
+	ready chan struct{}
+}
+
+func newLogWatch(want map[string]string) *logWatch {
+	w := &logWatch{want: map[string]*regexp.Regexp{}, got: map[string]string{}, ready: make(chan struct{})}
+	for k, re := range want {
+		w.want[k] = regexp.MustCompile(re)
+	}
+	return w
+}
+
+func (w *logWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, _ := w.buf.Write(p)
+	if len(w.want) == 0 {
+		return n, nil
+	}
+	for k, re := range w.want {
+		if m := re.FindStringSubmatch(w.buf.String()); m != nil {
+			w.got[k] = m[1]
+			delete(w.want, k)
+		}
+	}
+	if len(w.want) == 0 {
+		close(w.ready)
+	}
+	return n, nil
+}
+
+func (w *logWatch) value(k string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.got[k]
+}
+
+func (w *logWatch) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// TestServeWiresRoles runs serve in-process and checks that the roles are
+// connected: ext_proc answers with the resolved client IP and applies the
+// configured policy, and the admin listener reports ext_proc's readiness and
+// serves its metrics.
+func TestServeWiresRoles(t *testing.T) {
+	cfg := writeFile(t, "serve.yaml", `
+trust:
+  strategy: rightmost_trusted_range
+  trusted_cidrs: [10.0.0.0/8]
+extproc:
+  listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+xds:
+  enabled: false
+policies:
+  - name: blocklist
+    type: cidr
+    deny: [198.51.100.0/24]
+`)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	logs := newLogWatch(map[string]string{
+		"extproc": `msg="extproc: serving".* address=(\S+)`,
+		"admin":   `msg="admin listening".* addr=(\S+)`,
+	})
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve", "--config", cfg}, io.Discard, logs) }()
+	select {
+	case <-logs.ready:
+	case err := <-done:
+		t.Fatalf("serve returned before listening: %v\n%s", err, logs)
+	}
+
+	client, err := extproctest.Dial(logs.value("extproc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	// Envoy appended the peer 10.0.0.5; the trusted proxy 10.1.1.1 forwarded for 203.0.113.9.
+	res, err := client.Process(ctx, extproctest.Request{
+		SourceAddress: "10.0.0.5:4321",
+		Headers:       []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "x-forwarded-for", Value: "203.0.113.9, 10.1.1.1, 10.0.0.5"}, {Name: "x-real-ip", Value: "6.6.6.6"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip, ok := res.SetHeader("x-real-ip"); !ok || ip != "203.0.113.9" {
+		t.Errorf("x-real-ip = %q, %v; want 203.0.113.9", ip, ok)
+	}
+	res, err = client.Process(ctx, extproctest.Request{
+		SourceAddress: "10.0.0.5:4321",
+		Headers:       []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "x-forwarded-for", Value: "198.51.100.7, 10.0.0.5"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Immediate == nil || res.Immediate.GetStatus().GetCode() != 403 {
+		t.Errorf("blocklisted client: immediate response %v, want 403", res.Immediate)
+	}
+
+	adminURL := "http://" + logs.value("admin")
+	body, code := get(t, adminURL+"/readyz")
+	if code != http.StatusOK || !strings.Contains(body, "extproc") {
+		t.Errorf("/readyz = %d %q, want 200 naming extproc", code, body)
+	}
+	body, code = get(t, adminURL+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics = %d", code)
+	}
+	for _, want := range []string{`realipd_extproc_`, `decision="deny"`, `decision="allow"`, "go_goroutines"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	body, code = get(t, adminURL+"/config_dump")
+	if code != http.StatusOK || !strings.Contains(body, "blocklist") {
+		t.Errorf("/config_dump = %d, lacks the policy:\n%s", code, body)
+	}
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve after cancel = %v\n%s", err, logs)
+	}
+}
+
+func get(t *testing.T, url string) (string, int) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b), resp.StatusCode
+}
