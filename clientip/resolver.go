@@ -428,34 +428,68 @@ func (r *Resolver) rightmostTrustedRange(peer string, lines []string, t *trace) 
 	if tooLarge(lines) {
 		return noResult(ReasonTooLarge)
 	}
+	w := r.walkTrusted(lines, r.kind, false, t)
+	if w.reason == ReasonPicked {
+		return picked(w.ip, w.pos)
+	}
+	return noResult(w.reason)
+}
+
+// trustedWalk is the outcome of walkTrusted.
+type trustedWalk struct {
+	reason   Reason     // ReasonPicked, ReasonInvalidEntry, ReasonAllTrusted, ReasonNoHeader or ReasonTooLarge
+	ip       netip.Addr // ReasonPicked: the first untrusted entry
+	pos      int
+	leftmost netip.Addr // ReasonAllTrusted: the leftmost (trusted) entry
+	leftPos  int
+}
+
+// walkTrusted walks the entries right to left past those inside the trusted
+// CIDRs. It stops at the first untrusted entry (picked), at an invalid one
+// (which keeps its slot: nothing left of it is read), or at the left end.
+// With bare, entries are parsed as Envoy does (no ports, no brackets).
+func (r *Resolver) walkTrusted(lines []string, kind listKind, bare bool, t *trace) trustedWalk {
+	var w trustedWalk
 	var buf [64]byte
-	it := newEntryIter(lines, r.kind)
+	it := newEntryIter(lines, kind)
 	for raw, ok := it.next(); ok; raw, ok = it.next() {
 		if it.pos > MaxEntries {
-			return noResult(ReasonTooLarge)
+			w.reason = ReasonTooLarge
+			return w
 		}
-		ip, valid := r.entryIP(raw, &buf)
+		var ip netip.Addr
+		var valid bool
+		if bare {
+			ip, valid = parseBareIP(raw)
+		} else {
+			ip, valid = r.entryIP(raw, &buf)
+		}
 		if !valid {
 			if t != nil {
 				t.entry(it.pos, raw, netip.Addr{}, "invalid")
 			}
-			return noResult(ReasonInvalidEntry)
+			w.reason = ReasonInvalidEntry
+			return w
 		}
 		if r.trusted.Contains(ip) {
 			if t != nil {
 				t.entry(it.pos, raw, ip, "trusted")
 			}
+			w.leftmost, w.leftPos = ip, it.pos
 			continue
 		}
 		if t != nil {
 			t.entry(it.pos, raw, ip, "picked")
 		}
-		return picked(ip, it.pos)
+		w.reason, w.ip, w.pos = ReasonPicked, ip, it.pos
+		return w
 	}
 	if it.pos == 0 {
-		return noResult(ReasonNoHeader)
+		w.reason = ReasonNoHeader
+	} else {
+		w.reason = ReasonAllTrusted
 	}
-	return noResult(ReasonAllTrusted)
+	return w
 }
 
 // envoyTrustedHops reproduces the HTTP connection manager's
@@ -529,34 +563,18 @@ func (r *Resolver) envoyTrustedCIDRs(peer string, lines []string, t *trace) Resu
 	if tooLarge(lines) || countEntries(lines, kindXFF) > envoyMaxXFFEntries {
 		return fallback(ReasonTooLarge)
 	}
-	var last netip.Addr
-	lastPos := 0
-	it := newEntryIter(lines, kindXFF)
-	for raw, ok := it.next(); ok; raw, ok = it.next() {
-		ip, valid := parseBareIP(raw)
-		if !valid {
-			if t != nil {
-				t.entry(it.pos, raw, netip.Addr{}, "invalid")
-			}
-			return fallback(ReasonInvalidEntry)
+	w := r.walkTrusted(lines, kindXFF, true, t)
+	switch w.reason {
+	case ReasonPicked:
+		return picked(w.ip, w.pos)
+	case ReasonAllTrusted:
+		// Every entry is trusted: Envoy takes the leftmost.
+		if t != nil && len(t.entries) > 0 {
+			t.entries[len(t.entries)-1].Verdict = "picked"
 		}
-		if r.trusted.Contains(ip) {
-			if t != nil {
-				t.entry(it.pos, raw, ip, "trusted")
-			}
-			last, lastPos = ip, it.pos
-			continue
-		}
-		if t != nil {
-			t.entry(it.pos, raw, ip, "picked")
-		}
-		return picked(ip, it.pos)
+		return Result{IP: w.leftmost, Source: SourceHeader, Reason: ReasonAllTrusted, Position: w.leftPos}
 	}
-	// Every entry is trusted: Envoy takes the leftmost.
-	if t != nil && len(t.entries) > 0 {
-		t.entries[len(t.entries)-1].Verdict = "picked"
-	}
-	return Result{IP: last, Source: SourceHeader, Reason: ReasonAllTrusted, Position: lastPos}
+	return fallback(w.reason)
 }
 
 // detail is the one-sentence summary of an explanation.
