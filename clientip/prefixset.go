@@ -117,23 +117,16 @@ func (s PrefixSet) Len() int { return s.n }
 
 // Contains reports whether ip lies in one of the prefixes.
 func (s *PrefixSet) Contains(ip netip.Addr) bool {
+	if ip.Is4() {
+		b := ip.As4()
+		return s.containsV4(binary.BigEndian.Uint32(b[:]))
+	}
 	if !ip.IsValid() {
 		return false
 	}
-	if ip.Is4() || ip.Is4In6() {
+	if ip.Is4In6() {
 		b := ip.Unmap().As4()
-		x := binary.BigEndian.Uint32(b[:])
-		// Find the last range whose lo <= x.
-		lo, hi := 0, len(s.v4)
-		for lo < hi {
-			m := int(uint(lo+hi) >> 1)
-			if s.v4[m].lo <= x {
-				lo = m + 1
-			} else {
-				hi = m
-			}
-		}
-		return lo > 0 && x <= s.v4[lo-1].hi
+		return s.containsV4(binary.BigEndian.Uint32(b[:]))
 	}
 	b := ip.As16()
 	x := u128{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
@@ -147,4 +140,32 @@ func (s *PrefixSet) Contains(ip netip.Addr) bool {
 		}
 	}
 	return lo > 0 && !s.v6[lo-1].hi.less(x)
+}
+
+// containsV4 reports whether the IPv4 address x lies in one of the ranges.
+func (s *PrefixSet) containsV4(x uint32) bool {
+	r := s.v4
+	if len(r) <= 8 {
+		// A few ranges (trusted proxies): a scan beats bisection.
+		for i := range r {
+			if x < r[i].lo {
+				return false
+			}
+			if x <= r[i].hi {
+				return true
+			}
+		}
+		return false
+	}
+	// Find the last range whose lo <= x.
+	lo, hi := 0, len(r)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if r[m].lo <= x {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo > 0 && x <= r[lo-1].hi
 }
