@@ -10,10 +10,12 @@ import (
 
 // inFrame receives one serialized message into a buffer it reuses for the
 // next message of its stream: views into b are valid only until then. lines
-// is the stream's scratch space for header lines.
+// and headers are the stream's scratch space for the header lines the
+// decoder collects.
 type inFrame struct {
-	b     []byte
-	lines []string
+	b       []byte
+	lines   []string
+	headers []rawHeader
 }
 
 // outFrame sends one serialized message as is: either b, which is never

@@ -22,10 +22,17 @@
 // Dynamic metadata goes under the configured namespace (default realipd) as
 // string fields client_ip, peer, strategy, resolved_from (header, peer, or
 // none when there is no client IP at all), decision (allow, deny) and, on
-// deny, policy. Fields and headers a policy adds to its decision are merged
-// in; realipd's own fields and its client-IP header win, and headers Envoy
-// would reject (not a lower-case token, or a value with NUL, CR or LF) are
-// dropped.
+// deny, policy. Fields and headers policies add to their decisions are
+// merged in (on deny: the deciding policy's headers, and the metadata of the
+// deciding policy and of those that allowed before it; see plugins.Verdict);
+// realipd's own fields and its client-IP header win, and headers Envoy would
+// reject (not a lower-case token, or a value with NUL, CR or LF) are dropped.
+//
+// Policies that read request headers say which (plugins.HeaderInputs); the
+// decoder collects the union over the chain (plugins.Chain.RequestHeaders) in
+// the same walk over the headers that finds the resolver's header, into a
+// per-stream buffer, and the policy request gets copies in request order with
+// lower-case names. With no such policy nothing is collected.
 //
 // With Settings.XFFAppendedByEnvoy and a strategy reading X-Forwarded-For,
 // the last X-Forwarded-For entry (the one Envoy appended) is removed before

@@ -76,6 +76,7 @@ type state struct {
 	header         string // lower-case header the resolver reads ("" for remote_addr)
 	trimXFF        bool   // remove Envoy's appended X-Forwarded-For entry first
 	chain          *plugins.Chain
+	policyHeaders  bool // some policy of chain reads request headers (plugins.HeaderInputs)
 	clientIPHeader string
 	namespace      string
 	denyStatus     int
@@ -91,8 +92,13 @@ type state struct {
 func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, error) {
 	start := time.Now()
 	st := s.state.Load()
-	req, err := parseRequest(in.b, st.header, in.lines[:0])
-	in.lines = req.lines[:0] // keep a grown buffer for the stream's next message
+	sel := selection{want: st.header}
+	if st.policyHeaders {
+		sel.policy, sel.all = st.chain.RequestHeaders()
+	}
+	req, err := parseRequest(in.b, &sel, in.lines[:0], in.headers[:0])
+	// Keep grown buffers for the stream's next message.
+	in.lines, in.headers = req.lines[:0], req.headers[:0]
 	if err != nil {
 		s.m.malformed.Inc()
 		return false, err
@@ -157,7 +163,7 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 
 	var verdict plugins.Verdict
 	if st.chain.Len() > 0 {
-		verdict = st.chain.Decide(ctx, newPolicyRequest(ip, peer, res, st.strategy))
+		verdict = st.chain.Decide(ctx, newPolicyRequest(ip, peer, res, st.strategy, req.headers))
 		if verdict.Err != nil {
 			s.m.policyErrors.WithLabelValues(verdict.ErrPolicy).Inc()
 			s.log.Debug("extproc: policy failed; on_error applied", "policy", verdict.ErrPolicy, "error", verdict.Err, "deny", verdict.Deny)
@@ -175,7 +181,8 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 	fieldsBuf[1] = metaField{"peer", peer}
 	fieldsBuf[2] = metaField{"strategy", st.strategyName}
 	fieldsBuf[3] = metaField{"resolved_from", from}
-	md := metadata{namespace: st.namespace}
+	// The policies' metadata fields; realipd's own fields win (metadata.reserved).
+	md := metadata{namespace: st.namespace, extra: verdict.Metadata}
 	var setBuf [1]header
 	var mut mutation
 
@@ -200,7 +207,6 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 	st.allowCount.Inc()
 	fieldsBuf[4] = metaField{"decision", "allow"}
 	md.fields = fieldsBuf[:5]
-	md.extra = verdict.Metadata
 	var removeBuf [1]string
 	if ipText != "" {
 		setBuf[0] = header{st.clientIPHeader, ipText}
@@ -214,15 +220,19 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 }
 
 // policyRequest is a plugins.Request allocated together with room for a
-// copy of the peer: the peer string handle receives views the stream's
-// receive buffer, which the next message overwrites, while a policy may keep
-// what it is given.
+// copy of the peer: the peer string and the headers handle receives view the
+// stream's receive buffer, which the next message overwrites, while a policy
+// may keep what it is given.
 type policyRequest struct {
 	req     plugins.Request
 	peerBuf [48]byte
 }
 
-func newPolicyRequest(ip netip.Addr, peer string, res clientip.Result, strategy clientip.Strategy) *plugins.Request {
+// newPolicyRequest builds the Request the chain decides on, with copies of
+// peer and of the selected headers (names lower-cased). Headers cost two
+// more allocations, one for the slice and one for all their bytes; without
+// headers there is one allocation in all.
+func newPolicyRequest(ip netip.Addr, peer string, res clientip.Result, strategy clientip.Strategy, hdrs []rawHeader) *plugins.Request {
 	pr := &policyRequest{req: plugins.Request{ClientIP: ip, Resolution: res, Strategy: strategy}}
 	if len(peer) <= len(pr.peerBuf) {
 		n := copy(pr.peerBuf[:], peer)
@@ -230,7 +240,36 @@ func newPolicyRequest(ip netip.Addr, peer string, res clientip.Result, strategy 
 	} else {
 		pr.req.Peer = strings.Clone(peer)
 	}
+	if len(hdrs) > 0 {
+		pr.req.Headers = copyHeaders(hdrs)
+	}
 	return &pr.req
+}
+
+// copyHeaders copies hdrs into policy headers backed by one byte buffer,
+// lower-casing the names.
+func copyHeaders(hdrs []rawHeader) []plugins.Header {
+	n := 0
+	for _, h := range hdrs {
+		n += len(h.name) + len(h.value)
+	}
+	buf := make([]byte, 0, n)
+	out := make([]plugins.Header, len(hdrs))
+	for i, h := range hdrs {
+		start := len(buf)
+		for j := range len(h.name) {
+			c := h.name[j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			buf = append(buf, c)
+		}
+		mid := len(buf)
+		buf = append(buf, h.value...)
+		// buf never grows past its capacity, so earlier views stay valid.
+		out[i] = plugins.Header{Name: bytesString(buf[start:mid]), Value: bytesString(buf[mid:])}
+	}
+	return out
 }
 
 // validPolicyHeader reports whether Envoy would accept a header a policy

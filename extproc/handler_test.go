@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -314,6 +315,53 @@ func TestHandlePolicyEffects(t *testing.T) {
 	}
 }
 
+// keepingPolicy reads the headers it declares and keeps the last Request it
+// was given, as a policy may.
+type keepingPolicy struct {
+	names []string
+	all   bool
+	last  *plugins.Request
+}
+
+func (p *keepingPolicy) RequestHeaders() ([]string, bool) { return p.names, p.all }
+
+func (p *keepingPolicy) Decide(_ context.Context, req *plugins.Request) (plugins.Decision, error) {
+	p.last = req
+	return plugins.Decision{}, nil
+}
+
+// TestPolicyRequestIsACopy: what a policy is given stays valid after the
+// stream's receive buffer is reused, and header names reach it lower-case.
+func TestPolicyRequestIsACopy(t *testing.T) {
+	for _, all := range []bool{false, true} {
+		p := &keepingPolicy{names: []string{"x-tenant", "x-upper"}, all: all}
+		chain, err := plugins.NewChain(plugins.ChainEntry{Name: "keep", Policy: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := newServer(t, Settings{Resolver: trustedRange(t), Chain: chain}, nil)
+		msg, err := proto.Marshal(extproctest.Message(extproctest.Request{
+			Headers:       hdrs("x-tenant", "acme", "X-Upper", "Value"),
+			SourceAddress: "192.0.2.1:1234",
+		}, extproctest.RequestHeaders, true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := &inFrame{b: msg}
+		var out outFrame
+		if _, err := srv.handle(context.Background(), in, &out); err != nil {
+			t.Fatal(err)
+		}
+		for i := range in.b { // the next message overwrites the buffer
+			in.b[i] = 'X'
+		}
+		want := []plugins.Header{{Name: "x-tenant", Value: "acme"}, {Name: "x-upper", Value: "Value"}}
+		if p.last == nil || p.last.Peer != "192.0.2.1:1234" || !slices.Equal(p.last.Headers, want) {
+			t.Errorf("all=%v: kept request %+v, want peer 192.0.2.1:1234 and headers %q", all, p.last, want)
+		}
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	srv := newServer(t, Settings{Resolver: trustedRange(t, "10.0.0.0/8"), XFFAppendedByEnvoy: true, Chain: denyCIDR(t, "bl", nil, []string{"198.51.100.0/24"})}, reg)
@@ -412,6 +460,8 @@ func BenchmarkHandle(b *testing.B) {
 		{"no_policy", nil},
 		{"cidr_allow", denyCIDR(b, "blocklist", nil, []string{"198.51.100.0/24", "2001:db8::/32"})},
 		{"cidr_deny", denyCIDR(b, "blocklist", nil, []string{"203.0.113.0/24"})},
+		{"cidr_headers", headerChain(b, &keepingPolicy{names: []string{"user-agent", "x-request-id"}})},
+		{"cidr_all_headers", headerChain(b, &keepingPolicy{all: true})},
 	} {
 		srv := newServer(b, Settings{Resolver: trustedRange(b, "10.0.0.0/8"), XFFAppendedByEnvoy: true, Chain: bc.chain}, prometheus.NewRegistry())
 		cd := newCodec()
@@ -437,6 +487,18 @@ func BenchmarkHandle(b *testing.B) {
 			}
 		})
 	}
+}
+
+// headerChain is a cidr policy followed by p, which reads request headers.
+func headerChain(b *testing.B, p plugins.Policy) *plugins.Chain {
+	c, err := plugins.NewChain(
+		plugins.ChainEntry{Name: "blocklist", Policy: plugins.NewCIDR(nil, []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")})},
+		plugins.ChainEntry{Name: "headers", Policy: p},
+	)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
 }
 
 // BenchmarkHandleProtoBaseline is the same work done with the generated

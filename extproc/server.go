@@ -124,6 +124,10 @@ func (srv *Server) Update(s Settings) error {
 		denyStatus:     s.DenyStatus,
 	}
 	st.trimXFF = s.XFFAppendedByEnvoy && st.header == "x-forwarded-for"
+	// Whether any policy reads request headers is fixed for a Chain; which
+	// ones can change (a plugin restarted with other inputs), so the
+	// handler asks the Chain, allocation-free, per request.
+	st.policyHeaders = s.Chain.ReadsHeaders()
 	if st.clientIPHeader == "" {
 		st.clientIPHeader = DefaultClientIPHeader
 	}

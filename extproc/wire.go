@@ -82,6 +82,40 @@ type request struct {
 	hasPeer       bool   // the source.address attribute was present as a string
 	peer          string // source.address
 	lines         []string
+	headers       []rawHeader // the request headers selected for the policies
+}
+
+// rawHeader is one request header line as the decoder found it. name is
+// either a lower-case name from a selection or, for a selection of every
+// header, the name as sent (Envoy sends lower-case names; others are
+// lower-cased when copied for a policy).
+type rawHeader struct {
+	name, value string
+}
+
+// selection says which request headers the decoder collects: the lines of
+// the resolver's header into request.lines, and the headers the policies
+// read into request.headers.
+type selection struct {
+	want   string   // the resolver's header, lower-case; "" for none
+	policy []string // headers the policies read, lower-case
+	all    bool     // the policies read every header
+}
+
+// forPolicies reports whether the policies read any header.
+func (s *selection) forPolicies() bool { return s.all || len(s.policy) > 0 }
+
+// policyName returns the selected name key matches, if any.
+func (s *selection) policyName(key []byte) (string, bool) {
+	if s.all {
+		return bytesString(key), true
+	}
+	for _, name := range s.policy {
+		if equalFoldASCII(key, name) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // bytesString returns a string sharing b's memory. The caller guarantees b
@@ -94,11 +128,14 @@ func bytesString(b []byte) string {
 }
 
 // parseRequest decodes msg, a serialized ProcessingRequest. It collects into
-// lines (appending, in order) the values of every request header named want
-// (lower-case; compared ASCII case-insensitively), read from raw_value or,
-// when that is empty, value. It does not allocate unless lines must grow.
-func parseRequest(msg []byte, want string, lines []string) (request, error) {
-	r := request{lines: lines}
+// lines (appending, in order) the values of every request header named
+// sel.want, and into hdrs (appending, in order) the request headers
+// sel selects for the policies; names are compared ASCII case-insensitively
+// and values read from raw_value or, when that is empty, value. Both come
+// from the same walk over the headers. It does not allocate unless lines or
+// hdrs must grow.
+func parseRequest(msg []byte, sel *selection, lines []string, hdrs []rawHeader) (request, error) {
+	r := request{lines: lines, headers: hdrs}
 	hdrFrom := 0    // request_headers occurrences before this offset were discarded by a later oneof member
 	var attr []byte // the last attributes entry with our key
 	off := 0
@@ -157,10 +194,8 @@ func parseRequest(msg []byte, want string, lines []string) (request, error) {
 		}
 		r.peer, r.hasPeer = peer, ok
 	}
-	if r.phase == phaseRequestHeaders && want != "" {
-		var err error
-		r.lines, err = collectHeaders(msg[hdrFrom:], want, r.lines)
-		if err != nil {
+	if r.phase == phaseRequestHeaders && (sel.want != "" || sel.forPolicies()) {
+		if err := collectHeaders(msg[hdrFrom:], sel, &r); err != nil {
 			return r, err
 		}
 	}
@@ -168,52 +203,56 @@ func parseRequest(msg []byte, want string, lines []string) (request, error) {
 }
 
 // collectHeaders walks every request_headers member in msg (already checked
-// well-formed at the top level) and appends the values of header want.
-func collectHeaders(msg []byte, want string, lines []string) ([]string, error) {
+// well-formed at the top level) and appends what sel selects to r.
+func collectHeaders(msg []byte, sel *selection, r *request) error {
 	for len(msg) > 0 {
 		num, typ, n := consumeTag(msg)
 		msg = msg[n:]
 		if num == protowire.Number(phaseRequestHeaders) && typ == protowire.BytesType {
 			hh, m := consumeBytes(msg)
 			msg = msg[m:]
-			var err error
-			if lines, err = collectHTTPHeaders(hh, want, lines); err != nil {
-				return lines, err
+			if err := collectHTTPHeaders(hh, sel, r); err != nil {
+				return err
 			}
 			continue
 		}
 		msg = msg[protowire.ConsumeFieldValue(num, typ, msg):]
 	}
-	return lines, nil
+	return nil
 }
 
 // collectHTTPHeaders reads an HttpHeaders message.
-func collectHTTPHeaders(b []byte, want string, lines []string) ([]string, error) {
+func collectHTTPHeaders(b []byte, sel *selection, r *request) error {
 	for len(b) > 0 {
 		num, typ, n := consumeTag(b)
 		if n < 0 {
-			return lines, errMalformed
+			return errMalformed
 		}
 		b = b[n:]
 		if num == fieldHTTPHeaders && typ == protowire.BytesType {
 			hm, m := consumeBytes(b)
 			if m < 0 {
-				return lines, errMalformed
+				return errMalformed
 			}
 			b = b[m:]
 			var err error
-			if lines, err = collectHeaderMap(hm, want, lines); err != nil {
-				return lines, err
+			if sel.forPolicies() {
+				r.lines, r.headers, err = collectHeaderMapSelected(hm, sel, r.lines, r.headers)
+			} else {
+				r.lines, err = collectHeaderMap(hm, sel.want, r.lines)
+			}
+			if err != nil {
+				return err
 			}
 			continue
 		}
 		m := protowire.ConsumeFieldValue(num, typ, b)
 		if m < 0 {
-			return lines, errMalformed
+			return errMalformed
 		}
 		b = b[m:]
 	}
-	return lines, nil
+	return nil
 }
 
 // collectHeaderMap reads a config.core.v3.HeaderMap message. This loop
@@ -258,6 +297,68 @@ func collectHeaderMap(b []byte, want string, lines []string) ([]string, error) {
 		}
 	}
 	return lines, nil
+}
+
+// collectHeaderMapSelected is collectHeaderMap that also appends to hdrs the
+// headers sel selects for the policies. It is a separate loop so that the
+// common case, no policy reading headers, pays nothing for it.
+func collectHeaderMapSelected(b []byte, sel *selection, lines []string, hdrs []rawHeader) ([]string, []rawHeader, error) {
+	want := sel.want
+	for len(b) > 0 {
+		var hv []byte
+		if len(b) > 1 && b[0] == 0x0a && b[1] < 0x80 && int(b[1])+2 <= len(b) {
+			hv, b = b[2:2+int(b[1])], b[2+int(b[1]):]
+		} else {
+			var (
+				ok  bool
+				err error
+			)
+			if hv, b, ok, err = nextHeaderValue(b); err != nil || !ok {
+				return lines, hdrs, err
+			}
+		}
+		key, value, raw, err := parseHeaderValue(hv)
+		if err != nil {
+			return lines, hdrs, err
+		}
+		if len(raw) > 0 {
+			value = raw
+		}
+		if want != "" && equalFoldASCII(key, want) {
+			lines = append(lines, bytesString(value))
+		}
+		if name, ok := sel.policyName(key); ok {
+			hdrs = append(hdrs, rawHeader{name, bytesString(value)})
+		}
+	}
+	return lines, hdrs, nil
+}
+
+// nextHeaderValue splits the next HeaderValue (HeaderMap field 1) off b, the
+// rest of a HeaderMap message, skipping other fields; ok is false when b
+// holds no more. Callers inline the common one-byte tag and length first.
+func nextHeaderValue(b []byte) (hv, rest []byte, ok bool, err error) {
+	for len(b) > 0 {
+		num, typ, n := consumeTag(b)
+		if n < 0 {
+			return nil, nil, false, errMalformed
+		}
+		b = b[n:]
+		if num != fieldHeaderMapHeaders || typ != protowire.BytesType {
+			m := protowire.ConsumeFieldValue(num, typ, b)
+			if m < 0 {
+				return nil, nil, false, errMalformed
+			}
+			b = b[m:]
+			continue
+		}
+		v, m := consumeBytes(b)
+		if m < 0 {
+			return nil, nil, false, errMalformed
+		}
+		return v, b[m:], true, nil
+	}
+	return nil, b, false, nil
 }
 
 // parseHeaderValue reads a config.core.v3.HeaderValue message; the last

@@ -14,7 +14,7 @@ import (
 )
 
 // reference extracts with the generated types what parseRequest reads.
-func reference(m *extprocv3.ProcessingRequest, want string) request {
+func reference(m *extprocv3.ProcessingRequest, sel *selection) request {
 	var r request
 	switch m.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
@@ -36,16 +36,20 @@ func reference(m *extprocv3.ProcessingRequest, want string) request {
 			r.peer, r.hasPeer = sv.StringValue, true
 		}
 	}
-	if want != "" {
-		for _, h := range m.GetRequestHeaders().GetHeaders().GetHeaders() {
-			if asciiLower(h.GetKey()) != want {
-				continue
-			}
-			if len(h.GetRawValue()) > 0 {
-				r.lines = append(r.lines, string(h.GetRawValue()))
-			} else {
-				r.lines = append(r.lines, h.GetValue())
-			}
+	for _, h := range m.GetRequestHeaders().GetHeaders().GetHeaders() {
+		v := h.GetValue()
+		if len(h.GetRawValue()) > 0 {
+			v = string(h.GetRawValue())
+		}
+		key := asciiLower(h.GetKey())
+		if sel.want != "" && key == sel.want {
+			r.lines = append(r.lines, v)
+		}
+		switch {
+		case sel.all:
+			r.headers = append(r.headers, rawHeader{h.GetKey(), v})
+		case slices.Contains(sel.policy, key):
+			r.headers = append(r.headers, rawHeader{key, v})
 		}
 	}
 	return r
@@ -63,7 +67,21 @@ func asciiLower(s string) string {
 
 func sameRequest(a, b request) bool {
 	return a.phase == b.phase && a.observability == b.observability && a.hasPeer == b.hasPeer &&
-		a.peer == b.peer && slices.Equal(a.lines, b.lines)
+		a.peer == b.peer && slices.Equal(a.lines, b.lines) && slices.Equal(a.headers, b.headers)
+}
+
+// testSelections are what the decoder is checked with: the resolver's
+// header alone, policy headers with and without it (one also read by the
+// resolver, a pseudo-header, one sent in upper case by a seed), and every
+// header.
+var testSelections = []selection{
+	{want: "x-forwarded-for"},
+	{want: "x-real-ip"},
+	{},
+	{want: "x-forwarded-for", policy: []string{":authority", "x-forwarded-for", "x-real-ip", "x-tenant"}},
+	{policy: []string{"x-real-ip"}},
+	{want: "x-forwarded-for", all: true},
+	{all: true},
 }
 
 func seedMessages(t testing.TB) [][]byte {
@@ -147,25 +165,89 @@ func TestParseRequestMatchesProto(t *testing.T) {
 		if err := proto.Unmarshal(msg, m); err != nil {
 			t.Fatalf("seed %d: %v", i, err)
 		}
-		for _, want := range []string{"x-forwarded-for", "x-real-ip", ""} {
-			got, err := parseRequest(msg, want, nil)
+		for _, sel := range testSelections {
+			got, err := parseRequest(msg, &sel, nil, nil)
 			if err != nil {
 				t.Fatalf("seed %d: %v", i, err)
 			}
-			if ref := reference(m, want); !sameRequest(got, ref) {
-				t.Errorf("seed %d want %q:\n got %+v\nwant %+v", i, want, got, ref)
+			if ref := reference(m, &sel); !sameRequest(got, ref) {
+				t.Errorf("seed %d selection %+v:\n got %+v\nwant %+v", i, sel, got, ref)
 			}
 		}
 	}
 	// The non-canonical seed, spelled out.
 	seeds := seedMessages(t)
-	got, err := parseRequest(seeds[len(seeds)-1], "x-forwarded-for", nil)
+	sel := selection{want: "x-forwarded-for", policy: []string{"x-forwarded-for"}}
+	got, err := parseRequest(seeds[len(seeds)-1], &sel, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := request{phase: phaseRequestHeaders, hasPeer: true, peer: "5.5.5.5:1", lines: []string{"2.2.2.2", "3.3.3.3"}}
+	want := request{phase: phaseRequestHeaders, hasPeer: true, peer: "5.5.5.5:1", lines: []string{"2.2.2.2", "3.3.3.3"},
+		headers: []rawHeader{{"x-forwarded-for", "2.2.2.2"}, {"x-forwarded-for", "3.3.3.3"}}}
 	if !sameRequest(got, want) {
 		t.Errorf("non-canonical: got %+v, want %+v", got, want)
+	}
+}
+
+func TestParseRequestPolicyHeaders(t *testing.T) {
+	req := extproctest.Request{
+		SourceAddress: "10.0.0.1:1",
+		Headers: hdrs(":authority", "example.com", "X-Tenant", "acme", "x-forwarded-for", "1.2.3.4",
+			"cookie", "a=b", "x-tenant", "", "x-forwarded-for", "5.6.7.8"),
+	}
+	msg, err := proto.Marshal(extproctest.Message(req, extproctest.RequestHeaders, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	valueOnly, err := proto.Marshal(extproctest.Message(extproctest.Request{Headers: req.Headers, UseValue: true}, extproctest.RequestHeaders, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		msg       []byte
+		sel       selection
+		wantLines []string
+		want      []rawHeader
+	}{
+		{
+			name:      "declared names, request order, repeated lines kept",
+			msg:       msg,
+			sel:       selection{want: "x-forwarded-for", policy: []string{"x-forwarded-for", "x-tenant"}},
+			wantLines: []string{"1.2.3.4", "5.6.7.8"},
+			want:      []rawHeader{{"x-tenant", "acme"}, {"x-forwarded-for", "1.2.3.4"}, {"x-tenant", ""}, {"x-forwarded-for", "5.6.7.8"}},
+		},
+		{
+			name: "value field fallback, no resolver header",
+			msg:  valueOnly,
+			sel:  selection{policy: []string{"cookie", "x-absent"}},
+			want: []rawHeader{{"cookie", "a=b"}},
+		},
+		{
+			name:      "every header",
+			msg:       msg,
+			sel:       selection{want: "x-forwarded-for", all: true},
+			wantLines: []string{"1.2.3.4", "5.6.7.8"},
+			want: []rawHeader{{":authority", "example.com"}, {"X-Tenant", "acme"}, {"x-forwarded-for", "1.2.3.4"},
+				{"cookie", "a=b"}, {"x-tenant", ""}, {"x-forwarded-for", "5.6.7.8"}},
+		},
+		{
+			name:      "none",
+			msg:       msg,
+			sel:       selection{want: "x-forwarded-for"},
+			wantLines: []string{"1.2.3.4", "5.6.7.8"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseRequest(tt.msg, &tt.sel, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.lines, tt.wantLines) || !slices.Equal(got.headers, tt.want) {
+				t.Errorf("lines %q headers %q\nwant lines %q headers %q", got.lines, got.headers, tt.wantLines, tt.want)
+			}
+		})
 	}
 }
 
@@ -174,7 +256,8 @@ func TestParseRequestMalformed(t *testing.T) {
 	for n := 1; n < len(good); n++ {
 		m := &extprocv3.ProcessingRequest{}
 		perr := proto.Unmarshal(good[:n], m)
-		_, err := parseRequest(good[:n], "x-forwarded-for", nil)
+		sel := selection{want: "x-forwarded-for", all: true}
+		_, err := parseRequest(good[:n], &sel, nil, nil)
 		if perr != nil && err == nil {
 			// Accepting more than protobuf is fine only when protobuf
 			// rejects for a reason the decoder does not check (UTF-8).
@@ -188,22 +271,26 @@ func TestParseRequestMalformed(t *testing.T) {
 
 // FuzzParseRequest checks the wire decoder against proto.Unmarshal: whenever
 // protobuf accepts the bytes, parseRequest must accept them too and read the
-// same phase, observability flag, source.address and header lines.
+// same phase, observability flag, source.address, header lines and policy
+// headers, for each of testSelections.
 func FuzzParseRequest(f *testing.F) {
 	for _, s := range seedMessages(f) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		got, err := parseRequest(msg, "x-forwarded-for", nil)
 		m := &extprocv3.ProcessingRequest{}
-		if perr := proto.Unmarshal(msg, m); perr != nil {
-			return
-		}
-		if err != nil {
-			t.Fatalf("protobuf accepts, parseRequest fails: %v", err)
-		}
-		if ref := reference(m, "x-forwarded-for"); !sameRequest(got, ref) {
-			t.Fatalf("got %+v\nwant %+v", got, ref)
+		perr := proto.Unmarshal(msg, m)
+		for _, sel := range testSelections {
+			got, err := parseRequest(msg, &sel, nil, nil)
+			if perr != nil {
+				continue
+			}
+			if err != nil {
+				t.Fatalf("selection %+v: protobuf accepts, parseRequest fails: %v", sel, err)
+			}
+			if ref := reference(m, &sel); !sameRequest(got, ref) {
+				t.Fatalf("selection %+v:\n got %+v\nwant %+v", sel, got, ref)
+			}
 		}
 	})
 }
@@ -211,11 +298,38 @@ func FuzzParseRequest(f *testing.F) {
 func BenchmarkParseRequest(b *testing.B) {
 	msg := benchRequest(b)
 	var lines [8]string
+	sel := selection{want: "x-forwarded-for"}
 	b.ReportAllocs()
 	for b.Loop() {
-		r, err := parseRequest(msg, "x-forwarded-for", lines[:0])
+		r, err := parseRequest(msg, &sel, lines[:0], nil)
 		if err != nil || len(r.lines) != 1 {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkParseRequestPolicyHeaders is BenchmarkParseRequest with headers
+// collected for policies: two declared names, or every header.
+func BenchmarkParseRequestPolicyHeaders(b *testing.B) {
+	msg := benchRequest(b)
+	for _, bc := range []struct {
+		name string
+		sel  selection
+		want int
+	}{
+		{"declared", selection{want: "x-forwarded-for", policy: []string{"user-agent", "x-request-id"}}, 2},
+		{"all", selection{want: "x-forwarded-for", all: true}, 13},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var lines [8]string
+			var hdrs [16]rawHeader
+			b.ReportAllocs()
+			for b.Loop() {
+				r, err := parseRequest(msg, &bc.sel, lines[:0], hdrs[:0])
+				if err != nil || len(r.lines) != 1 || len(r.headers) != bc.want {
+					b.Fatal(err, len(r.headers))
+				}
+			}
+		})
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
+	"strings"
+	"sync/atomic"
 )
 
 // ErrorAction says what a Chain does when a policy's Decide returns an error.
@@ -44,8 +47,15 @@ type ChainEntry struct {
 	OnError ErrorAction
 }
 
-// Verdict is the outcome of a Chain. Its embedded Decision is the deciding
-// policy's decision on deny, or the merge of every policy's effects on allow.
+// Verdict is the outcome of a Chain. On allow its embedded Decision merges
+// every policy's effects: Headers in policy order, Metadata with a later
+// policy's key overriding an earlier one's. On deny it is the deciding
+// policy's decision (status, body and Headers, which go on the deny
+// response), except for Metadata: the fields of the policies that allowed
+// before the deny are kept, the deciding policy's own fields overriding
+// them, so that what earlier policies learnt about the request (tags,
+// labels) shows next to the deny. Headers of the earlier policies were meant
+// for the upstream request and are dropped.
 type Verdict struct {
 	Decision
 	// Policy names the policy that denied the request; "" when allowed.
@@ -57,9 +67,9 @@ type Verdict struct {
 	ErrPolicy string
 }
 
-// Chain evaluates named policies in order; the first deny wins. It is
-// immutable and safe for concurrent use. A nil or empty Chain allows every
-// request.
+// Chain evaluates named policies in order; the first deny wins. Its
+// policies are fixed at NewChain, and it is safe for concurrent use. A nil or
+// empty Chain allows every request.
 //
 // The Chain does not impose deadlines of its own: every policy receives the
 // caller's ctx and must honour it. In-process policies (such as CIDR) never
@@ -68,8 +78,28 @@ type Verdict struct {
 // the Chain then handles with the entry's ErrorAction. When ctx is already
 // done before a policy is asked, the Chain treats that policy as failed
 // without calling it.
+//
+// RequestHeaders tells which request headers the policies read (see
+// HeaderInputs).
 type Chain struct {
 	entries []ChainEntry
+	// headerPolicies are the entries' policies that implement HeaderInputs,
+	// in order; headers is the union of their last answers.
+	headerPolicies []HeaderInputs
+	headers        atomic.Pointer[headerUnion]
+}
+
+// headerUnion is the union of the headerPolicies' answers; immutable.
+type headerUnion struct {
+	seen  []headerDecl // each headerPolicies entry's answer the union was built from
+	names []string     // lower-case, sorted, unique
+	all   bool
+}
+
+// headerDecl is one HeaderInputs answer.
+type headerDecl struct {
+	names []string
+	all   bool
 }
 
 // NewChain builds a Chain. Names must be non-empty and unique and every entry
@@ -91,7 +121,64 @@ func NewChain(entries ...ChainEntry) (*Chain, error) {
 			return nil, fmt.Errorf("plugins: chain entry %q: invalid on_error %d", e.Name, e.OnError)
 		}
 	}
-	return &Chain{entries: append([]ChainEntry(nil), entries...)}, nil
+	c := &Chain{entries: append([]ChainEntry(nil), entries...)}
+	for _, e := range c.entries {
+		if hi, ok := e.Policy.(HeaderInputs); ok {
+			c.headerPolicies = append(c.headerPolicies, hi)
+		}
+	}
+	if len(c.headerPolicies) > 0 {
+		c.rebuildHeaders()
+	}
+	return c, nil
+}
+
+// ReadsHeaders reports whether some policy implements HeaderInputs, that is
+// whether RequestHeaders can ever return a header. It is fixed for a Chain.
+func (c *Chain) ReadsHeaders() bool {
+	return c != nil && len(c.headerPolicies) > 0
+}
+
+// RequestHeaders returns the union of the request headers the policies read
+// (HeaderInputs; lower-case, sorted, unique) and whether some policy reads
+// them all. The answer follows the policies' current answers: a plugin
+// restarted with other declared inputs is honoured from its next request on.
+// It does not allocate unless a policy's answer changed since the last call.
+// The returned slice must not be modified.
+func (c *Chain) RequestHeaders() (names []string, all bool) {
+	if c == nil || len(c.headerPolicies) == 0 {
+		return nil, false
+	}
+	u := c.headers.Load()
+	for i, p := range c.headerPolicies {
+		n, a := p.RequestHeaders()
+		if a != u.seen[i].all || !slices.Equal(n, u.seen[i].names) {
+			u = c.rebuildHeaders()
+			break
+		}
+	}
+	return u.names, u.all
+}
+
+// rebuildHeaders asks every HeaderInputs policy again and publishes the
+// union. Concurrent rebuilds are harmless: each publishes a union of answers
+// it saw.
+func (c *Chain) rebuildHeaders() *headerUnion {
+	u := &headerUnion{seen: make([]headerDecl, len(c.headerPolicies))}
+	for i, p := range c.headerPolicies {
+		n, a := p.RequestHeaders()
+		u.seen[i] = headerDecl{names: n, all: a}
+		u.all = u.all || a
+		for _, name := range n {
+			if name = strings.ToLower(name); name != "" {
+				u.names = append(u.names, name)
+			}
+		}
+	}
+	slices.Sort(u.names)
+	u.names = slices.Compact(u.names)
+	c.headers.Store(u)
+	return u
 }
 
 // Len returns the number of policies.
@@ -118,12 +205,15 @@ func (c *Chain) Names() []string {
 var errCanceled = errors.New("plugins: not asked: context done")
 
 // Decide runs the policies in order. The first deny ends the walk and becomes
-// the verdict (Policy names it). When every policy allows, the verdict allows
-// and carries the merged Headers (in policy order) and Metadata (a later
-// policy's key overrides an earlier one's). A policy error applies the entry's
-// OnError: deny ends the walk as a deny by that policy (with no status or
-// body, so the caller's defaults apply); allow continues. Decide does not
-// allocate when every policy allows without effects.
+// the verdict (Policy names it), keeping the Metadata of the policies that
+// allowed before it (see Verdict). When every policy allows, the verdict
+// allows and carries the merged Headers (in policy order) and Metadata (a
+// later policy's key overrides an earlier one's). A policy error applies the
+// entry's OnError: deny ends the walk as a deny by that policy (with no
+// status, body or headers, so the caller's defaults apply); allow continues.
+// Decide never modifies a Decision's Headers or Metadata (a cached decision
+// may share them) and does not allocate when every policy allows without
+// effects.
 func (c *Chain) Decide(ctx context.Context, req *Request) Verdict {
 	var v Verdict
 	if c == nil {
@@ -149,9 +239,10 @@ func (c *Chain) Decide(ctx context.Context, req *Request) Verdict {
 			if e.OnError == ErrorAllow {
 				continue
 			}
-			return Verdict{Decision: Decision{Deny: true}, Policy: e.Name, Err: v.Err, ErrPolicy: v.ErrPolicy}
+			return Verdict{Decision: Decision{Deny: true, Metadata: v.Metadata}, Policy: e.Name, Err: v.Err, ErrPolicy: v.ErrPolicy}
 		}
 		if d.Deny {
+			d.Metadata = mergeMetadata(v.Metadata, d.Metadata)
 			return Verdict{Decision: d, Policy: e.Name, Err: v.Err, ErrPolicy: v.ErrPolicy}
 		}
 		if len(d.Headers) > 0 {
@@ -181,6 +272,21 @@ func (c *Chain) Decide(ctx context.Context, req *Request) Verdict {
 		}
 	}
 	return v
+}
+
+// mergeMetadata returns earlier's fields overridden by later's, reusing
+// either map when the other is empty; it modifies neither.
+func mergeMetadata(earlier, later map[string]string) map[string]string {
+	switch {
+	case len(earlier) == 0:
+		return later
+	case len(later) == 0:
+		return earlier
+	}
+	m := make(map[string]string, len(earlier)+len(later))
+	maps.Copy(m, earlier)
+	maps.Copy(m, later)
+	return m
 }
 
 // Close closes every policy that implements io.Closer (such as plugin

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -27,6 +28,7 @@ func TestChainDecide(t *testing.T) {
 	fail := fixed(Decision{}, errBoom)
 	hdrA := fixed(Decision{Headers: []Header{{"x-a", "1"}}, Metadata: map[string]string{"k": "a", "a": "1"}}, nil)
 	hdrB := fixed(Decision{Headers: []Header{{"x-b", "2"}}, Metadata: map[string]string{"k": "b"}}, nil)
+	denyMeta := fixed(Decision{Deny: true, Status: 451, Headers: []Header{{"x-d", "4"}}, Metadata: map[string]string{"k": "d", "reason": "listed"}}, nil)
 
 	tests := []struct {
 		name        string
@@ -55,8 +57,14 @@ func TestChainDecide(t *testing.T) {
 			wantHeaders: []Header{{"x-a", "1"}, {"x-b", "2"}, {"x-a", "1"}}, wantMeta: map[string]string{"k": "a", "a": "1"}},
 		{name: "later metadata overrides", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "hb", Policy: hdrB}},
 			wantHeaders: []Header{{"x-a", "1"}, {"x-b", "2"}}, wantMeta: map[string]string{"k": "b", "a": "1"}},
-		{name: "deny drops allow effects", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "d", Policy: deny}},
-			wantDeny: true, wantPolicy: "d", wantStatus: 429},
+		{name: "deny keeps earlier metadata, not headers", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "d", Policy: deny}},
+			wantDeny: true, wantPolicy: "d", wantStatus: 429, wantMeta: map[string]string{"k": "a", "a": "1"}},
+		{name: "deny carries its own headers and metadata", entries: []ChainEntry{{Name: "dm", Policy: denyMeta}, {Name: "ha", Policy: hdrA}},
+			wantDeny: true, wantPolicy: "dm", wantStatus: 451, wantHeaders: []Header{{"x-d", "4"}}, wantMeta: map[string]string{"k": "d", "reason": "listed"}},
+		{name: "deny metadata overrides earlier", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "hb", Policy: hdrB}, {Name: "dm", Policy: denyMeta}},
+			wantDeny: true, wantPolicy: "dm", wantStatus: 451, wantHeaders: []Header{{"x-d", "4"}}, wantMeta: map[string]string{"k": "d", "a": "1", "reason": "listed"}},
+		{name: "error deny keeps earlier metadata", entries: []ChainEntry{{Name: "ha", Policy: hdrA}, {Name: "f", Policy: fail}},
+			wantDeny: true, wantPolicy: "f", wantErr: true, wantErrPol: "f", wantMeta: map[string]string{"k": "a", "a": "1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,15 +97,115 @@ func TestChainDoesNotMutatePolicyResults(t *testing.T) {
 	sharedMeta := map[string]string{"a": "1"}
 	a := fixed(Decision{Headers: shared[:1:1], Metadata: sharedMeta}, nil)
 	b := fixed(Decision{Headers: []Header{{"x-b", "2"}}, Metadata: map[string]string{"b": "2"}}, nil)
+	denyMeta := map[string]string{"d": "4"}
+	d := fixed(Decision{Deny: true, Metadata: denyMeta}, nil)
 	c, err := NewChain(ChainEntry{Name: "a", Policy: a}, ChainEntry{Name: "b", Policy: b}, ChainEntry{Name: "a2", Policy: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd, err := NewChain(ChainEntry{Name: "a", Policy: a}, ChainEntry{Name: "d", Policy: d})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
 		c.Decide(context.Background(), &Request{})
+		if v := cd.Decide(context.Background(), &Request{}); !maps.Equal(v.Metadata, map[string]string{"a": "1", "d": "4"}) {
+			t.Fatalf("deny metadata %v", v.Metadata)
+		}
 	}
-	if len(shared) != 1 || len(sharedMeta) != 1 {
-		t.Fatalf("policy-owned values modified: %v %v", shared, sharedMeta)
+	if len(shared) != 1 || len(sharedMeta) != 1 || len(denyMeta) != 1 {
+		t.Fatalf("policy-owned values modified: %v %v %v", shared, sharedMeta, denyMeta)
+	}
+}
+
+// headerPolicy is a Policy implementing HeaderInputs whose answer can change
+// (as a restarted plugin's can).
+type headerPolicy struct {
+	Policy
+	decl atomic.Pointer[headerDecl]
+}
+
+func newHeaderPolicy(all bool, names ...string) *headerPolicy {
+	p := &headerPolicy{Policy: fixed(Decision{}, nil)}
+	p.set(all, names...)
+	return p
+}
+
+func (p *headerPolicy) set(all bool, names ...string) {
+	p.decl.Store(&headerDecl{names: names, all: all})
+}
+
+func (p *headerPolicy) RequestHeaders() ([]string, bool) {
+	d := p.decl.Load()
+	return d.names, d.all
+}
+
+func TestChainRequestHeaders(t *testing.T) {
+	cidr := NewCIDR(nil, []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")})
+	tests := []struct {
+		name      string
+		policies  []Policy
+		wantReads bool
+		wantNames []string
+		wantAll   bool
+	}{
+		{name: "no header policies", policies: []Policy{cidr, fixed(Decision{}, nil)}},
+		{name: "header policy declaring none", policies: []Policy{cidr, newHeaderPolicy(false)}, wantReads: true},
+		{name: "union lower-cased, sorted, unique",
+			policies:  []Policy{newHeaderPolicy(false, "x-tenant", "User-Agent"), cidr, newHeaderPolicy(false, "user-agent", "cookie")},
+			wantReads: true, wantNames: []string{"cookie", "user-agent", "x-tenant"}},
+		{name: "one reads all",
+			policies:  []Policy{newHeaderPolicy(false, "x-tenant"), newHeaderPolicy(true)},
+			wantReads: true, wantNames: []string{"x-tenant"}, wantAll: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var entries []ChainEntry
+			for i, p := range tt.policies {
+				entries = append(entries, ChainEntry{Name: string(rune('a' + i)), Policy: p})
+			}
+			c, err := NewChain(entries...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			names, all := c.RequestHeaders()
+			if c.ReadsHeaders() != tt.wantReads || !slices.Equal(names, tt.wantNames) || all != tt.wantAll {
+				t.Errorf("ReadsHeaders %v RequestHeaders %q, %v; want %v %q, %v", c.ReadsHeaders(), names, all, tt.wantReads, tt.wantNames, tt.wantAll)
+			}
+		})
+	}
+	var nilChain *Chain
+	if names, all := nilChain.RequestHeaders(); names != nil || all || nilChain.ReadsHeaders() {
+		t.Error("nil chain reads headers")
+	}
+}
+
+func TestChainRequestHeadersFollowsPolicies(t *testing.T) {
+	p := newHeaderPolicy(false, "x-a")
+	q := newHeaderPolicy(false, "x-b")
+	c, err := NewChain(ChainEntry{Name: "p", Policy: p}, ChainEntry{Name: "q", Policy: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		change    func()
+		wantNames []string
+		wantAll   bool
+	}{
+		{func() {}, []string{"x-a", "x-b"}, false},
+		{func() { p.set(false, "x-c", "x-a") }, []string{"x-a", "x-b", "x-c"}, false},
+		{func() { q.set(true) }, []string{"x-a", "x-c"}, true},
+		{func() { q.set(false) }, []string{"x-a", "x-c"}, false},
+	}
+	for i, s := range steps {
+		s.change()
+		names, all := c.RequestHeaders()
+		if !slices.Equal(names, s.wantNames) || all != s.wantAll {
+			t.Errorf("step %d: %q, %v; want %q, %v", i, names, all, s.wantNames, s.wantAll)
+		}
+		if n := testing.AllocsPerRun(100, func() { c.RequestHeaders() }); n != 0 {
+			t.Errorf("step %d: RequestHeaders allocates %v times while no answer changes", i, n)
+		}
 	}
 }
 
@@ -225,6 +333,23 @@ func BenchmarkChainDeny(b *testing.B) {
 	for b.Loop() {
 		if !c.Decide(ctx, req).Deny {
 			b.Fatal("allowed")
+		}
+	}
+}
+
+func BenchmarkChainRequestHeaders(b *testing.B) {
+	c, err := NewChain(
+		ChainEntry{Name: "a", Policy: newHeaderPolicy(false, "x-tenant", "user-agent")},
+		ChainEntry{Name: "b", Policy: NewCIDR(nil, nil)},
+		ChainEntry{Name: "c", Policy: newHeaderPolicy(false, "cookie")},
+	)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if names, _ := c.RequestHeaders(); len(names) != 3 {
+			b.Fatal(names)
 		}
 	}
 }

@@ -21,9 +21,12 @@ type Request struct {
 	OriginalDst netip.AddrPort  // the intercepted connection's original destination, when known
 	Resolution  clientip.Result // how ClientIP was found
 	Strategy    clientip.Strategy
-	Headers     []Header // selected request headers, lower-case names
-	Listener    string   // listener or route name, when known
-	Route       string
+	// Headers are the request headers the Chain's policies declared through
+	// HeaderInputs (the union over the Chain), in request order with repeated
+	// lines kept, names lower-case; empty when no policy declared any.
+	Headers  []Header
+	Listener string // listener or route name, when known
+	Route    string
 }
 
 // Header is one header name and value.
@@ -46,4 +49,20 @@ type Decision struct {
 // for concurrent use and must honour ctx's deadline.
 type Policy interface {
 	Decide(ctx context.Context, req *Request) (Decision, error)
+}
+
+// HeaderInputs is implemented by policies that read request headers
+// (Request.Headers). Callers that build Requests, such as the ext_proc
+// server, collect only the headers some policy of the Chain asks for, and
+// none at all when no policy does: a policy that reads headers without
+// implementing HeaderInputs sees an empty Request.Headers.
+//
+// RequestHeaders returns the lower-case names of the headers the policy reads
+// and whether it reads every request header (all; names is then ignored).
+// It is called on the request path: it must be cheap, must not allocate, and
+// the returned slice must not be modified by anyone afterwards (return a new
+// slice when the answer changes). The answer may change over time (a plugin
+// restarted with other declared inputs).
+type HeaderInputs interface {
+	RequestHeaders() (names []string, all bool)
 }

@@ -21,8 +21,9 @@ import (
 	"github.com/realipd/realipd/internal/config"
 )
 
-// pluginBin holds the example plugins TestMain builds once.
-var pluginBin struct{ denylist, geotag string }
+// pluginBin holds the example plugins and the host's test plugin (which
+// reads the x-test and x-tenant request headers) that TestMain builds once.
+var pluginBin struct{ denylist, geotag, testpolicy string }
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -36,7 +37,7 @@ func runTests(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"../../examples/plugins/denylist", "../../examples/plugins/geotag")
+		"../../examples/plugins/denylist", "../../examples/plugins/geotag", "../../plugins/host/testdata/testpolicy")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build example plugins:", err)
@@ -44,6 +45,7 @@ func runTests(m *testing.M) int {
 	}
 	pluginBin.denylist = filepath.Join(dir, "denylist")
 	pluginBin.geotag = filepath.Join(dir, "geotag")
+	pluginBin.testpolicy = filepath.Join(dir, "testpolicy")
 	return m.Run()
 }
 
@@ -76,6 +78,8 @@ func pluginPolicies(t *testing.T) []config.Policy {
 			Config: map[string]any{"list": list, "status": 429, "body": "go away\n"}},
 		{Name: "geo", Type: "plugin", Path: pluginBin.geotag, SHA256: fileSHA(t, pluginBin.geotag),
 			Timeout: ms("2s"), OnError: "allow", CacheTTL: ms("30s")},
+		{Name: "tenant", Type: "plugin", Path: pluginBin.testpolicy, SHA256: fileSHA(t, pluginBin.testpolicy),
+			Timeout: ms("2s"), OnError: "allow", Config: map[string]any{"tag": "e2e"}},
 	}
 }
 
@@ -88,7 +92,7 @@ func TestPluginsThroughExtProc(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { chain.Close() })
-	if got := strings.Join(chain.Names(), ","); got != "blocklist,deny,geo" {
+	if got := strings.Join(chain.Names(), ","); got != "blocklist,deny,geo,tenant" {
 		t.Fatalf("chain %s", got)
 	}
 	r, err := clientip.New(clientip.Config{Strategy: clientip.RemoteAddr})
@@ -122,13 +126,34 @@ func TestPluginsThroughExtProc(t *testing.T) {
 	tests := []struct {
 		name       string
 		peer       string
+		headers    []extproctest.Header
 		wantStatus int // 0: allowed
 		wantMeta   map[string]string
 		wantHdrs   map[string]string
 	}{
 		{
 			name: "plugin deny", peer: "198.51.100.7:40000", wantStatus: 429,
-			wantMeta: map[string]string{"decision": "deny", "policy": "deny", "client_ip": "198.51.100.7"},
+			wantMeta: map[string]string{"decision": "deny", "policy": "deny", "client_ip": "198.51.100.7", "denylist_match": "198.51.100.0/24"},
+		},
+		{
+			name: "headers read by a plugin",
+			peer: "8.8.8.8:40000",
+			headers: []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "x-tenant", Value: "acme"},
+				{Name: "cookie", Value: "secret"}, {Name: "x-test", Value: "allow"}},
+			// The plugin puts the x-tenant it received in its metadata; the
+			// geo plugin before it allowed and tagged the request.
+			wantMeta: map[string]string{"decision": "allow", "tenant": "acme", "tag": "e2e", "geo_country": "US", "client_ip": "8.8.8.8"},
+			wantHdrs: map[string]string{"x-policy": "testpolicy", "x-client-country": "US"},
+		},
+		{
+			name: "plugin deny decided on a header, with earlier metadata",
+			peer: "8.8.8.8:40000",
+			headers: []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "x-test", Value: "deny"},
+				{Name: "x-tenant", Value: "beta"}},
+			wantStatus: 403, // the plugin's 451 is not an Envoy status code: deny_status applies
+			wantMeta: map[string]string{"decision": "deny", "policy": "tenant", "tenant": "beta", "tag": "e2e",
+				"geo_country": "US", "client_ip": "8.8.8.8", "peer": "8.8.8.8:40000"},
+			wantHdrs: map[string]string{"x-policy": "testpolicy"},
 		},
 		{
 			name: "built-in deny first", peer: "203.0.113.1:40000", wantStatus: 403,
@@ -149,7 +174,7 @@ func TestPluginsThroughExtProc(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res, err := c.Process(context.Background(), extproctest.Request{SourceAddress: tt.peer})
+			res, err := c.Process(context.Background(), extproctest.Request{SourceAddress: tt.peer, Headers: tt.headers})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -169,9 +194,7 @@ func TestPluginsThroughExtProc(t *testing.T) {
 				if tt.wantStatus == 429 && string(res.Immediate.GetBody()) != "go away\n" {
 					t.Errorf("deny body %q, want the plugin's", res.Immediate.GetBody())
 				}
-				return
-			}
-			if res.Immediate != nil {
+			} else if res.Immediate != nil {
 				t.Fatalf("denied: %v", res.Immediate)
 			}
 			for k, v := range tt.wantHdrs {

@@ -180,6 +180,19 @@ func (h *Host) Name() string { return h.cfg.Name }
 // Up reports whether the plugin is running and connected.
 func (h *Host) Up() bool { return h.cur.Load() != nil }
 
+// RequestHeaders implements plugins.HeaderInputs from the inputs the plugin
+// declared when it was configured: the lower-case names of the request
+// headers it reads, or all when it reads every one (it declared all, or
+// declared nothing). After a restart it reflects what the new process
+// declared. It does not allocate.
+func (h *Host) RequestHeaders() (names []string, all bool) {
+	in := h.inputs.Load()
+	if in == nil {
+		return nil, false
+	}
+	return in.headers, in.all
+}
+
 // Decide implements plugins.Policy. A cached decision is returned without
 // calling the plugin; the returned Decision's Headers and Metadata are then
 // shared and must not be modified. Otherwise the plugin is called with the
@@ -310,4 +323,7 @@ func decisionFromProto(r *policypb.DecideResponse) plugins.Decision {
 	return d
 }
 
-var _ plugins.Policy = (*Host)(nil)
+var (
+	_ plugins.Policy       = (*Host)(nil)
+	_ plugins.HeaderInputs = (*Host)(nil)
+)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -591,5 +592,53 @@ func TestStartTimeout(t *testing.T) {
 	}
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("New took %v with a 300ms start timeout", el)
+	}
+}
+
+func TestRequestHeaders(t *testing.T) {
+	tests := []struct {
+		name      string
+		settings  map[string]any
+		wantNames []string
+		wantAll   bool
+	}{
+		{"declared, lower-cased and sorted", nil, []string{"x-tenant", "x-test"}, false},
+		{"client IP only", map[string]any{"ip_only": true}, nil, false},
+		{"everything", map[string]any{"all": true}, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, _ := newHost(t, Config{Path: bin.testpolicy, Settings: tt.settings})
+			names, all := h.RequestHeaders()
+			if !slices.Equal(names, tt.wantNames) || all != tt.wantAll {
+				t.Errorf("RequestHeaders = %q, %v; want %q, %v", names, all, tt.wantNames, tt.wantAll)
+			}
+			if n := testing.AllocsPerRun(100, func() { h.RequestHeaders() }); n != 0 {
+				t.Errorf("RequestHeaders allocates %v times", n)
+			}
+		})
+	}
+}
+
+// TestRequestHeadersAfterRestart: a plugin that declares other headers when
+// it comes back is honoured by the host and by a Chain holding it.
+func TestRequestHeadersAfterRestart(t *testing.T) {
+	file := writeTemp(t, "X-One\n")
+	h, _ := newHost(t, Config{Path: bin.testpolicy, Settings: map[string]any{"headers_file": file}, MinBackoff: 10 * time.Millisecond})
+	chain, err := plugins.NewChain(plugins.ChainEntry{Name: "test", Policy: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names, all := chain.RequestHeaders(); !slices.Equal(names, []string{"x-one"}) || all {
+		t.Fatalf("before restart: %q, %v", names, all)
+	}
+	writeFile(t, file, "x-two\nx-three\n")
+	kill(t, decide(t, h, req("192.0.2.1")).Metadata["pid"])
+	waitState(t, h, "restart", func(up bool, restarts int) bool { return up && restarts == 1 })
+	if names, all := h.RequestHeaders(); !slices.Equal(names, []string{"x-three", "x-two"}) || all {
+		t.Errorf("host after restart: %q, %v", names, all)
+	}
+	if names, all := chain.RequestHeaders(); !slices.Equal(names, []string{"x-three", "x-two"}) || all {
+		t.Errorf("chain after restart: %q, %v", names, all)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/realipd/realipd/plugins/sdk"
@@ -24,12 +25,17 @@ type config struct {
 	LogWarn  string       `json:"log_warn"` // logged at warn level during Configure
 	Reject   string       `json:"reject"`   // reject the config with this message
 	Trivial  bool         `json:"trivial"`  // allow at once with no effects (benchmarks)
+	// HeadersFile names a file of header names, one a line, read at
+	// Configure: the declared headers instead of x-test and x-tenant (tests
+	// change it between restarts).
+	HeadersFile string `json:"headers_file"`
 }
 
 type policy struct {
-	cfg   config
-	calls atomic.Int64
-	pid   string
+	cfg     config
+	headers []string // declared headers
+	calls   atomic.Int64
+	pid     string
 }
 
 func (p *policy) Configure(_ context.Context, c sdk.Config) error {
@@ -38,6 +44,14 @@ func (p *policy) Configure(_ context.Context, c sdk.Config) error {
 	}
 	if p.cfg.Reject != "" {
 		return errors.New(p.cfg.Reject)
+	}
+	p.headers = []string{"X-Test", "x-tenant"}
+	if p.cfg.HeadersFile != "" {
+		b, err := os.ReadFile(p.cfg.HeadersFile)
+		if err != nil {
+			return err
+		}
+		p.headers = strings.Fields(string(b))
 	}
 	if p.cfg.LogWarn != "" {
 		sdk.Logger().Warn(p.cfg.LogWarn, "policy", c.PolicyName(), "answer", 42)
@@ -53,7 +67,7 @@ func (p *policy) Inputs() sdk.Inputs {
 	if p.cfg.IPOnly {
 		return sdk.Inputs{}
 	}
-	return sdk.Inputs{Headers: []string{"X-Test", "x-tenant"}}
+	return sdk.Inputs{Headers: p.headers}
 }
 
 func (p *policy) Decide(ctx context.Context, req *sdk.Request) (sdk.Decision, error) {
