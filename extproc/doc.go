@@ -11,8 +11,8 @@
 //     bodies, trailers); messages with observability_mode get none;
 //   - io.EOF and cancellation end a stream normally (status OK);
 //   - header values are read from raw_value (value when raw_value is empty)
-//     and written in raw_value only, with append_action set explicitly to
-//     OVERWRITE_IF_EXISTS_OR_ADD, so a client-sent x-real-ip never survives;
+//     and written in raw_value only, with append explicitly false (and
+//     append_action at its default), so a client-sent x-real-ip never survives;
 //   - the peer is the source.address request attribute under the attributes
 //     key "envoy.filters.http.ext_proc" ("ip:port" or "[v6]:port"); without
 //     it, resolution uses the headers only (counted, logged once);

@@ -17,7 +17,7 @@ const (
 	fieldMutSet              = 1 // HeaderMutation.set_headers
 	fieldMutRemove           = 2 // HeaderMutation.remove_headers
 	fieldHVOHeader           = 1 // HeaderValueOption.header
-	fieldHVOAppendAction     = 3 // HeaderValueOption.append_action
+	fieldHVOAppend           = 2 // HeaderValueOption.append (google.protobuf.BoolValue)
 	fieldImmStatus           = 1 // ImmediateResponse.status
 	fieldImmHeaders          = 2 // ImmediateResponse.headers
 	fieldImmBody             = 3 // ImmediateResponse.body
@@ -25,10 +25,6 @@ const (
 	fieldHTTPStatusCode      = 1 // type.v3.HttpStatus.code
 	fieldValueStruct         = 5 // google.protobuf.Value.struct_value
 )
-
-// appendActionOverwrite is HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD: the
-// value replaces every existing value of the header, or adds it.
-const appendActionOverwrite = 2
 
 // metaField is one string field of realipd's dynamic metadata.
 type metaField struct {
@@ -65,7 +61,12 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 }
 
 // sizeHVO is the payload size of a HeaderValueOption{header{key,
-// raw_value}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}.
+// raw_value}, append: {value: false}}: the value replaces every existing
+// value of the header, or adds it. append is set explicitly (a BoolValue
+// holding false encodes as an empty message) and append_action is left at
+// its default, the one combination every Envoy version reads as overwrite:
+// releases before append_action read only append, later ones read append
+// when append_action is the default, and the router refuses both set.
 func sizeHVO(h header) int {
 	return sizeLen(sizeLen(len(h.name))+sizeLen(len(h.value))) + 2
 }
@@ -75,8 +76,7 @@ func appendHVO(b []byte, h header) []byte {
 	b = appendLen(b, fieldHVOHeader, sizeLen(len(h.name))+sizeLen(len(h.value)))
 	b = appendString(b, fieldHVKey, h.name)
 	b = appendString(b, fieldHVRawValue, h.value)
-	b = protowire.AppendTag(b, fieldHVOAppendAction, protowire.VarintType)
-	return protowire.AppendVarint(b, appendActionOverwrite)
+	return appendLen(b, fieldHVOAppend, 0)
 }
 
 // mutation describes a HeaderMutation: headers set (overwriting) and

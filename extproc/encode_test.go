@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"google.golang.org/protobuf/types/known/wrapperspb"
 	"maps"
 	"slices"
 	"strings"
@@ -33,8 +34,8 @@ func expectedMutation(m *mutation) *extprocv3.HeaderMutation {
 	out := &extprocv3.HeaderMutation{RemoveHeaders: m.remove}
 	for _, h := range m.set {
 		out.SetHeaders = append(out.SetHeaders, &corev3.HeaderValueOption{
-			Header:       &corev3.HeaderValue{Key: h.name, RawValue: []byte(h.value)},
-			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+			Header: &corev3.HeaderValue{Key: h.name, RawValue: []byte(h.value)},
+			Append: wrapperspb.Bool(false),
 		})
 	}
 	return out

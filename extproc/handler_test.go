@@ -7,7 +7,6 @@ import (
 	"slices"
 	"testing"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -243,7 +242,7 @@ func TestHandleRequestHeaders(t *testing.T) {
 				t.Errorf("header %s = %q (set %v), want %q", hdr, got, ok, tt.wantIP)
 			}
 			opt := res.SetHeaderOption(hdr)
-			if opt.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD || opt.GetHeader().GetValue() != "" {
+			if !extproctest.Overwrites(opt) || opt.GetHeader().GetValue() != "" {
 				t.Errorf("header option %v: want raw_value only, OVERWRITE_IF_EXISTS_OR_ADD", opt)
 			}
 		})

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
@@ -239,7 +238,7 @@ func TestServe(t *testing.T) {
 					if got := string(opt.GetHeader().GetRawValue()); got != tt.wantIP {
 						t.Errorf("x-real-ip = %q, want %q", got, tt.wantIP)
 					}
-					if opt.GetHeader().GetValue() != "" || opt.GetAppendAction() != corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD {
+					if opt.GetHeader().GetValue() != "" || !extproctest.Overwrites(opt) {
 						t.Errorf("x-real-ip option %v: want raw_value only and OVERWRITE_IF_EXISTS_OR_ADD", opt)
 					}
 				})

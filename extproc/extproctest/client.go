@@ -312,9 +312,24 @@ func CheckResponse(ph Phase, resp *extprocv3.ProcessingResponse) error {
 			if o.GetAppend() == nil && o.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
 				return fmt.Errorf("%w: header %q without an explicit append setting", ErrProtocol, h.GetKey())
 			}
+			//nolint:staticcheck // as above
+			if o.GetAppend() != nil && o.GetAppendAction() != corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
+				return fmt.Errorf("%w: header %q sets both append and append_action, which Envoy refuses", ErrProtocol, h.GetKey())
+			}
 		}
 	}
 	return nil
+}
+
+// Overwrites reports whether Envoy applies o by replacing every existing
+// value of the header (append false, or append_action
+// OVERWRITE_IF_EXISTS_OR_ADD).
+func Overwrites(o *corev3.HeaderValueOption) bool {
+	//nolint:staticcheck // Append is deprecated but still read by Envoy.
+	if a := o.GetAppend(); a != nil {
+		return !a.GetValue() && o.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
+	}
+	return o.GetAppendAction() == corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 }
 
 // SetHeader returns the value the answers set for header name (the last

@@ -32,6 +32,8 @@ func TestCheckResponse(t *testing.T) {
 	}{
 		{"good", RequestHeaders, headersAnswer(good), true},
 		{"explicit append false", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: good.Header, Append: wrapperspb.Bool(false)}), true},
+		{"append and append_action both set", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x", RawValue: []byte("v")}, Append: wrapperspb.Bool(false), AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}), false},
+		{"explicit append false", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x", RawValue: []byte("v")}, Append: wrapperspb.Bool(false)}), true},
 		{"value instead of raw_value", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x", Value: "v"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}), false},
 		{"implicit append", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: good.Header}), false},
 		{"fails validation", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: ""}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}), false},
