@@ -2,12 +2,9 @@ package policies
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +16,7 @@ import (
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/internal/plugintest"
 )
 
 // pluginBin holds the example plugins and the host's test plugin (which
@@ -36,27 +34,22 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-		"../../examples/plugins/denylist", "../../examples/plugins/geotag", "../../plugins/host/testdata/testpolicy")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build example plugins:", err)
+	bins, err := plugintest.Build(dir, "../../examples/plugins/denylist", "../../examples/plugins/geotag", "../../plugins/host/testdata/testpolicy")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	pluginBin.denylist = filepath.Join(dir, "denylist")
-	pluginBin.geotag = filepath.Join(dir, "geotag")
-	pluginBin.testpolicy = filepath.Join(dir, "testpolicy")
+	pluginBin.denylist, pluginBin.geotag, pluginBin.testpolicy = bins["denylist"], bins["geotag"], bins["testpolicy"]
 	return m.Run()
 }
 
 func fileSHA(t *testing.T, path string) string {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	sum, err := plugintest.SHA256(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
+	return sum
 }
 
 func pluginPolicies(t *testing.T) []config.Policy {

@@ -2,19 +2,17 @@ package host
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/realipd/realipd/internal/plugintest"
 )
 
 // bin holds the paths of the plugin binaries TestMain builds once for the
@@ -34,23 +32,19 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+	bins, err := plugintest.Build(dir,
 		"../../examples/plugins/denylist",
 		"../../examples/plugins/geotag",
 		"./testdata/testpolicy",
 		"./testdata/badversion",
 		"./testdata/hostbin",
 	)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build test plugins:", err)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	bin.denylist = filepath.Join(dir, "denylist")
-	bin.geotag = filepath.Join(dir, "geotag")
-	bin.testpolicy = filepath.Join(dir, "testpolicy")
-	bin.badversion = filepath.Join(dir, "badversion")
-	bin.hostbin = filepath.Join(dir, "hostbin")
+	bin.denylist, bin.geotag, bin.testpolicy = bins["denylist"], bins["geotag"], bins["testpolicy"]
+	bin.badversion, bin.hostbin = bins["badversion"], bins["hostbin"]
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -61,26 +55,14 @@ func runTests(m *testing.M) int {
 	return code
 }
 
-var (
-	sumsMu sync.Mutex
-	sums   = map[string]string{}
-)
-
 // sha returns the hex sha256 of the file at path.
 func sha(t testing.TB, path string) string {
 	t.Helper()
-	sumsMu.Lock()
-	defer sumsMu.Unlock()
-	if s, ok := sums[path]; ok {
-		return s
-	}
-	b, err := os.ReadFile(path)
+	sum, err := plugintest.SHA256(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := sha256.Sum256(b)
-	sums[path] = hex.EncodeToString(s[:])
-	return sums[path]
+	return sum
 }
 
 // newHost starts a host for cfg, filling in the sha256 and a recording
