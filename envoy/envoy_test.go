@@ -147,17 +147,7 @@ func edit(s, old, new string) string {
 // TestChecksCatchMistakes edits the shipped static file in memory, one
 // plausible mistake at a time, and requires the settings checks to name it.
 func TestChecksCatchMistakes(t *testing.T) {
-	const file = "envoy-extproc.yaml"
-	orig, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	good := staticExtProcAt
-	tests := []struct {
-		name      string
-		old, new  string
-		wantError string
-	}{
+	checkEdits(t, "envoy-extproc.yaml", func(l *loaded) error { return checkStatic(l, staticExtProcAt) }, []editCase{
 		{"request headers not sent", "request_header_mode: SEND", "request_header_mode: SKIP", "processing_mode.request_header_mode is SKIP"},
 		{"response headers DEFAULT", "response_header_mode: SKIP", "response_header_mode: DEFAULT", "processing_mode.response_header_mode is DEFAULT"},
 		{"response headers left out", "response_header_mode: SKIP\n", "", "response_header_mode is not set explicitly"},
@@ -189,8 +179,25 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"route to undefined cluster", "route: { cluster: backend }", "route: { cluster: nowhere }", "cluster \"nowhere\" is not defined"},
 		{"access log without client_ip", "client_ip=%DYNAMIC_METADATA(realipd:client_ip)%", "", "no access_log prints"},
 		{"admin on all addresses", "address: 127.0.0.1, port_value: 9901", "address: 0.0.0.0, port_value: 9901", "admin: address 0.0.0.0:9901"},
+	})
+}
+
+// editCase is one mistaken edit of a shipped file: replacing old (which must
+// occur once) by new must make the file's checks fail with wantError.
+type editCase struct {
+	name      string
+	old, new  string
+	wantError string
+}
+
+// checkEdits applies each case to file and runs check on the result.
+func checkEdits(t *testing.T, file string, check func(*loaded) error, cases []editCase) {
+	t.Helper()
+	orig, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
 			if strings.Count(string(orig), tt.old) != 1 {
 				t.Fatalf("%q occurs %d times in %s, want once", tt.old, strings.Count(string(orig), tt.old), file)
@@ -199,7 +206,7 @@ func TestChecksCatchMistakes(t *testing.T) {
 			if err != nil {
 				t.Fatalf("edited file no longer loads, so this case tests nothing: %v", err)
 			}
-			err = checkStatic(l, good)
+			err = check(l)
 			if err == nil {
 				t.Fatalf("checks passed after the edit, want an error containing %q", tt.wantError)
 			}
@@ -212,17 +219,7 @@ func TestChecksCatchMistakes(t *testing.T) {
 
 // TestADSChecksCatchMistakes does the same for the ADS bootstrap.
 func TestADSChecksCatchMistakes(t *testing.T) {
-	const file = "envoy-ads.yaml"
-	orig, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	good := adsXDSAt
-	tests := []struct {
-		name      string
-		old, new  string
-		wantError string
-	}{
+	checkEdits(t, "envoy-ads.yaml", func(l *loaded) error { return checkADS(l, adsXDSAt) }, []editCase{
 		{"REST instead of gRPC", "api_type: GRPC", "api_type: REST", "api_type is REST"},
 		{"wrong xds cluster", "envoy_grpc: { cluster_name: realipd_xds }", "envoy_grpc: { cluster_name: other }", "cluster_name \"realipd_xds\""},
 		{"lds not from ads", "lds_config:\n    ads: {}", "lds_config:\n    path_config_source: {path: /etc/envoy/lds.yaml}", "lds_config: must come from ads"},
@@ -230,25 +227,7 @@ func TestADSChecksCatchMistakes(t *testing.T) {
 		{"no node id", "id: realipd-sidecar\n", "", "node: id and cluster must be set"},
 		{"xds on HTTP/1.1", "http2_protocol_options: {}", "http_protocol_options: {}", "must use HTTP/2"},
 		{"xds wrong port", "port_value: 18000", "port_value: 18001", "endpoints [127.0.0.1:18001]"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if strings.Count(string(orig), tt.old) != 1 {
-				t.Fatalf("%q occurs %d times in %s, want once", tt.old, strings.Count(string(orig), tt.old), file)
-			}
-			l, err := load([]byte(edit(string(orig), tt.old, tt.new)))
-			if err != nil {
-				t.Fatalf("edited file no longer loads, so this case tests nothing: %v", err)
-			}
-			err = checkADS(l, good)
-			if err == nil {
-				t.Fatalf("checks passed after the edit, want an error containing %q", tt.wantError)
-			}
-			if !strings.Contains(err.Error(), tt.wantError) {
-				t.Errorf("error = %v\nwant it to contain %q", err, tt.wantError)
-			}
-		})
-	}
+	})
 }
 
 // minimal is a small valid bootstrap with an Any inside an Any (ext_proc inside
