@@ -11,14 +11,15 @@ import (
 )
 
 // adminRole builds the admin listener of cfg: /metrics serves reg (every
-// role's metrics), /config_dump the effective configuration, /readyz the
+// role's metrics), /config_dump the configuration in force, /readyz the
 // readiness checks the other roles register with the returned server.
-func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry) (role, *admin.Server, error) {
+// dump returns the configuration in force, which a reload replaces.
+func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, dump func() any) (role, *admin.Server, error) {
 	log := logger.With("role", "admin")
 	srv, err := admin.New(admin.Options{
 		Logger:     log,
 		Registry:   reg,
-		ConfigDump: func() any { return cfg },
+		ConfigDump: dump,
 	})
 	if err != nil {
 		return role{}, nil, err

@@ -4,12 +4,13 @@
 //
 // Usage:
 //
-//	realipd serve    [--config FILE]    run every enabled role until SIGTERM/SIGINT
+//	realipd serve    [--config FILE]    run every enabled role until SIGTERM/SIGINT; reload FILE on change or SIGHUP
 //	realipd resolve  [--config FILE] --remote-addr ADDR [-H 'Name: value']... [flags]
 //	realipd validate --config FILE      list every configuration error with its key path
 //	realipd version
 //
 // main is thin: it installs the signal handling and calls run, which tests
-// call in-process. Exit codes: 0 success, 1 failure, no result or invalid
+// call in-process; SIGHUP reaches serve through run's context
+// (withReloadSignal). Exit codes: 0 success, 1 failure, no result or invalid
 // configuration, 2 bad command line.
 package main

@@ -27,7 +27,11 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if pluginDir != "" {
+		os.RemoveAll(pluginDir)
+	}
+	os.Exit(code)
 }
 
 // runCmd calls run in-process and returns stdout, stderr and the exit code.
@@ -414,9 +418,9 @@ func TestServeRefusesBadConfig(t *testing.T) {
 }
 
 // startMain runs the test binary as realipd with args and returns the
-// process, once it has logged that it is running, and a reader of the rest
-// of its stderr.
-func startMain(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, <-chan error) {
+// process, once it has logged that it is running, and its stderr (all of
+// it, as it comes).
+func startMain(t *testing.T, args ...string) (*exec.Cmd, *logTail, <-chan error) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -432,14 +436,14 @@ func startMain(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, <-chan e
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	var logs bytes.Buffer
+	logs := newLogTail()
 	running := make(chan struct{})
 	copied := make(chan error, 1)
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		signalled := false
 		for sc.Scan() {
-			logs.WriteString(sc.Text() + "\n")
+			logs.Write([]byte(sc.Text() + "\n"))
 			if !signalled && strings.Contains(sc.Text(), `msg="realipd running"`) {
 				signalled = true
 				close(running)
@@ -457,7 +461,7 @@ func startMain(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer, <-chan e
 		<-copied
 		exited <- cmd.Wait()
 	}()
-	return cmd, &logs, exited
+	return cmd, logs, exited
 }
 
 // TestServeSignals runs the real process and stops it with each signal.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,13 +25,23 @@ type role struct {
 	run  func(ctx context.Context) error
 }
 
+// serving is what serve runs: the roles, and what a configuration reload
+// updates.
+type serving struct {
+	roles   []role
+	targets []reloadTarget                // the roles' parts that take a reload, in role order
+	current atomic.Pointer[config.Config] // the configuration in force (/config_dump)
+	reloads *reloadMetrics
+}
+
 // buildRoles returns the roles cfg enables, in start order. Each role's
 // constructor is where its package is wired in: it gets the validated
 // configuration and a logger, and returns a role or an error that stops
-// serve before anything starts. Roles share one metrics registry, served by
-// the admin role. When a constructor fails, what the earlier ones started
-// (plugin processes) is stopped before the error is returned.
-func buildRoles(cfg *config.Config, logger *slog.Logger) (roles []role, err error) {
+// serve before anything starts; a role that can take a new configuration
+// while serving also adds a reloadTarget. Roles share one metrics registry,
+// served by the admin role. When a constructor fails, what the earlier ones
+// started (plugin processes) is stopped before the error is returned.
+func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error) {
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -39,34 +50,45 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (roles []role, err erro
 			}
 		}
 	}()
+	s = &serving{}
+	s.current.Store(cfg)
 	reg := prometheus.NewRegistry()
+	if s.reloads, err = newReloadMetrics(reg); err != nil {
+		return nil, err
+	}
 	var adminSrv *admin.Server
 	if cfg.Admin.Enabled {
-		r, srv, err := adminRole(cfg, logger, reg)
+		r, srv, err := adminRole(cfg, logger, reg, func() any { return s.current.Load() })
 		if err != nil {
 			return nil, err
 		}
 		adminSrv = srv
-		roles = append(roles, r)
+		s.roles = append(s.roles, r)
 	}
 	if cfg.ExtProc.Enabled {
-		r, srv, closeChain, err := extprocRole(cfg, logger, reg)
+		r, rt, err := extprocRole(cfg, logger, reg)
 		if err != nil {
 			return nil, err
 		}
-		cleanups = append(cleanups, closeChain)
+		cleanups = append(cleanups, rt.close)
 		if adminSrv != nil {
-			adminSrv.AddReadinessCheck("extproc", srv.Ready)
+			adminSrv.AddReadinessCheck("extproc", rt.srv.Ready)
 		}
-		roles = append(roles, r)
+		s.roles = append(s.roles, r)
+		s.targets = append(s.targets, reloadTarget{name: "extproc", stage: rt.reload})
 	}
 	if cfg.XDS.Enabled {
-		roles = append(roles, pendingRole("xds", logger, "listen", cfg.XDS.Listen, "extproc_address", cfg.ExtProcAddress()))
+		s.roles = append(s.roles, pendingRole("xds", logger, "listen", cfg.XDS.Listen, "extproc_address", cfg.ExtProcAddress()))
 	}
 	if cfg.OrigDst.Enabled {
-		roles = append(roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))
+		s.roles = append(s.roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))
 	}
-	return roles, nil
+	return s, nil
+}
+
+// reloader returns the reloader of the configuration file at path into s.
+func (s *serving) reloader(path string, logger *slog.Logger) *reloader {
+	return &reloader{path: path, log: logger, current: &s.current, targets: s.targets, m: s.reloads}
 }
 
 // pendingRole stands in for a role whose package is not written yet: it

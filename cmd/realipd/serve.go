@@ -17,7 +17,13 @@ Run every role the configuration enables (ext_proc server, xDS control plane,
 admin listener, native fallback listener) in one process until SIGTERM or
 SIGINT, then shut them down gracefully and exit 0. Without --config the
 defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin on
-127.0.0.1:9902, the native listener off.`)
+127.0.0.1:9902, the native listener off.
+
+With --config, the file is reloaded when it changes and on SIGHUP. An
+invalid file, or one that changes a key needing a restart (listen addresses,
+enabled flags, the admin, xds and origdst sections, extproc.drain_timeout),
+is rejected with every problem logged with its key path, and the last good
+configuration keeps serving.`)
 	path := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
 	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	format := fs.String("log-format", "text", "log `FORMAT`: text or json")
@@ -41,12 +47,22 @@ defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin on
 	logger.Info("client IP resolution", "strategy", ci.Strategy.String(), "header", ci.Header,
 		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies))
 
-	roles, err := buildRoles(cfg, logger)
+	s, err := buildRoles(cfg, logger)
 	if err != nil {
 		return failure(fmt.Errorf("serve: %w", err))
 	}
+	// Reloads run beside the roles and stop before serve returns.
+	rctx, stopReloads := context.WithCancel(ctx)
+	var waitReloads func()
+	if *path != "" {
+		waitReloads = watchConfig(rctx, s.reloader(*path, logger), reloadSignal(ctx))
+	} else {
+		waitReloads = ignoreReloads(rctx, logger, reloadSignal(ctx))
+	}
+	defer waitReloads()
+	defer stopReloads()
 	grace := cfg.ExtProc.DrainTimeout.Duration + 5*time.Second
-	return runRoles(ctx, logger, roles, grace)
+	return runRoles(ctx, logger, s.roles, grace)
 }
 
 // loadOrDefault loads path, or validates the defaults when path is "".

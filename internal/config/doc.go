@@ -14,4 +14,9 @@
 // valid only after Validate (which Parse and Load call) has succeeded. A
 // Config is plain data: not safe for concurrent mutation; share it
 // read-only once validated.
+//
+// Watch reports changes of a configuration file, watching its directory so
+// that atomic renames and Kubernetes ConfigMap symlink swaps are seen; serve
+// reloads on them. Load resolves relative plugin paths against the file's
+// directory.
 package config

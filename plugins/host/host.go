@@ -110,6 +110,7 @@ type Host struct {
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced at every up/down change
 	restarts int
+	counted  bool // this host's process is counted in realipd_plugin_up
 }
 
 type cacheKey struct {
@@ -268,7 +269,7 @@ func (h *Host) Close() error {
 			h.stop(inst, false)
 		}
 		h.signalChange()
-		h.m.up.Set(0)
+		h.countUp(false)
 		if h.cache != nil {
 			h.cache.Purge()
 			clock.release()
@@ -277,10 +278,29 @@ func (h *Host) Close() error {
 	return nil
 }
 
+// countUp adds this host's process to, or removes it from, the policy's
+// realipd_plugin_up gauge. The gauge counts processes rather than being set,
+// because the hosts of one policy share its series: during a reload's grace
+// period the retiring host and its successor both run, and the retiring
+// one's Close must not zero the successor's count.
+func (h *Host) countUp(up bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if up == h.counted {
+		return
+	}
+	h.counted = up
+	if up {
+		h.m.up.Inc()
+	} else {
+		h.m.up.Dec()
+	}
+}
+
 // setUp publishes inst as the current instance.
 func (h *Host) setUp(inst *instance, restarted bool) {
 	h.cur.Store(inst)
-	h.m.up.Set(1)
+	h.countUp(true)
 	h.mu.Lock()
 	if restarted {
 		h.restarts++

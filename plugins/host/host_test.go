@@ -642,3 +642,26 @@ func TestRequestHeadersAfterRestart(t *testing.T) {
 		t.Errorf("chain after restart: %q, %v", names, all)
 	}
 }
+
+// TestUpGaugeSharedAcrossHosts: a reload runs a policy's new host beside the
+// one it retires; closing the old one must not zero the new one's count.
+func TestUpGaugeSharedAcrossHosts(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	old, _ := newHost(t, Config{Name: "shared", Path: bin.testpolicy, Registerer: reg})
+	if got := value(t, old.m.up); got != 1 {
+		t.Fatalf("realipd_plugin_up with one host = %v, want 1", got)
+	}
+	successor, _ := newHost(t, Config{Name: "shared", Path: bin.testpolicy, Registerer: reg})
+	if got := value(t, successor.m.up); got != 2 {
+		t.Fatalf("realipd_plugin_up with two hosts = %v, want 2", got)
+	}
+	old.Close()
+	old.Close() // idempotent: counted once
+	if got := value(t, successor.m.up); got != 1 {
+		t.Fatalf("realipd_plugin_up after the old host closed = %v, want 1", got)
+	}
+	successor.Close()
+	if got := value(t, successor.m.up); got != 0 {
+		t.Fatalf("realipd_plugin_up after both closed = %v, want 0", got)
+	}
+}

@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer, policy string) *metrics {
 	misses := counterVec(reg, "realipd_plugin_cache_misses_total", "Plugin decisions not found in the decision cache.", "policy")
 	errs := counterVec(reg, "realipd_plugin_errors_total", "Failed plugin decisions by kind (unavailable, timeout, plugin); the policy's on_error applied.", "policy", "kind")
 	restarts := counterVec(reg, "realipd_plugin_restarts_total", "Plugin processes restarted after a crash or failed health check.", "policy")
-	up := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "realipd_plugin_up", Help: "1 while the plugin process is running and connected."}, []string{"policy"})
+	up := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "realipd_plugin_up", Help: "Plugin processes of the policy running and connected: 1 normally, 0 while it is down, briefly 2 while a reload retires the previous process."}, []string{"policy"})
 	up = register(reg, up)
 	return &metrics{
 		hits:           hits.WithLabelValues(policy),

@@ -203,7 +203,7 @@ func (h *Host) supervise() {
 		failedPings = 0
 		h.log.Error("plugin down; restarting", "pid", inst.pid, "error", err)
 		h.cur.Store(nil)
-		h.m.up.Set(0)
+		h.countUp(false)
 		h.signalChange()
 		h.stop(inst, true)
 		if time.Since(inst.started) > backoffReset {

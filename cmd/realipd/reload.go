@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/internal/policies"
+)
+
+// restartOnlyKeys are the configuration keys a reload cannot change: a
+// section name stands for each of its keys. A reload that changes one is
+// rejected, naming the key. A role that learns to reload a key removes it
+// here.
+var restartOnlyKeys = []string{
+	"extproc.enabled",
+	"extproc.listen",
+	"extproc.drain_timeout",
+	"xds",
+	"origdst",
+	"admin",
+}
+
+// errShuttingDown fails a reload that races with shutdown.
+var errShuttingDown = errors.New("serve is shutting down")
+
+// A reloadTarget is the part of a role that takes a new configuration while
+// serving. It builds what cfg needs without changing what serves (it may
+// start plugin processes) and returns it staged. A reload commits the
+// targets' stages only when every target staged its part, and aborts them
+// otherwise.
+type reloadTarget struct {
+	name  string
+	stage func(cfg *config.Config) (staged, error)
+}
+
+// staged is one target's part of a reload, built and not yet in force.
+type staged struct {
+	// commit puts it in force. It fails only on what staging could not
+	// check, and then discards it.
+	commit func() error
+	// abort discards it (stops what staging started).
+	abort func()
+}
+
+// reloader reloads the configuration file into the running roles: on a
+// change of the file or a SIGHUP it loads and checks the file, and when the
+// file is valid and changes only keys that can change while serving, it
+// stages every target and commits them. Otherwise the last good
+// configuration keeps serving. It is safe for concurrent use; reloads run
+// one at a time.
+type reloader struct {
+	path    string
+	log     *slog.Logger
+	current *atomic.Pointer[config.Config] // the configuration in force
+	targets []reloadTarget
+	m       *reloadMetrics
+
+	mu sync.Mutex // one reload at a time
+}
+
+// reloadMetrics count reloads; the first load counts as an applied one.
+type reloadMetrics struct {
+	applied, rejected prometheus.Counter
+	lastSuccess       prometheus.Gauge
+	lastOK            prometheus.Gauge
+}
+
+func newReloadMetrics(reg prometheus.Registerer) (*reloadMetrics, error) {
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "realipd_config_reloads_total",
+		Help: "Configuration reloads (file changes and SIGHUP) by result: applied, or rejected (invalid, a restart-only key changed, a plugin failed to start) with the last good configuration kept.",
+	}, []string{"result"})
+	lastSuccess := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "realipd_config_last_reload_success_timestamp_seconds",
+		Help: "When the configuration in force was loaded (at start or by the last applied reload), in seconds since the Unix epoch.",
+	})
+	lastOK := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "realipd_config_last_reload_successful",
+		Help: "1 if the last configuration load or reload was applied, 0 if it was rejected.",
+	})
+	for _, c := range []prometheus.Collector{reloads, lastSuccess, lastOK} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register reload metrics: %w", err)
+		}
+	}
+	m := &reloadMetrics{
+		applied:     reloads.WithLabelValues("applied"),
+		rejected:    reloads.WithLabelValues("rejected"),
+		lastSuccess: lastSuccess,
+		lastOK:      lastOK,
+	}
+	m.lastSuccess.SetToCurrentTime()
+	m.lastOK.Set(1)
+	return m, nil
+}
+
+// reload loads the file and applies it if it is valid and can be applied
+// while serving; it reports whether the configuration in force is the
+// file's. why says what asked for the reload, for the logs.
+func (r *reloader) reload(why string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	log := r.log.With("file", r.path, "trigger", why)
+
+	cfg, err := config.Load(r.path)
+	if err == nil {
+		err = policies.Check(cfg.Policies)
+	}
+	if err != nil {
+		logProblems(log, err)
+		return r.reject(log)
+	}
+	old := r.current.Load()
+	if reflect.DeepEqual(old, cfg) {
+		log.Info("configuration reloaded: unchanged")
+		return r.applied()
+	}
+	if keys := changedKeys(old, cfg, restartOnlyKeys); len(keys) > 0 {
+		for _, k := range keys {
+			log.Error("configuration rejected", "key", k, "reason", "changing it needs a restart")
+		}
+		return r.reject(log)
+	}
+
+	stages := make([]staged, 0, len(r.targets))
+	for _, t := range r.targets {
+		s, err := t.stage(cfg)
+		if err != nil {
+			for _, s := range stages {
+				s.abort()
+			}
+			if errors.Is(err, errShuttingDown) {
+				log.Info("configuration reload abandoned: serve is shutting down")
+				return false
+			}
+			logProblems(log.With("role", t.name), err)
+			return r.reject(log)
+		}
+		stages = append(stages, s)
+	}
+	for i, s := range stages {
+		if err := s.commit(); err != nil {
+			for _, s := range stages[i+1:] {
+				s.abort()
+			}
+			if errors.Is(err, errShuttingDown) {
+				log.Info("configuration reload abandoned: serve is shutting down")
+				return false
+			}
+			log.Error("configuration rejected", "role", r.targets[i].name, "error", err)
+			if i > 0 {
+				// Not expected: a commit fails only on what staging checks.
+				log.Error("configuration partly applied", "roles_updated", i)
+			}
+			return r.reject(log)
+		}
+	}
+	r.current.Store(cfg)
+	ci := cfg.Trust.ClientIP()
+	log.Info("configuration reloaded", "strategy", ci.Strategy.String(), "header", ci.Header,
+		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies))
+	return r.applied()
+}
+
+func (r *reloader) applied() bool {
+	r.m.applied.Inc()
+	r.m.lastSuccess.SetToCurrentTime()
+	r.m.lastOK.Set(1)
+	return true
+}
+
+func (r *reloader) reject(log *slog.Logger) bool {
+	r.m.rejected.Inc()
+	r.m.lastOK.Set(0)
+	log.Error("configuration reload rejected; the last good configuration keeps serving")
+	return false
+}
+
+// logProblems logs every problem of err at Error, one record each, with its
+// key path when err is a *config.ValidationError.
+func logProblems(log *slog.Logger, err error) {
+	if ve, ok := errors.AsType[*config.ValidationError](err); ok {
+		for _, fe := range ve.Errors {
+			key := fe.Path
+			if key == "" {
+				key = "(document)"
+			}
+			log.Error("configuration rejected", "key", key, "reason", fe.Msg)
+		}
+		return
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			logProblems(log, e)
+		}
+		return
+	}
+	log.Error("configuration rejected", "error", err)
+}
+
+// changedKeys lists the keys of keys that differ between a and b; a
+// top-level section is expanded into the section's keys.
+func changedKeys(a, b *config.Config, keys []string) []string {
+	var changed []string
+	for _, key := range keys {
+		va, vb := lookupKey(reflect.ValueOf(a).Elem(), key), lookupKey(reflect.ValueOf(b).Elem(), key)
+		if !va.IsValid() || !vb.IsValid() {
+			panic("realipd: restart-only key " + key + " is not a configuration key")
+		}
+		if strings.Contains(key, ".") || va.Kind() != reflect.Struct {
+			if !reflect.DeepEqual(va.Interface(), vb.Interface()) {
+				changed = append(changed, key)
+			}
+			continue
+		}
+		for i := range va.NumField() {
+			f := va.Type().Field(i)
+			if !f.IsExported() {
+				continue // parsed forms of exported keys
+			}
+			if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+				changed = append(changed, key+"."+jsonName(f))
+			}
+		}
+	}
+	return changed
+}
+
+// lookupKey returns the field of v at a dotted key path of JSON names.
+func lookupKey(v reflect.Value, key string) reflect.Value {
+	for name := range strings.SplitSeq(key, ".") {
+		if v.Kind() != reflect.Struct {
+			return reflect.Value{}
+		}
+		next := reflect.Value{}
+		for i := range v.NumField() {
+			if f := v.Type().Field(i); f.IsExported() && jsonName(f) == name {
+				next = v.Field(i)
+				break
+			}
+		}
+		if !next.IsValid() {
+			return next
+		}
+		v = next
+	}
+	return v
+}
+
+func jsonName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+	return name
+}
+
+// watchConfig reloads the configuration of r on every change of its file
+// and every SIGHUP on hup (nil: none) until ctx ends, then returns. The
+// file watch is in place when it returns the wait function; wait returns
+// once no reload runs any more.
+func watchConfig(ctx context.Context, r *reloader, hup <-chan os.Signal) (wait func()) {
+	var wg sync.WaitGroup
+	stopped, err := config.Watch(ctx, r.path, config.WatchOptions{Logger: r.log}, func(c config.Change) {
+		r.log.Info("configuration file changed", "file", r.path, "events", c.Events)
+		r.reload("file changed")
+	})
+	if err != nil {
+		r.log.Warn("not watching the configuration file; reload it with SIGHUP", "file", r.path, "error", err)
+	} else {
+		r.log.Info("watching the configuration file", "file", r.path)
+		wg.Go(func() { <-stopped })
+	}
+	if hup != nil {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					r.reload("SIGHUP")
+				}
+			}
+		})
+	}
+	return wg.Wait
+}
+
+// reloadSignalKey is the context key of reload requests (SIGHUP).
+type reloadSignalKey struct{}
+
+// withReloadSignal returns ctx carrying the channel on which main delivers
+// SIGHUP: serve reloads its configuration file on each.
+func withReloadSignal(ctx context.Context, hup <-chan os.Signal) context.Context {
+	return context.WithValue(ctx, reloadSignalKey{}, hup)
+}
+
+// reloadSignal returns the channel of withReloadSignal, or nil.
+func reloadSignal(ctx context.Context) <-chan os.Signal {
+	hup, _ := ctx.Value(reloadSignalKey{}).(<-chan os.Signal)
+	return hup
+}
+
+// ignoreReloads logs the SIGHUPs on hup (nil: none) that serve cannot act
+// on, having no configuration file, until ctx ends. wait returns once it has
+// stopped.
+func ignoreReloads(ctx context.Context, log *slog.Logger, hup <-chan os.Signal) (wait func()) {
+	var wg sync.WaitGroup
+	if hup != nil {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					log.Warn("SIGHUP ignored: serve runs on the built-in defaults, there is no configuration file to reload")
+				}
+			}
+		})
+	}
+	return wg.Wait
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/realipd/realipd/extproc/extproctest"
+	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/internal/plugintest"
+	"github.com/realipd/realipd/plugins"
+)
+
+// pluginDir holds the plugins built by the tests; TestMain removes it.
+var pluginDir string
+
+// testPolicy builds the plugin host's test plugin once per test binary, when
+// a test first needs it, and returns its path and sha256.
+var testPolicy = sync.OnceValues(func() ([2]string, error) {
+	dir, err := os.MkdirTemp("", "realipd-cmd-test-")
+	if err != nil {
+		return [2]string{}, err
+	}
+	pluginDir = dir
+	bins, err := plugintest.Build(dir, "../../plugins/host/testdata/testpolicy")
+	if err != nil {
+		return [2]string{}, err
+	}
+	sum, err := plugintest.SHA256(bins["testpolicy"])
+	return [2]string{bins["testpolicy"], sum}, err
+})
+
+// pluginFile is a reload test configuration with one plugin policy whose
+// config is cfg.
+func pluginFile(t *testing.T, cfg string) string {
+	t.Helper()
+	bin, err := testPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reloadFile("10.0.0.0/8", fmt.Sprintf(`policies:
+  - name: tp
+    type: plugin
+    path: %s
+    sha256: "%s"
+    timeout: 1s
+    on_error: deny
+    config: %s
+`, bin[0], bin[1], cfg))
+}
+
+// pluginAnswer sends one allowed request and returns the test plugin's
+// metadata: its tag and process id.
+func (s *serveRun) pluginAnswer(t *testing.T) (tag string, pid int) {
+	t.Helper()
+	res, err := s.client.Process(t.Context(), extproctest.Request{
+		SourceAddress: "10.0.0.5:4321",
+		Headers:       []extproctest.Header{{Name: ":path", Value: "/"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := res.Metadata("realipd")
+	if err != nil || res.Immediate != nil {
+		t.Fatalf("request: metadata %v, %v, immediate response %v", md, err, res.Immediate)
+	}
+	if _, err := fmt.Sscan(md["pid"], &pid); err != nil {
+		t.Fatalf("metadata %v: no pid", md)
+	}
+	return md["tag"], pid
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// waitExit waits, at most 10 s, for process pid to be gone. No event tells
+// when another process's child exits: this polls.
+func waitExit(t *testing.T, pid int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (pid %d) still running after 10s", what, pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReloadSwapsPluginChain reloads a plugin policy's config: a new plugin
+// process serves the requests that follow, the old one keeps running for
+// the grace period (requests may still be deciding on it) and is then
+// stopped; a config the plugin refuses keeps the running chain; shutdown
+// stops a chain still in its grace period.
+func TestReloadSwapsPluginChain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts plugin processes")
+	}
+	path := writeFile(t, "realipd.yaml", pluginFile(t, "{tag: v1}"))
+	s := startServe(t, path, nil)
+	s.client.MessageTimeout = 5 * time.Second // the first call to a plugin sets up TLS
+
+	tag, pid1 := s.pluginAnswer(t)
+	if tag != "v1" {
+		t.Fatalf("tag %q, want v1", tag)
+	}
+
+	replaceFile(t, path, pluginFile(t, "{tag: v2}"))
+	if last := s.nextReload(t); !strings.Contains(last, `msg="configuration reloaded"`) {
+		t.Fatalf("reload: %s\n%s", last, s.logs)
+	}
+	tag, pid2 := s.pluginAnswer(t)
+	if tag != "v2" || pid2 == pid1 {
+		t.Errorf("after the reload: tag %q pid %d, want v2 from a new process (old pid %d)", tag, pid2, pid1)
+	}
+	// The grace period is at least retireMargin: the old plugin runs on.
+	if !alive(pid1) {
+		t.Errorf("the replaced plugin (pid %d) stopped at once; it must outlive requests in flight", pid1)
+	}
+	waitExit(t, pid1, "the replaced plugin")
+
+	replaceFile(t, path, pluginFile(t, "{reject: not today}"))
+	last := s.nextReload(t)
+	if !strings.Contains(last, "reload rejected") || !strings.Contains(s.logs.String(), "not today") {
+		t.Errorf("a config the plugin refuses: %s, want rejected with the plugin's reason\n%s", last, s.logs)
+	}
+	if tag, pid := s.pluginAnswer(t); tag != "v2" || pid != pid2 {
+		t.Errorf("after the rejected reload: tag %q pid %d, want v2 from pid %d", tag, pid, pid2)
+	}
+
+	replaceFile(t, path, pluginFile(t, "{tag: v3}"))
+	if last := s.nextReload(t); !strings.Contains(last, `msg="configuration reloaded"`) {
+		t.Fatalf("reload: %s\n%s", last, s.logs)
+	}
+	_, pid3 := s.pluginAnswer(t)
+	s.stop()
+	for _, pid := range []int{pid2, pid3} {
+		if alive(pid) {
+			t.Errorf("plugin pid %d still running after serve returned", pid)
+		}
+	}
+}
+
+// closerPolicy is a policy that records its Close.
+type closerPolicy struct{ closed chan struct{} }
+
+func (p *closerPolicy) Decide(context.Context, *plugins.Request) (plugins.Decision, error) {
+	return plugins.Decision{}, nil
+}
+
+func (p *closerPolicy) Close() error { close(p.closed); return nil }
+
+func closerChain(t *testing.T) (*plugins.Chain, chan struct{}) {
+	t.Helper()
+	p := &closerPolicy{closed: make(chan struct{})}
+	c, err := plugins.NewChain(plugins.ChainEntry{Name: "c", Policy: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, p.closed
+}
+
+// TestExtprocRuntimeRetire checks the life of replaced chains: closed after
+// their grace period, or at shutdown when that comes first, together with
+// the chain in force; no reload is staged after shutdown.
+func TestExtprocRuntimeRetire(t *testing.T) {
+	rt := &extprocRuntime{log: discardLogger(), retiring: map[*plugins.Chain]*time.Timer{}}
+	short, shortClosed := closerChain(t)
+	long, longClosed := closerChain(t)
+	current, currentClosed := closerChain(t)
+	rt.chain = current
+	rt.mu.Lock()
+	rt.retire(short, time.Millisecond)
+	rt.retire(long, time.Hour)
+	rt.mu.Unlock()
+	<-shortClosed // closed by its timer
+	select {
+	case <-longClosed:
+		t.Fatal("a chain was closed before its grace period")
+	case <-currentClosed:
+		t.Fatal("the chain in force was closed")
+	default:
+	}
+	rt.close()
+	for name, c := range map[string]chan struct{}{"retiring": longClosed, "in force": currentClosed} {
+		select {
+		case <-c:
+		default:
+			t.Errorf("the %s chain is open after close", name)
+		}
+	}
+	cfg := config.Default()
+	if _, err := rt.reload(&cfg); !errors.Is(err, errShuttingDown) {
+		t.Errorf("reload after close = %v, want errShuttingDown", err)
+	}
+	rt.close() // idempotent
+}
+
+func TestChainGrace(t *testing.T) {
+	ms := func(n int) config.Duration { return config.Duration{Duration: time.Duration(n) * time.Millisecond} }
+	list := []config.Policy{
+		{Type: "cidr"},
+		{Type: "plugin", Timeout: ms(50)},
+		{Type: "plugin", Timeout: ms(20)},
+	}
+	if got, want := chainGrace(list), retireMargin+70*time.Millisecond; got != want {
+		t.Errorf("chainGrace = %v, want %v (the timeouts add up: policies run in turn)", got, want)
+	}
+	if got := chainGrace(nil); got != retireMargin {
+		t.Errorf("chainGrace(nil) = %v, want %v", got, retireMargin)
+	}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
