@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -92,6 +93,7 @@ func TestWedgedPluginRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	waitStopped(t, pid)
 	start := time.Now()
 	if _, err := h.Decide(context.Background(), req("192.0.2.1")); !errors.Is(err, ErrTimeout) && !errors.Is(err, ErrUnavailable) {
 		t.Errorf("call to a stopped plugin: %v, want ErrTimeout", err)
@@ -105,5 +107,30 @@ func TestWedgedPluginRestarted(t *testing.T) {
 	}
 	if got := decide(t, h, req("192.0.2.1")).Metadata["pid"]; got == strconv.Itoa(pid) {
 		t.Error("same process after restart")
+	}
+}
+
+// waitStopped returns once the plugin process pid, a child of this test
+// process, has stopped. The kernel reports the stop to wait4 with WUNTRACED
+// (without reaping the child, so go-plugin's own wait is unaffected); on a
+// loaded machine the stop can otherwise land after the next call.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	stopped := make(chan error, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		_, err := syscall.Wait4(pid, &ws, syscall.WUNTRACED, nil)
+		if err == nil && !ws.Stopped() {
+			err = fmt.Errorf("wait4: status %v, want stopped", ws)
+		}
+		stopped <- err
+	}()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("plugin %d did not stop: %v", pid, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("plugin %d not stopped 10s after SIGSTOP", pid)
 	}
 }
