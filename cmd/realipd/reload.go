@@ -278,19 +278,26 @@ func watchConfig(ctx context.Context, r *reloader, hup <-chan os.Signal) (wait f
 		r.log.Info("watching the configuration file", "file", r.path)
 		wg.Go(func() { <-stopped })
 	}
-	if hup != nil {
-		wg.Go(func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-					r.reload("SIGHUP")
-				}
-			}
-		})
-	}
+	onSignals(ctx, &wg, hup, func() { r.reload("SIGHUP") })
 	return wg.Wait
+}
+
+// onSignals calls fn for each signal on hup (nil: none) until ctx ends, in a
+// goroutine counted in wg.
+func onSignals(ctx context.Context, wg *sync.WaitGroup, hup <-chan os.Signal, fn func()) {
+	if hup == nil {
+		return
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				fn()
+			}
+		}
+	})
 }
 
 // reloadSignalKey is the context key of reload requests (SIGHUP).
@@ -313,17 +320,8 @@ func reloadSignal(ctx context.Context) <-chan os.Signal {
 // stopped.
 func ignoreReloads(ctx context.Context, log *slog.Logger, hup <-chan os.Signal) (wait func()) {
 	var wg sync.WaitGroup
-	if hup != nil {
-		wg.Go(func() {
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-hup:
-					log.Warn("SIGHUP ignored: serve runs on the built-in defaults, there is no configuration file to reload")
-				}
-			}
-		})
-	}
+	onSignals(ctx, &wg, hup, func() {
+		log.Warn("SIGHUP ignored: serve runs on the built-in defaults, there is no configuration file to reload")
+	})
 	return wg.Wait
 }
