@@ -45,16 +45,17 @@ const (
 	ReasonNone          Reason = iota
 	ReasonPicked               // a header entry was chosen
 	ReasonPeer                 // the peer itself is the answer (remote_addr, untrusted peer, envoy_xff fallback)
-	ReasonPeerNotIP            // the peer is not a usable IP
-	ReasonNoHeader             // the header is absent or has no entries
+	ReasonNoPeer               // the peer is not a usable IP (or, in ext_proc, there is no source.address)
+	ReasonNoHeader             // the header is absent or has no entries (Client: the peer stands in)
 	ReasonInvalidEntry         // the entry in the deciding slot is not a valid client IP
-	ReasonAllTrusted           // every entry is trusted
+	ReasonAllTrusted           // every entry is trusted (Client: the peer stands in; envoy_xff: the leftmost entry)
 	ReasonTooFewEntries        // fewer entries than trusted hops
 	ReasonNoPublicEntry        // no valid non-private entry
-	ReasonTooLarge             // header over MaxHeaderBytes or MaxEntries: fail closed
+	ReasonBound                // the walk would examine more than MaxEntries entries: fail closed
 )
 
-// Result is the outcome of Resolve. The zero Result is "no result".
+// Result is the outcome of Resolve or Client. The zero Result is "no
+// result"; a Result without IP from Client is "unresolved".
 type Result struct {
 	IP       netip.Addr // invalid when there is no result
 	Source   Source
@@ -74,7 +75,7 @@ type Explanation struct {
 	PeerTrusted  *bool          `json:"peer_trusted,omitempty"`
 	Entries      []EntryVerdict `json:"entries"` // in the order they were read (right to left, or left to right for leftmost_non_private)
 	ClientIP     string         `json:"client_ip"`
-	ResolvedFrom string         `json:"resolved_from"` // "header", "peer" or "" (no result)
+	ResolvedFrom string         `json:"resolved_from"` // "header", "peer" or "none" (unresolved)
 	Reason       string         `json:"reason"`
 	Detail       string         `json:"detail"` // one human sentence
 }

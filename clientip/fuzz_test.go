@@ -2,6 +2,7 @@ package clientip
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -57,13 +58,18 @@ func must(r *Resolver, err error) *Resolver {
 
 // checkResolution asserts the invariants of every resolution: a result is
 // "no result" or an IP that appears in the peer or the headers, the peer is
-// only returned as SourcePeer, header results respect the trust set, and
-// Explain agrees with Resolve.
+// only returned as SourcePeer, header results respect the trust set,
+// Client follows Resolve (the peer standing in only for no header or all
+// trusted) and Explain agrees with Client.
 func checkResolution(t *testing.T, r *Resolver, peer string, lines []string) {
-	res := r.Resolve(peer, append([]string(nil), lines...))
+	raw := r.Resolve(peer, append([]string(nil), lines...))
+	res := r.Client(peer, append([]string(nil), lines...))
 	exp, e := r.Explain(peer, append([]string(nil), lines...))
 	if res != exp {
-		t.Fatalf("%v: Resolve %+v != Explain %+v", r.Strategy(), res, exp)
+		t.Fatalf("%v: Client %+v != Explain %+v", r.Strategy(), res, exp)
+	}
+	if res.Reason != raw.Reason || (raw.OK() && res != raw) || (!raw.OK() && res.OK() && (!PeerStandsIn(raw.Reason) || res.Source != SourcePeer)) {
+		t.Fatalf("%v: Client %+v does not follow Resolve %+v", r.Strategy(), res, raw)
 	}
 	if !res.OK() {
 		if res.Source != SourceNone || e.ClientIP != "" {
@@ -122,6 +128,54 @@ func FuzzResolve(f *testing.F) {
 		}
 		for _, r := range rs {
 			checkResolution(t, r, peer, lines)
+		}
+	})
+}
+
+// FuzzLeftPadding checks the bound rule: for the strategies that read from
+// the right, whatever a client writes in front of the header (as earlier
+// lines, or, for X-Forwarded-For, at the start of the first line) never
+// changes an answer that was decided inside the header (an entry picked, an
+// invalid decisive entry, a bound reached).
+func FuzzLeftPadding(f *testing.F) {
+	f.Add("10.0.0.5:80", "203.0.113.9, 10.1.1.1", "1.1.1.1", 100)
+	f.Add("10.0.0.5:80", `for=198.51.100.9`, `for="1.1.1.1`, 70)
+	f.Add("/run/envoy.sock", "6.6.6.6, 8.8.4.4", "10.0.0.1", 1)
+	rs := fuzzConfigs()
+	f.Fuzz(func(t *testing.T, peer, header, pad string, copies int) {
+		copies = min(max(copies, 1), 200)
+		var lines []string
+		if header != "" {
+			lines = strings.Split(header, "\n")
+		}
+		padLines := strings.Split(strings.Repeat(pad+"\n", copies-1)+pad, "\n")
+		for _, r := range rs {
+			switch {
+			case r.cfg.Strategy == LeftmostNonPrivate, r.cfg.Strategy == RemoteAddr:
+				continue
+			case r.cfg.Strategy == EnvoyXFF && r.trusted.Len() > 0:
+				continue // Envoy's own whole-header bound of 20 entries
+			}
+			base := r.Client(peer, slices.Clone(lines))
+			switch base.Reason {
+			case ReasonPicked, ReasonInvalidEntry, ReasonBound, ReasonPeer:
+			default:
+				continue // the walk read the whole header: more of it may change the answer
+			}
+			if base.Source == SourcePeer && base.Reason != ReasonPeer {
+				continue // envoy_xff's fallback
+			}
+			padded := append(slices.Clone(padLines), lines...)
+			if got := r.Client(peer, padded); got != base {
+				t.Fatalf("%v: padding lines %q in front of %q: %+v, want %+v", r.Strategy(), pad, lines, got, base)
+			}
+			if r.kind == kindXFF && len(lines) > 0 && r.cfg.Strategy != SingleHeader {
+				inline := slices.Clone(lines)
+				inline[0] = strings.Repeat(pad+",", copies) + inline[0]
+				if got := r.Client(peer, inline); got != base {
+					t.Fatalf("%v: padding %q in front of %q: %+v, want %+v", r.Strategy(), pad, lines, got, base)
+				}
+			}
 		}
 	})
 }
@@ -188,6 +242,14 @@ func FuzzParseForwarded(f *testing.F) {
 		}
 		if total-1 != len(elem) {
 			t.Fatalf("iterator split %q into %d bytes", elem, total-1)
+		}
+		left := newLeftIter([]string{elem}, kindForwarded)
+		total = 0
+		for raw, more := left.next(); more; raw, more = left.next() {
+			total += len(raw) + 1
+		}
+		if total-1 != len(elem) {
+			t.Fatalf("left iterator split %q into %d bytes", elem, total-1)
 		}
 	})
 }

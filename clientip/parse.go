@@ -56,6 +56,77 @@ func (it *entryIter) next() (raw string, ok bool) {
 	return raw, true
 }
 
+// leftIter walks the entries of a list header left to right, as entryIter
+// does right to left (leftmost_non_private reads from the left). pos is
+// the 1-based position, from the left, of the entry last returned.
+type leftIter struct {
+	lines []string
+	kind  listKind
+	line  int    // index of the next line to split
+	rest  string // unread part of lines[line-1]
+	open  bool   // rest still holds at least one entry
+	pos   int
+}
+
+func newLeftIter(lines []string, kind listKind) leftIter {
+	return leftIter{lines: lines, kind: kind}
+}
+
+// next returns the next entry to the right, raw, or ok=false at the end.
+func (it *leftIter) next() (raw string, ok bool) {
+	for !it.open {
+		if it.line == len(it.lines) {
+			return "", false
+		}
+		it.rest = it.lines[it.line]
+		it.line++
+		it.open = true
+	}
+	var i int
+	if it.kind == kindForwarded {
+		i = firstTopLevelComma(it.rest)
+	} else {
+		i = strings.IndexByte(it.rest, ',')
+	}
+	if i < 0 {
+		raw, it.rest, it.open = it.rest, "", false
+	} else {
+		raw, it.rest = it.rest[:i], it.rest[i+1:]
+	}
+	it.pos++
+	return raw, true
+}
+
+// count reads the remaining entries without parsing them and returns the
+// total number of entries.
+func (it *leftIter) count() int {
+	for _, ok := it.next(); ok; _, ok = it.next() {
+	}
+	return it.pos
+}
+
+// firstTopLevelComma returns the index of the first comma of s that is not
+// inside a quoted-string, or -1. A backslash inside a quoted-string escapes
+// the next byte.
+func firstTopLevelComma(s string) int {
+	inQuote := false
+	for j := 0; j < len(s); j++ {
+		switch s[j] {
+		case '\\':
+			if inQuote {
+				j++
+			}
+		case '"':
+			inQuote = !inQuote
+		case ',':
+			if !inQuote {
+				return j
+			}
+		}
+	}
+	return -1
+}
+
 // lastTopLevelComma returns the index of the last comma of s that is not
 // inside a quoted-string, or -1. An unterminated quote swallows everything to
 // its left (the element is then malformed and invalid).

@@ -42,21 +42,33 @@ var privateRanges = NewPrefixSet([]netip.Prefix{
 // privateRanges). IPv4-mapped IPv6 is judged as IPv4; zones are ignored.
 func IsPrivate(ip netip.Addr) bool { return privateRanges.Contains(ip) }
 
-// TrimLastEntry removes the last comma-separated entry of a list header whose
-// lines are given in order, as the X-Forwarded-For hop Envoy appended must be
-// removed before resolving. It returns the remaining lines (sharing lines'
-// backing array; the last element may be replaced by a shorter string) and
-// the removed entry, trimmed. A line left empty is dropped. It does not
-// allocate.
-func TrimLastEntry(lines []string) (rest []string, last string) {
+// LastEntry returns the last comma-separated entry of a list header whose
+// lines are given in order, trimmed of optional white space: the entry a
+// proxy appended last. It does not allocate.
+func LastEntry(lines []string) string {
 	if len(lines) == 0 {
-		return lines, ""
+		return ""
+	}
+	l := lines[len(lines)-1]
+	return trimOWS(l[strings.LastIndexByte(l, ',')+1:])
+}
+
+// TrimLastEntry removes the last comma-separated entry of a list header whose
+// lines are given in order (see LastEntry), as the X-Forwarded-For entry
+// Envoy appended is removed before resolving. It returns the remaining lines,
+// sharing lines' backing array: the last element may be replaced by a shorter
+// string, and a last line left empty or blank is dropped, so that a header
+// holding only the removed entry becomes no header at all. It does not
+// allocate.
+func TrimLastEntry(lines []string) []string {
+	if len(lines) == 0 {
+		return lines
 	}
 	l := lines[len(lines)-1]
 	i := strings.LastIndexByte(l, ',')
-	if i < 0 {
-		return lines[:len(lines)-1], trimOWS(l)
+	if i < 0 || trimOWS(l[:i]) == "" {
+		return lines[:len(lines)-1]
 	}
 	lines[len(lines)-1] = l[:i]
-	return lines, trimOWS(l[i+1:])
+	return lines
 }

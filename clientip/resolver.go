@@ -6,16 +6,16 @@ import (
 	"strings"
 )
 
-// Limits that bound the work on hostile input. When the header's lines add up
-// to more than MaxHeaderBytes, there are more than MaxEntries lines, or a walk
-// meets more than MaxEntries entries, resolution fails closed (ReasonTooLarge,
-// no result); envoy_xff falls back to the peer instead, as it never gives "no
-// result". MaxHeaderBytes is above Envoy's default 60 KiB request-header
-// limit, so headers Envoy accepts are never cut short by it.
-const (
-	MaxHeaderBytes = 64 << 10
-	MaxEntries     = 64
-)
+// MaxEntries bounds the work on hostile input: a strategy examines at most
+// this many entries of the header, counted from where it starts reading (the
+// right for the rightmost strategies, the left for leftmost_non_private).
+// A walk that would go further fails closed (ReasonBound, no result). The
+// bound never applies to the header as a whole, so nothing a client writes
+// beyond the entries a strategy examines (to the left of the decisive entry,
+// for the rightmost strategies) can change the answer. Splitting entries
+// never allocates, and the work stays linear in the part of the header
+// that is read.
+const MaxEntries = 64
 
 // envoyMaxXFFEntries is Envoy's limit in the xff_trusted_cidrs walk.
 const envoyMaxXFFEntries = 20
@@ -58,7 +58,10 @@ func (e *ConfigError) Error() string {
 
 // New checks cfg and builds a Resolver. Settings a strategy does not use are
 // errors rather than silently ignored, since an operator who sets
-// trusted_cidrs believes they protect something.
+// trusted_cidrs believes they protect something; zero values (no CIDRs, 0
+// hops, use_remote_address false) are "not set". It is the one place these
+// rules live: the configuration file's checks report New's errors under
+// their key paths.
 func New(cfg Config) (*Resolver, error) {
 	var errs []FieldError
 	add := func(field, format string, args ...any) {
@@ -70,7 +73,9 @@ func New(cfg Config) (*Resolver, error) {
 		return nil, &ConfigError{errs}
 	}
 	r := &Resolver{cfg: cfg}
-	if s != RemoteAddr {
+	if s == RemoteAddr {
+		r.cfg.Header = "" // remote_addr reads no header
+	} else {
 		if cfg.Header == "" {
 			cfg.Header = "X-Forwarded-For"
 			r.cfg.Header = cfg.Header
@@ -86,13 +91,13 @@ func New(cfg Config) (*Resolver, error) {
 	usesCIDRs := s == RightmostTrustedRange || s == EnvoyXFF
 	usesHops := s == RightmostTrustedCount || s == EnvoyXFF
 	if len(cfg.TrustedCIDRs) > 0 && !usesCIDRs {
-		add("trusted_cidrs", "not used by %s (only rightmost_trusted_range and envoy_xff)", s)
+		add("trusted_cidrs", "not used by %s (only by rightmost_trusted_range and envoy_xff)", s)
 	}
 	if cfg.TrustedHops != 0 && !usesHops {
-		add("trusted_hops", "not used by %s (only rightmost_trusted_count and envoy_xff)", s)
+		add("trusted_hops", "not used by %s (only by rightmost_trusted_count and envoy_xff)", s)
 	}
 	if cfg.UseRemoteAddress && s != EnvoyXFF {
-		add("use_remote_address", "not used by %s (only envoy_xff)", s)
+		add("use_remote_address", "not used by %s (only by envoy_xff)", s)
 	}
 	for i, p := range cfg.TrustedCIDRs {
 		if !p.IsValid() {
@@ -102,21 +107,27 @@ func New(cfg Config) (*Resolver, error) {
 	switch s {
 	case SingleHeader:
 		if r.header == "x-forwarded-for" || r.header == "forwarded" {
-			add("header", "%s is a list header; single_header needs a single-IP header such as X-Real-IP (use a rightmost_* strategy for lists)", cfg.Header)
+			add("header", "single_header cannot read %s, a list of hops; name a header that a trusted proxy overwrites with one IP (X-Real-IP, True-Client-IP, CF-Connecting-IP...) or use a list strategy", cfg.Header)
 		}
 	case RightmostTrustedCount:
-		if cfg.TrustedHops < 1 || cfg.TrustedHops > MaxEntries {
-			add("trusted_hops", "%d is not valid for rightmost_trusted_count (need 1 to %d)", cfg.TrustedHops, MaxEntries)
+		switch {
+		case cfg.TrustedHops < 1:
+			add("trusted_hops", "%d is not valid for rightmost_trusted_count (need >= 1)", cfg.TrustedHops)
+		case cfg.TrustedHops > MaxEntries:
+			add("trusted_hops", "%d is more than the %d entries a strategy examines", cfg.TrustedHops, MaxEntries)
 		}
 	case EnvoyXFF:
 		if r.header != "x-forwarded-for" {
-			add("header", "envoy_xff reads X-Forwarded-For only, not %s", cfg.Header)
+			add("header", "envoy_xff reads X-Forwarded-For only, as Envoy does, not %s", cfg.Header)
 		}
-		if cfg.TrustedHops < 0 || cfg.TrustedHops > MaxEntries {
-			add("trusted_hops", "%d is not valid for envoy_xff (need 0 to %d)", cfg.TrustedHops, MaxEntries)
+		switch {
+		case cfg.TrustedHops < 0:
+			add("trusted_hops", "%d is not valid for envoy_xff (need >= 0)", cfg.TrustedHops)
+		case cfg.TrustedHops > MaxEntries:
+			add("trusted_hops", "%d is more than the %d entries a strategy examines", cfg.TrustedHops, MaxEntries)
 		}
 		if len(cfg.TrustedCIDRs) > 0 && (cfg.UseRemoteAddress || cfg.TrustedHops != 0) {
-			add("trusted_cidrs", "cannot be combined with use_remote_address or trusted_hops (Envoy's xff extension takes either xff_trusted_cidrs or xff_num_trusted_hops)")
+			add("trusted_cidrs", "cannot be combined with trusted_hops or use_remote_address: envoy_xff emulates either Envoy's xff extension (trusted_cidrs) or use_remote_address with xff_num_trusted_hops (0 and false mean not set, as in Envoy)")
 		}
 	}
 	if len(errs) > 0 {
@@ -137,18 +148,49 @@ func (r *Resolver) Config() Config { return r.cfg }
 // for remote_addr. Callers collect that header's lines (in order) for Resolve.
 func (r *Resolver) Header() string { return r.header }
 
-// Resolve returns the client IP for a request that arrived from peer
-// ("ip:port", "[v6]:port", a bare IP, or anything else — "" or a unix socket
-// path — for a non-IP peer) with lines being every line of Header(), in the
-// order received. It does not allocate for common inputs.
+// Resolve returns what the strategy alone makes of a request that arrived
+// from peer ("ip:port", "[v6]:port", a bare IP, or anything else — "" or a
+// unix socket path — for a non-IP peer) with lines being every line of
+// Header(), in the order received. It does not allocate for common inputs.
+// Servers use Client, which adds the rule for when the peer stands in.
 func (r *Resolver) Resolve(peer string, lines []string) Result {
 	return r.resolve(peer, lines, nil)
 }
 
-// Explain resolves like Resolve and records every step.
+// Client is the client IP realipd acts on: Resolve's answer, or the peer
+// standing in when the strategy found no entry to pick for a reason that
+// still identifies the client — the request carries no forwarding header
+// at all (the trusted peer sent it itself: ReasonNoHeader) or every entry
+// is trusted (ReasonAllTrusted). Any other failure — an invalid decisive
+// entry, a bound exceeded, no usable peer, too few entries, no public entry
+// — is unresolved: a Result without IP, never the peer, since the peer is
+// then a trusted proxy and judging it would judge the proxy. Resolve's
+// reason is kept either way. It does not allocate for common inputs.
+func (r *Resolver) Client(peer string, lines []string) Result {
+	return standIn(r.resolve(peer, lines, nil), peer)
+}
+
+// PeerStandsIn reports whether, for a resolution that ended with reason,
+// Client takes the peer as the client.
+func PeerStandsIn(reason Reason) bool {
+	return reason == ReasonNoHeader || reason == ReasonAllTrusted
+}
+
+// standIn applies Client's rule to a strategy's result.
+func standIn(res Result, peer string) Result {
+	if res.OK() || !PeerStandsIn(res.Reason) {
+		return res
+	}
+	if ip, st := parsePeer(peer); st == peerIsIP {
+		res.IP, res.Source, res.Position = ip, SourcePeer, 0
+	}
+	return res
+}
+
+// Explain resolves like Client and records every step.
 func (r *Resolver) Explain(peer string, lines []string) (Result, Explanation) {
 	t := &trace{}
-	res := r.resolve(peer, lines, t)
+	res := standIn(r.resolve(peer, lines, t), peer)
 	e := Explanation{
 		Strategy:     r.cfg.Strategy.String(),
 		Header:       r.cfg.Header,
@@ -163,6 +205,8 @@ func (r *Resolver) Explain(peer string, lines []string) (Result, Explanation) {
 	}
 	if res.OK() {
 		e.ClientIP = res.IP.String()
+	} else {
+		e.ResolvedFrom = "none"
 	}
 	e.Detail = r.detail(res, e)
 	return res, e
@@ -183,6 +227,17 @@ func (t *trace) entry(pos int, raw string, ip netip.Addr, verdict string) {
 }
 
 func (t *trace) peer(trusted bool) { t.peerTrusted = &trusted }
+
+// fromLeft turns the positions of entries recorded by a left-to-right walk
+// (-k for the k-th entry from the left) into positions from the right, the
+// header having total entries.
+func (t *trace) fromLeft(total int) {
+	for i := range t.entries {
+		if p := t.entries[i].Position; p < 0 {
+			t.entries[i].Position = total + p + 1
+		}
+	}
+}
 
 type peerState uint8
 
@@ -244,18 +299,6 @@ func (r *Resolver) entryIP(raw string, buf *[64]byte) (netip.Addr, bool) {
 	}
 }
 
-// tooLarge reports whether the lines exceed the work limits.
-func tooLarge(lines []string) bool {
-	if len(lines) > MaxEntries {
-		return true
-	}
-	n := 0
-	for _, l := range lines {
-		n += len(l)
-	}
-	return n > MaxHeaderBytes
-}
-
 func picked(ip netip.Addr, pos int) Result {
 	return Result{IP: ip, Source: SourceHeader, Reason: ReasonPicked, Position: pos}
 }
@@ -267,7 +310,7 @@ func (r *Resolver) resolve(peer string, lines []string, t *trace) Result {
 	case RemoteAddr:
 		ip, st := parsePeer(peer)
 		if st != peerIsIP {
-			return noResult(ReasonPeerNotIP)
+			return noResult(ReasonNoPeer)
 		}
 		return Result{IP: ip, Source: SourcePeer, Reason: ReasonPeer}
 	case SingleHeader:
@@ -294,9 +337,6 @@ func (r *Resolver) singleHeader(lines []string, t *trace) Result {
 		return noResult(ReasonNoHeader)
 	}
 	raw := lines[len(lines)-1]
-	if len(raw) > MaxHeaderBytes {
-		return noResult(ReasonTooLarge)
-	}
 	ip, ok := parseNode(raw, false)
 	if !ok {
 		if t != nil {
@@ -311,14 +351,11 @@ func (r *Resolver) singleHeader(lines []string, t *trace) Result {
 }
 
 func (r *Resolver) rightmostNonPrivate(lines []string, t *trace) Result {
-	if tooLarge(lines) {
-		return noResult(ReasonTooLarge)
-	}
 	var buf [64]byte
 	it := newEntryIter(lines, r.kind)
 	for raw, ok := it.next(); ok; raw, ok = it.next() {
 		if it.pos > MaxEntries {
-			return noResult(ReasonTooLarge)
+			return noResult(ReasonBound)
 		}
 		if res, done := r.nonPrivateStep(raw, it.pos, &buf, t); done {
 			return res
@@ -330,46 +367,69 @@ func (r *Resolver) rightmostNonPrivate(lines []string, t *trace) Result {
 	return noResult(ReasonNoPublicEntry)
 }
 
+// leftmostNonPrivate walks the entries left to right. Its bound counts from
+// the left, where it starts reading; the picked entry's Position is still
+// counted from the right, so the rest of the header is counted (without
+// being parsed) once an entry is picked.
 func (r *Resolver) leftmostNonPrivate(lines []string, t *trace) Result {
-	if tooLarge(lines) {
-		return noResult(ReasonTooLarge)
-	}
-	// Collect the entries right to left, then walk them left to right.
-	var raws [MaxEntries]string
-	n := 0
-	it := newEntryIter(lines, r.kind)
-	for raw, ok := it.next(); ok; raw, ok = it.next() {
-		if n == MaxEntries {
-			return noResult(ReasonTooLarge)
-		}
-		raws[n] = raw
-		n++
-	}
-	if n == 0 {
-		return noResult(ReasonNoHeader)
-	}
 	var buf [64]byte
-	for i := n - 1; i >= 0; i-- {
-		if res, done := r.nonPrivateStep(raws[i], i+1, &buf, t); done {
-			return res
+	it := newLeftIter(lines, r.kind)
+	for raw, ok := it.next(); ok; raw, ok = it.next() {
+		if it.pos > MaxEntries {
+			if t != nil {
+				t.fromLeft(it.count())
+			}
+			return noResult(ReasonBound)
 		}
+		ip, ok := r.nonPrivateIP(raw, &buf)
+		if !ok {
+			if t != nil {
+				t.entry(-it.pos, raw, ip, verdictOf(ip))
+			}
+			continue
+		}
+		left := it.pos
+		total := it.count()
+		if t != nil {
+			t.entry(-left, raw, ip, "picked")
+			t.fromLeft(total)
+		}
+		return picked(ip, total-left+1)
+	}
+	if t != nil {
+		t.fromLeft(it.pos)
+	}
+	if it.pos == 0 {
+		return noResult(ReasonNoHeader)
 	}
 	return noResult(ReasonNoPublicEntry)
 }
 
-// nonPrivateStep judges one entry for the *_non_private strategies: invalid
-// and private entries are passed over.
-func (r *Resolver) nonPrivateStep(raw string, pos int, buf *[64]byte, t *trace) (Result, bool) {
+// nonPrivateIP parses one entry for the *_non_private strategies: ok is
+// false for an invalid entry (ip invalid) and for a private one (ip valid).
+func (r *Resolver) nonPrivateIP(raw string, buf *[64]byte) (netip.Addr, bool) {
 	ip, ok := r.entryIP(raw, buf)
-	switch {
-	case !ok:
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return ip, !IsPrivate(ip)
+}
+
+// verdictOf names why nonPrivateIP passed over an entry.
+func verdictOf(ip netip.Addr) string {
+	if ip.IsValid() {
+		return "private"
+	}
+	return "invalid"
+}
+
+// nonPrivateStep judges one entry for rightmost_non_private: invalid and
+// private entries are passed over.
+func (r *Resolver) nonPrivateStep(raw string, pos int, buf *[64]byte, t *trace) (Result, bool) {
+	ip, ok := r.nonPrivateIP(raw, buf)
+	if !ok {
 		if t != nil {
-			t.entry(pos, raw, netip.Addr{}, "invalid")
-		}
-		return Result{}, false
-	case IsPrivate(ip):
-		if t != nil {
-			t.entry(pos, raw, ip, "private")
+			t.entry(pos, raw, ip, verdictOf(ip))
 		}
 		return Result{}, false
 	}
@@ -379,10 +439,9 @@ func (r *Resolver) nonPrivateStep(raw string, pos int, buf *[64]byte, t *trace) 
 	return picked(ip, pos), true
 }
 
+// rightmostTrustedCount examines at most TrustedHops (<= MaxEntries)
+// entries, so it needs no further bound.
 func (r *Resolver) rightmostTrustedCount(lines []string, t *trace) Result {
-	if tooLarge(lines) {
-		return noResult(ReasonTooLarge)
-	}
 	n := r.cfg.TrustedHops
 	it := newEntryIter(lines, r.kind)
 	for raw, ok := it.next(); ok; raw, ok = it.next() {
@@ -415,7 +474,7 @@ func (r *Resolver) rightmostTrustedRange(peer string, lines []string, t *trace) 
 	peerIP, st := parsePeer(peer)
 	switch st {
 	case peerIsUnspecified:
-		return noResult(ReasonPeerNotIP)
+		return noResult(ReasonNoPeer)
 	case peerIsIP:
 		trusted := r.trusted.Contains(peerIP)
 		if t != nil {
@@ -424,9 +483,6 @@ func (r *Resolver) rightmostTrustedRange(peer string, lines []string, t *trace) 
 		if !trusted {
 			return Result{IP: peerIP, Source: SourcePeer, Reason: ReasonPeer}
 		}
-	}
-	if tooLarge(lines) {
-		return noResult(ReasonTooLarge)
 	}
 	w := r.walkTrusted(lines, r.kind, false, t)
 	if w.reason == ReasonPicked {
@@ -437,7 +493,7 @@ func (r *Resolver) rightmostTrustedRange(peer string, lines []string, t *trace) 
 
 // trustedWalk is the outcome of walkTrusted.
 type trustedWalk struct {
-	reason   Reason     // ReasonPicked, ReasonInvalidEntry, ReasonAllTrusted, ReasonNoHeader or ReasonTooLarge
+	reason   Reason     // ReasonPicked, ReasonInvalidEntry, ReasonAllTrusted, ReasonNoHeader or ReasonBound
 	ip       netip.Addr // ReasonPicked: the first untrusted entry
 	pos      int
 	leftmost netip.Addr // ReasonAllTrusted: the leftmost (trusted) entry
@@ -454,7 +510,7 @@ func (r *Resolver) walkTrusted(lines []string, kind listKind, bare bool, t *trac
 	it := newEntryIter(lines, kind)
 	for raw, ok := it.next(); ok; raw, ok = it.next() {
 		if it.pos > MaxEntries {
-			w.reason = ReasonTooLarge
+			w.reason = ReasonBound
 			return w
 		}
 		var ip netip.Addr
@@ -499,7 +555,7 @@ func (r *Resolver) envoyTrustedHops(peer string, lines []string, t *trace) Resul
 	peerIP, st := parsePeer(peer)
 	fallback := func(reason Reason) Result {
 		if st != peerIsIP {
-			return noResult(ReasonPeerNotIP)
+			return noResult(ReasonNoPeer)
 		}
 		return Result{IP: peerIP, Source: SourcePeer, Reason: reason}
 	}
@@ -511,11 +567,9 @@ func (r *Resolver) envoyTrustedHops(peer string, lines []string, t *trace) Resul
 		n-- // the n-th entry from the right of the XFF the peer sent
 	}
 	// n entries are skipped; the (n+1)-th from the right is the client.
+	// At most n+1 <= MaxEntries+1 entries are examined.
 	if len(lines) == 0 {
 		return fallback(ReasonNoHeader)
-	}
-	if tooLarge(lines) {
-		return fallback(ReasonTooLarge)
 	}
 	it := newEntryIter(lines, kindXFF)
 	for raw, ok := it.next(); ok; raw, ok = it.next() {
@@ -545,7 +599,7 @@ func (r *Resolver) envoyTrustedHops(peer string, lines []string, t *trace) Resul
 func (r *Resolver) envoyTrustedCIDRs(peer string, lines []string, t *trace) Result {
 	peerIP, st := parsePeer(peer)
 	if st != peerIsIP {
-		return noResult(ReasonPeerNotIP)
+		return noResult(ReasonNoPeer)
 	}
 	fallback := func(reason Reason) Result {
 		return Result{IP: peerIP, Source: SourcePeer, Reason: reason}
@@ -560,8 +614,11 @@ func (r *Resolver) envoyTrustedCIDRs(peer string, lines []string, t *trace) Resu
 	if len(lines) == 0 {
 		return fallback(ReasonNoHeader)
 	}
-	if tooLarge(lines) || countEntries(lines, kindXFF) > envoyMaxXFFEntries {
-		return fallback(ReasonTooLarge)
+	// Envoy's own bound, on the whole header (unlike realipd's): more than
+	// 20 entries and it falls back to the peer. Counting is linear and
+	// allocation-free.
+	if countEntries(lines, kindXFF) > envoyMaxXFFEntries {
+		return fallback(ReasonBound)
 	}
 	w := r.walkTrusted(lines, kindXFF, true, t)
 	switch w.reason {
@@ -580,6 +637,7 @@ func (r *Resolver) envoyTrustedCIDRs(peer string, lines []string, t *trace) Resu
 // detail is the one-sentence summary of an explanation.
 func (r *Resolver) detail(res Result, e Explanation) string {
 	hdr := r.cfg.Header
+	var d string
 	switch res.Reason {
 	case ReasonPicked:
 		return fmt.Sprintf("picked %s, entry %d from the right of %s", e.ClientIP, res.Position, hdr)
@@ -588,37 +646,38 @@ func (r *Resolver) detail(res Result, e Explanation) string {
 			return fmt.Sprintf("the peer %s is not a trusted proxy, so it is the client; %s is ignored", e.ClientIP, hdr)
 		}
 		return fmt.Sprintf("the peer %s is the client", e.ClientIP)
-	case ReasonPeerNotIP:
-		return fmt.Sprintf("the peer %q is not a usable IP address", e.Peer)
+	case ReasonNoPeer:
+		d = fmt.Sprintf("the peer %q is not a usable IP address", e.Peer)
 	case ReasonNoHeader:
-		return withFallback(res, fmt.Sprintf("no %s header", hdr))
-	case ReasonInvalidEntry:
-		return withFallback(res, fmt.Sprintf("the deciding entry of %s is not a valid client IP", hdr))
-	case ReasonAllTrusted:
-		if res.OK() {
-			return fmt.Sprintf("every entry of %s is trusted; Envoy takes the leftmost, %s", hdr, e.ClientIP)
+		d = fmt.Sprintf("no %s header", hdr)
+		if res.Source == SourcePeer && r.cfg.Strategy != EnvoyXFF {
+			return d + "; the peer " + res.IP.String() + " sent the request itself and is the client"
 		}
-		return fmt.Sprintf("every entry of %s is trusted", hdr)
+	case ReasonInvalidEntry:
+		d = fmt.Sprintf("the deciding entry of %s is not a valid client IP", hdr)
+	case ReasonAllTrusted:
+		switch {
+		case res.Source == SourceHeader:
+			return fmt.Sprintf("every entry of %s is trusted; Envoy takes the leftmost, %s", hdr, e.ClientIP)
+		case res.Source == SourcePeer:
+			return fmt.Sprintf("every entry of %s is trusted; the peer %s stands in as the client", hdr, e.ClientIP)
+		}
+		d = fmt.Sprintf("every entry of %s is trusted", hdr)
 	case ReasonTooFewEntries:
-		return withFallback(res, fmt.Sprintf("%s has fewer entries than trusted hops", hdr))
+		d = fmt.Sprintf("%s has fewer entries than trusted hops", hdr)
 	case ReasonNoPublicEntry:
-		return fmt.Sprintf("%s has no valid non-private entry", hdr)
-	case ReasonTooLarge:
-		return withFallback(res, fmt.Sprintf("%s exceeds the limits (%d bytes, %d entries%s): failing closed", hdr, MaxHeaderBytes, MaxEntries, envoyLimit(r)))
+		d = fmt.Sprintf("%s has no valid non-private entry", hdr)
+	case ReasonBound:
+		if r.cfg.Strategy == EnvoyXFF {
+			d = fmt.Sprintf("%s has more than the %d entries Envoy's xff_trusted_cidrs walk accepts", hdr, envoyMaxXFFEntries)
+		} else {
+			d = fmt.Sprintf("the walk over %s would examine more than %d entries", hdr, MaxEntries)
+		}
+	default:
+		d = "no result"
 	}
-	return "no result"
-}
-
-func envoyLimit(r *Resolver) string {
-	if r.cfg.Strategy == EnvoyXFF && r.trusted.Len() > 0 {
-		return fmt.Sprintf(", Envoy's %d for xff_trusted_cidrs", envoyMaxXFFEntries)
-	}
-	return ""
-}
-
-func withFallback(res Result, s string) string {
 	if res.Source == SourcePeer {
-		return s + "; falling back to the peer " + res.IP.String()
+		return d + "; falling back to the peer " + res.IP.String() + ", as Envoy does"
 	}
-	return s
+	return d + "; the client IP is unresolved"
 }

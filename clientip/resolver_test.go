@@ -2,6 +2,7 @@ package clientip
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -46,13 +47,22 @@ func runCases(t *testing.T, cfg Config, cases []resolveCase) {
 			if tc.reason != ReasonNone && got.Reason != tc.reason {
 				t.Errorf("reason = %v, want %v", got.Reason, tc.reason)
 			}
-			// Explain must agree with Resolve.
+			// Explain must agree with Client, which is Resolve plus the
+			// peer standing in for no header or all trusted.
+			client := r.Client(tc.peer, append([]string(nil), tc.lines...))
 			res, e := r.Explain(tc.peer, append([]string(nil), tc.lines...))
-			if res != got {
-				t.Errorf("Explain result %+v != Resolve result %+v", res, got)
+			if res != client {
+				t.Errorf("Explain result %+v != Client result %+v", res, client)
 			}
-			if e.ClientIP != gotIP || e.Reason != got.Reason.String() || e.Detail == "" {
-				t.Errorf("explanation %+v disagrees with result %+v", e, got)
+			if client.Reason != got.Reason || (got.OK() && client != got) || (client.OK() && !got.OK() && !PeerStandsIn(got.Reason)) {
+				t.Errorf("Client %+v does not follow Resolve %+v", client, got)
+			}
+			clientIP := ""
+			if client.OK() {
+				clientIP = client.IP.String()
+			}
+			if e.ClientIP != clientIP || e.Reason != got.Reason.String() || e.Detail == "" {
+				t.Errorf("explanation %+v disagrees with result %+v", e, client)
 			}
 		})
 	}
@@ -66,12 +76,12 @@ func TestRemoteAddr(t *testing.T) {
 		{name: "bare ipv6", peer: "2001:db8::1", want: "2001:db8::1"},
 		{name: "zone kept", peer: "[fe80::1%eth0]:80", want: "fe80::1%eth0"},
 		{name: "mapped unmapped", peer: "[::ffff:198.51.100.7]:80", want: "198.51.100.7"},
-		{name: "unspecified v4", peer: "0.0.0.0:80", reason: ReasonPeerNotIP},
-		{name: "unspecified v6", peer: "[::]:80", reason: ReasonPeerNotIP},
-		{name: "unix socket", peer: "/run/envoy.sock", reason: ReasonPeerNotIP},
-		{name: "empty", peer: "", reason: ReasonPeerNotIP},
-		{name: "garbage", peer: "not-an-ip:80", reason: ReasonPeerNotIP},
-		{name: "bad port", peer: "192.0.2.1:99999", reason: ReasonPeerNotIP},
+		{name: "unspecified v4", peer: "0.0.0.0:80", reason: ReasonNoPeer},
+		{name: "unspecified v6", peer: "[::]:80", reason: ReasonNoPeer},
+		{name: "unix socket", peer: "/run/envoy.sock", reason: ReasonNoPeer},
+		{name: "empty", peer: "", reason: ReasonNoPeer},
+		{name: "garbage", peer: "not-an-ip:80", reason: ReasonNoPeer},
+		{name: "bad port", peer: "192.0.2.1:99999", reason: ReasonNoPeer},
 	})
 }
 
@@ -171,7 +181,7 @@ func TestRightmostTrustedRange(t *testing.T) {
 		{name: "trusted peer no header", peer: "10.0.0.5:80", reason: ReasonNoHeader},
 		{name: "unix peer walks headers", peer: "/run/envoy.sock", lines: []string{"203.0.113.9, 10.1.1.1"}, want: "203.0.113.9"},
 		{name: "no peer walks headers", peer: "", lines: []string{"203.0.113.9"}, want: "203.0.113.9"},
-		{name: "unspecified peer", peer: "0.0.0.0:80", lines: []string{"203.0.113.9"}, reason: ReasonPeerNotIP},
+		{name: "unspecified peer", peer: "0.0.0.0:80", lines: []string{"203.0.113.9"}, reason: ReasonNoPeer},
 		{name: "ipv6 entries", peer: "[fd00::5]:80", lines: []string{"[2001:db8::9]:1234, fd00::7"}, want: "2001:db8::9"},
 		{name: "zone kept in result", peer: "10.0.0.5:80", lines: []string{"fe80::9%eth1, 10.1.1.1"}, want: "fe80::9%eth1"},
 	})
@@ -237,7 +247,7 @@ func TestEnvoyXFFTrustedHops(t *testing.T) {
 		{name: "brackets not accepted", peer: "10.11.12.13:4000", lines: []string{"[2001:db8::1]"}, want: "10.11.12.13", from: SourcePeer},
 		{name: "bare ipv6", peer: "10.11.12.13:4000", lines: []string{"2001:db8::1"}, want: "2001:db8::1"},
 		{name: "trailing comma", peer: "10.11.12.13:4000", lines: []string{"192.0.2.5,"}, want: "10.11.12.13"},
-		{name: "no tcp peer and no xff", peer: "", reason: ReasonPeerNotIP},
+		{name: "no tcp peer and no xff", peer: "", reason: ReasonNoPeer},
 	})
 	runCases(t, Config{Strategy: EnvoyXFF, UseRemoteAddress: true, TrustedHops: 2}, []resolveCase{
 		{name: "example 3 edge two hops", peer: "192.0.2.5:4000", lines: xff3, want: "203.0.113.10"},
@@ -266,12 +276,12 @@ func TestEnvoyXFFTrustedCIDRs(t *testing.T) {
 		{name: "recurse", peer: "192.0.2.11:80", lines: []string{"1.2.3.4,2.2.2.2,192.0.2.5, 198.51.100.1"}, want: "2.2.2.2"},
 		{name: "all trusted leftmost", peer: "192.0.2.11:80", lines: []string{"192.0.2.4,192.0.2.5, 198.51.100.1"}, want: "192.0.2.4", from: SourceHeader, reason: ReasonAllTrusted},
 		{name: "empty entry falls back", peer: "192.0.2.11:80", lines: []string{"192.0.2.4,, 198.51.100.1"}, want: "192.0.2.11", from: SourcePeer, reason: ReasonInvalidEntry},
-		{name: "too many entries", peer: "192.0.2.11:80", lines: []string{"10.1.1.1, 10.2.2.2, 10.3.3.3, 10.4.4.4, 10.5.5.5, 10.6.6.6, 10.7.7.7,10.8.8.8,10.9.9.9, 10.10.10.10, 10.11.11.11, 10.12.12.12, 10.13.13.13, 10.14.14.14, 10.15.15.15, 10.16.16.16, 10.17.17.17, 10.18.18.18, 10.19.19.19, 10.20.20.20, 10.21.21.21"}, want: "192.0.2.11", reason: ReasonTooLarge},
+		{name: "too many entries", peer: "192.0.2.11:80", lines: []string{"10.1.1.1, 10.2.2.2, 10.3.3.3, 10.4.4.4, 10.5.5.5, 10.6.6.6, 10.7.7.7,10.8.8.8,10.9.9.9, 10.10.10.10, 10.11.11.11, 10.12.12.12, 10.13.13.13, 10.14.14.14, 10.15.15.15, 10.16.16.16, 10.17.17.17, 10.18.18.18, 10.19.19.19, 10.20.20.20, 10.21.21.21"}, want: "192.0.2.11", reason: ReasonBound},
 		{name: "twenty entries ok", peer: "192.0.2.11:80", lines: []string{"10.1.1.1, 10.2.2.2, 10.3.3.3, 10.4.4.4, 10.5.5.5, 10.6.6.6, 10.7.7.7,10.8.8.8,10.9.9.9, 10.10.10.10, 10.11.11.11, 10.12.12.12, 10.13.13.13, 10.14.14.14, 10.15.15.15, 10.16.16.16, 10.17.17.17, 10.18.18.18, 10.19.19.19, 10.20.20.20"}, want: "10.20.20.20"},
 		{name: "too many across lines", peer: "192.0.2.11:80", lines: many, want: "192.0.2.11"},
 		{name: "invalid left of answer not read", peer: "192.0.2.11:80", lines: []string{"junk, 2.2.2.2, 192.0.2.5"}, want: "2.2.2.2"},
 		{name: "no header", peer: "192.0.2.11:80", want: "192.0.2.11", reason: ReasonNoHeader},
-		{name: "peer not ip", peer: "/tmp/sock", lines: []string{"2.2.2.2"}, reason: ReasonPeerNotIP},
+		{name: "peer not ip", peer: "/tmp/sock", lines: []string{"2.2.2.2"}, reason: ReasonNoPeer},
 		{name: "untrusted zero entry falls back", peer: "192.0.2.11:80", lines: []string{"0.0.0.0"}, want: "192.0.2.11"},
 	})
 	bad := []Config{
@@ -312,50 +322,139 @@ func TestNewRejectsUnusedSettings(t *testing.T) {
 	}
 }
 
-func TestLimitsFailClosed(t *testing.T) {
-	big := strings.Repeat("1.1.1.1, ", MaxEntries) + "8.8.8.8"
-	huge := strings.Repeat(" ", MaxHeaderBytes) + "8.8.8.8"
-	manyLines := make([]string, MaxEntries+1)
-	for i := range manyLines {
-		manyLines[i] = "8.8.8.8"
+// TestBoundsCountExaminedEntries checks that the work bound applies to the
+// entries a strategy examines, never to the header as a whole: nothing a
+// client writes beyond them (left of the decisive entry for the rightmost
+// strategies) changes the answer, however much of it there is.
+func TestBoundsCountExaminedEntries(t *testing.T) {
+	type padCase struct {
+		cfg   Config
+		peer  string
+		lines []string // the header as the proxies deliver it; padding goes in front
+		want  string
 	}
-	for _, s := range []Strategy{LeftmostNonPrivate, RightmostNonPrivate, RightmostTrustedCount, RightmostTrustedRange} {
-		cfg := Config{Strategy: s}
-		if s == RightmostTrustedCount {
-			cfg.TrustedHops = 1
+	cidrs := prefixes("10.0.0.0/8")
+	cases := []padCase{
+		{Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "10.0.0.5:80", []string{"198.51.100.9, 10.1.1.1"}, "198.51.100.9"},
+		{Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs, Header: "Forwarded"}, "10.0.0.5:80", []string{"for=198.51.100.9"}, "198.51.100.9"},
+		{Config{Strategy: RightmostTrustedCount, TrustedHops: 2}, "10.0.0.5:80", []string{"198.51.100.9, 10.1.1.1"}, "198.51.100.9"},
+		{Config{Strategy: RightmostNonPrivate}, "10.0.0.5:80", []string{"8.8.8.8, 10.1.1.1"}, "8.8.8.8"},
+		{Config{Strategy: RightmostNonPrivate, Header: "Forwarded"}, "10.0.0.5:80", []string{`for="8.8.8.8:80", for=10.1.1.1`}, "8.8.8.8"},
+		{Config{Strategy: SingleHeader, Header: "X-Real-IP"}, "10.0.0.5:80", []string{"198.51.100.9"}, "198.51.100.9"},
+		{Config{Strategy: EnvoyXFF, UseRemoteAddress: true, TrustedHops: 2}, "10.0.0.5:80", []string{"198.51.100.9, 10.1.1.1"}, "198.51.100.9"},
+	}
+	xffPads := map[string][]string{
+		"64 lines":     slices.Repeat([]string{"1.1.1.1"}, MaxEntries),
+		"65 lines":     slices.Repeat([]string{"1.1.1.1"}, MaxEntries+1),
+		"1000 entries": {strings.Repeat("1.1.1.1, ", 999) + "1.1.1.1"},
+		"64 KiB":       {strings.Repeat(" ", 64<<10) + "1.1.1.1"},
+		"1 MiB":        {strings.Repeat("1.1.1.1,", 128<<10) + "1.1.1.1"},
+		"garbage":      {`", for="unterminated`},
+	}
+	for _, tc := range cases {
+		r := must(New(tc.cfg))
+		base := r.Client(tc.peer, slices.Clone(tc.lines))
+		if base.IP.String() != tc.want {
+			t.Fatalf("%v %q: %+v, want %s", tc.cfg.Strategy, tc.lines, base, tc.want)
 		}
-		if s == RightmostTrustedRange {
-			cfg.TrustedCIDRs = prefixes("0.0.0.0/0")
-		}
-		r, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for name, lines := range map[string][]string{"bytes": {huge}, "lines": manyLines} {
-			if got := r.Resolve("10.0.0.1:80", lines); got.OK() || got.Reason != ReasonTooLarge {
-				t.Errorf("%v %s: %+v, want too_large", s, name, got)
+		for name, pad := range xffPads {
+			if r.kind == kindForwarded {
+				pad = slices.Clone(pad)
+				for i := range pad {
+					pad[i] = strings.ReplaceAll(pad[i], "1.1.1.1", "for=1.1.1.1")
+				}
+			}
+			// Padding as earlier lines, and (list headers) in front of the
+			// first line.
+			variants := [][]string{append(slices.Clone(pad), tc.lines...)}
+			if r.cfg.Strategy != SingleHeader {
+				variants = append(variants, append(slices.Clone(pad[:len(pad)-1]), pad[len(pad)-1]+", "+tc.lines[0]))
+			}
+			for _, lines := range variants {
+				if got := r.Client(tc.peer, lines); got != base {
+					t.Errorf("%v %s: %+v, want %+v", tc.cfg.Strategy, name, got, base)
+				}
 			}
 		}
 	}
-	// Walks that would pass MaxEntries entries fail closed.
-	r, _ := New(Config{Strategy: RightmostTrustedRange, TrustedCIDRs: prefixes("1.0.0.0/8")})
+
+	// A walk past MaxEntries entries it must examine fails closed.
+	r := must(New(Config{Strategy: RightmostTrustedRange, TrustedCIDRs: prefixes("1.0.0.0/8")}))
 	longTrusted := "8.8.8.8, " + strings.Repeat("1.1.1.1, ", MaxEntries) + "1.1.1.1"
-	if got := r.Resolve("1.0.0.1:80", []string{longTrusted}); got.OK() || got.Reason != ReasonTooLarge {
+	if got := r.Client("1.0.0.1:80", []string{longTrusted}); got.OK() || got.Reason != ReasonBound {
 		t.Errorf("long trusted walk: %+v", got)
 	}
-	r, _ = New(Config{Strategy: RightmostNonPrivate})
-	if got := r.Resolve("", []string{strings.Repeat("10.0.0.1,", MaxEntries) + "10.0.0.1"}); got.OK() || got.Reason != ReasonTooLarge {
+	exactly := strings.Repeat("1.1.1.1, ", MaxEntries-1) + "8.8.8.8, " + strings.Repeat("1.1.1.1, ", MaxEntries-2) + "1.1.1.1"
+	if got := r.Client("1.0.0.1:80", []string{exactly}); got.IP.String() != "8.8.8.8" {
+		t.Errorf("walk of exactly %d entries: %+v", MaxEntries, got)
+	}
+	r = must(New(Config{Strategy: RightmostNonPrivate}))
+	if got := r.Client("", []string{"8.8.8.8," + strings.Repeat("10.0.0.1,", MaxEntries) + "10.0.0.1"}); got.OK() || got.Reason != ReasonBound {
 		t.Errorf("long private walk: %+v", got)
 	}
-	// A short walk on a long header is fine: parsing starts at the right.
-	r, _ = New(Config{Strategy: RightmostTrustedCount, TrustedHops: 1})
-	if got := r.Resolve("", []string{big}); got.IP.String() != "8.8.8.8" {
-		t.Errorf("rightmost of long header: %+v", got)
+	// leftmost_non_private counts from the left: what follows the first
+	// public entry does not matter; 65 private entries before it fail closed.
+	r = must(New(Config{Strategy: LeftmostNonPrivate}))
+	if got := r.Client("", []string{"10.0.0.1, 8.8.8.8, " + strings.Repeat("10.0.0.1,", 1000) + "9.9.9.9"}); got.IP.String() != "8.8.8.8" || got.Position != 1002 {
+		t.Errorf("leftmost with a long tail: %+v", got)
 	}
-	// envoy_xff never fails closed: it falls back to the peer.
-	r, _ = New(Config{Strategy: EnvoyXFF})
-	if got := r.Resolve("192.0.2.1:80", []string{huge}); got.IP.String() != "192.0.2.1" || got.Source != SourcePeer {
-		t.Errorf("envoy_xff huge header: %+v", got)
+	if got := r.Client("", []string{strings.Repeat("10.0.0.1,", MaxEntries+1) + "8.8.8.8"}); got.OK() || got.Reason != ReasonBound {
+		t.Errorf("leftmost past the bound: %+v", got)
+	}
+	// envoy_xff with xff_trusted_cidrs keeps Envoy's own whole-header bound
+	// of 20 entries, and falls back to the peer as Envoy does.
+	r = must(New(Config{Strategy: EnvoyXFF, TrustedCIDRs: prefixes("192.0.2.0/24")}))
+	if got := r.Client("192.0.2.1:80", []string{strings.Repeat("1.1.1.1, ", 20) + "8.8.8.8"}); got.IP.String() != "192.0.2.1" || got.Source != SourcePeer || got.Reason != ReasonBound {
+		t.Errorf("envoy_xff over 20 entries: %+v", got)
+	}
+}
+
+// TestClientStandIn checks when the peer stands in for the client: only
+// with no forwarding header at all or with every entry trusted. Every other
+// failure is unresolved, so a trusted proxy is never judged as the client.
+func TestClientStandIn(t *testing.T) {
+	cidrs := prefixes("10.0.0.0/8")
+	cases := []struct {
+		name   string
+		cfg    Config
+		peer   string
+		lines  []string
+		want   string // "" = unresolved
+		reason Reason
+	}{
+		{"no header: the proxy sent it", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "10.0.0.5:80", nil, "10.0.0.5", ReasonNoHeader},
+		{"all trusted", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "10.0.0.5:80", []string{"10.1.1.1, 10.2.2.2"}, "10.0.0.5", ReasonAllTrusted},
+		{"invalid decisive entry", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "10.0.0.5:80", []string{"8.8.8.8, bogus, 10.1.1.1"}, "", ReasonInvalidEntry},
+		{"bound", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "10.0.0.5:80", []string{"8.8.8.8, " + strings.Repeat("10.1.1.1, ", MaxEntries) + "10.1.1.1"}, "", ReasonBound},
+		{"unspecified peer", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "0.0.0.0:80", []string{"8.8.8.8"}, "", ReasonNoPeer},
+		{"pipe peer, all trusted", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "/run/envoy.sock", []string{"10.1.1.1"}, "", ReasonAllTrusted},
+		{"pipe peer walks", Config{Strategy: RightmostTrustedRange, TrustedCIDRs: cidrs}, "/run/envoy.sock", []string{"6.6.6.6, 8.8.4.4"}, "8.8.4.4", ReasonPicked},
+		{"too few entries", Config{Strategy: RightmostTrustedCount, TrustedHops: 2}, "10.0.0.5:80", []string{"8.8.8.8"}, "", ReasonTooFewEntries},
+		{"count, no header", Config{Strategy: RightmostTrustedCount, TrustedHops: 2}, "10.0.0.5:80", nil, "10.0.0.5", ReasonNoHeader},
+		{"no public entry", Config{Strategy: RightmostNonPrivate}, "10.0.0.5:80", []string{"10.1.1.1"}, "", ReasonNoPublicEntry},
+		{"single header absent", Config{Strategy: SingleHeader, Header: "X-Real-IP"}, "10.0.0.5:80", nil, "10.0.0.5", ReasonNoHeader},
+		{"single header invalid", Config{Strategy: SingleHeader, Header: "X-Real-IP"}, "10.0.0.5:80", []string{"nope"}, "", ReasonInvalidEntry},
+		{"remote_addr pipe", Config{Strategy: RemoteAddr}, "/run/envoy.sock", nil, "", ReasonNoPeer},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := must(New(tc.cfg))
+			got := r.Client(tc.peer, slices.Clone(tc.lines))
+			gotIP := ""
+			if got.OK() {
+				gotIP = got.IP.String()
+			}
+			if gotIP != tc.want || got.Reason != tc.reason {
+				t.Errorf("Client = %q (%v), want %q (%v)", gotIP, got.Reason, tc.want, tc.reason)
+			}
+			res, e := r.Explain(tc.peer, slices.Clone(tc.lines))
+			if res != got || e.ClientIP != gotIP || e.Reason != tc.reason.String() {
+				t.Errorf("Explain %+v / %+v disagrees with Client %+v", res, e, got)
+			}
+			if !got.OK() && (e.ResolvedFrom != "none" || !strings.Contains(e.Detail, "unresolved")) {
+				t.Errorf("unresolved explanation %+v", e)
+			}
+		})
 	}
 }
 
@@ -370,11 +469,16 @@ func TestTrimLastEntry(t *testing.T) {
 		{[]string{"1.1.1.1, 2.2.2.2"}, []string{"1.1.1.1"}, "2.2.2.2"},
 		{[]string{"1.1.1.1", "2.2.2.2,3.3.3.3"}, []string{"1.1.1.1", "2.2.2.2"}, "3.3.3.3"},
 		{[]string{"1.1.1.1", " 2.2.2.2 "}, []string{"1.1.1.1"}, "2.2.2.2"},
+		// A line left empty or blank is dropped, as its doc comment says.
+		{[]string{"1.1.1.1", ",2.2.2.2"}, []string{"1.1.1.1"}, "2.2.2.2"},
+		{[]string{" \t, 2.2.2.2"}, []string{}, "2.2.2.2"},
+		{[]string{", , 2.2.2.2"}, []string{", "}, "2.2.2.2"},
 	}
 	for _, tc := range cases {
-		rest, last := TrimLastEntry(append([]string(nil), tc.lines...))
-		if last != tc.last || strings.Join(rest, "|") != strings.Join(tc.rest, "|") {
-			t.Errorf("TrimLastEntry(%q) = %q, %q; want %q, %q", tc.lines, rest, last, tc.rest, tc.last)
+		last := LastEntry(tc.lines)
+		rest := TrimLastEntry(append([]string(nil), tc.lines...))
+		if last != tc.last || strings.Join(rest, "|") != strings.Join(tc.rest, "|") || len(rest) != len(tc.rest) {
+			t.Errorf("LastEntry, TrimLastEntry(%q) = %q, %q; want %q, %q", tc.lines, last, rest, tc.last, tc.rest)
 		}
 	}
 }

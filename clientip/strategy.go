@@ -46,18 +46,21 @@ func StrategyNames() []string {
 
 var reasonNames = [...]string{
 	ReasonNone:          "none",
-	ReasonPicked:        "picked",
+	ReasonPicked:        "header",
 	ReasonPeer:          "peer",
-	ReasonPeerNotIP:     "peer_not_ip",
+	ReasonNoPeer:        "no_peer",
 	ReasonNoHeader:      "no_header",
-	ReasonInvalidEntry:  "invalid_entry",
+	ReasonInvalidEntry:  "invalid",
 	ReasonAllTrusted:    "all_trusted",
 	ReasonTooFewEntries: "too_few_entries",
 	ReasonNoPublicEntry: "no_public_entry",
-	ReasonTooLarge:      "too_large",
+	ReasonBound:         "bound",
 }
 
-// String returns the reason's stable name, e.g. "all_trusted".
+// String returns the reason's stable name (its class), e.g. "all_trusted":
+// "header" (an entry was chosen), "peer" (the peer is the client),
+// "no_header", "all_trusted", or a failure: "invalid", "bound", "no_peer",
+// "too_few_entries", "no_public_entry".
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]

@@ -187,8 +187,8 @@ func checkExtProc(c *checker, l *loaded, ep *extprocv3.ExternalProcessor, raw []
 	requireKeys(c, l.raw, append(slices.Clone(raw), "processing_mode"), "ext_proc processing_mode", keys...)
 	requireKeys(c, l.raw, raw, "ext_proc", "failure_mode_allow", "message_timeout")
 
-	if got := ep.GetRequestAttributes(); !slices.Equal(got, []string{"source.address"}) {
-		c.errorf("ext_proc: request_attributes is %q, want [source.address]", got)
+	if got := ep.GetRequestAttributes(); !slices.Equal(got, []string{"source.address", "destination.address"}) {
+		c.errorf("ext_proc: request_attributes is %q, want [source.address, destination.address]", got)
 	}
 	if got := ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); !slices.Contains(got, metadataNS) {
 		c.errorf("ext_proc: metadata_options.receiving_namespaces.untyped is %q, want it to hold %q", got, metadataNS)

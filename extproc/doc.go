@@ -15,7 +15,8 @@
 //     append_action at its default), so a client-sent x-real-ip never survives;
 //   - the peer is the source.address request attribute under the attributes
 //     key "envoy.filters.http.ext_proc" ("ip:port" or "[v6]:port"); without
-//     it, resolution uses the headers only (counted, logged once);
+//     it nothing can be verified and the request is unresolved (counted,
+//     warned about at most once a minute);
 //   - a deny is an ImmediateResponse with an explicit status (deny_status),
 //     a short text body and details "realipd_policy_denied".
 //
@@ -35,10 +36,20 @@
 // lower-case names. With no such policy nothing is collected.
 //
 // With Settings.XFFAppendedByEnvoy and a strategy reading X-Forwarded-For,
-// the last X-Forwarded-For entry (the one Envoy appended) is removed before
-// resolving; when it differs from source.address the
-// realipd_extproc_xff_mismatch_total counter goes up (an X-Forwarded-For
-// header missing altogether counts too).
+// the last X-Forwarded-For entry is removed before resolving when it is the
+// one Envoy appends with use_remote_address: true: the IP of source.address,
+// or for a loopback peer Envoy's own address (destination.address, or one of
+// this host's addresses). A pipe peer gets nothing appended. Any other last
+// entry stays: realipd_extproc_xff_mismatch_total goes up and a warning (at
+// most once a minute) names the likely Envoy misconfiguration.
+//
+// The client IP comes from clientip.Resolver.Client: the peer stands in only
+// when it is not trusted, when the request carries no forwarding header, or
+// when every entry is trusted. Every other failure is unresolved: no client
+// IP, the client-IP header removed, resolved_from none, and either a deny
+// (the default; policy trust.on_unresolved, details
+// realipd_client_ip_unresolved) or, with Settings.PassUnresolved, the
+// policies deciding on a request without client IP.
 //
 // The hot path reads and writes protobuf wire format directly (wire.go,
 // encode.go) and takes its settings from an atomic pointer, so Update can

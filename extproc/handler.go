@@ -75,6 +75,7 @@ type state struct {
 	strategyName   string
 	header         string // lower-case header the resolver reads ("" for remote_addr)
 	trimXFF        bool   // remove Envoy's appended X-Forwarded-For entry first
+	passUnresolved bool   // trust.on_unresolved: pass (else deny)
 	chain          *plugins.Chain
 	policyHeaders  bool // some policy of chain reads request headers (plugins.HeaderInputs)
 	clientIPHeader string
@@ -121,48 +122,56 @@ func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, 
 	return true, nil
 }
 
+// policyUnresolved is the policy metadata field of a deny by
+// trust.on_unresolved: deny.
+const policyUnresolved = "trust.on_unresolved"
+
+// unresolvedBody and unresolvedDetails answer a request denied because its
+// client IP is unresolved.
+const (
+	unresolvedBody    = "client IP unresolved\n"
+	unresolvedDetails = "realipd_client_ip_unresolved"
+)
+
 // requestHeaders resolves, runs the policies and encodes the answer.
 func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[]byte {
 	peer := req.peer
+	lines := req.lines
+	var res clientip.Result
 	if !req.hasPeer {
+		// Without the peer nothing can be verified: unresolved.
 		peer = ""
 		s.m.noPeer.Inc()
-		s.warnNoPeer.Do(func() {
-			s.log.Warn("extproc: request without the source.address attribute: resolving from headers only; add source.address to the ext_proc filter's request_attributes")
-		})
-	}
-	lines := req.lines
-	if st.trimXFF {
-		var last string
-		lines, last = clientip.TrimLastEntry(lines)
-		if req.hasPeer {
-			p, pok := peerAddr(peer)
-			l, lok := peerAddr(last)
-			if !pok || !lok || p != l {
-				s.m.mismatch.Inc()
-			}
+		if s.warnNoPeer.allow() {
+			s.log.Warn("extproc: request without the source.address attribute: its client IP is unresolved (trust.on_unresolved applies); add source.address and destination.address to the ext_proc filter's request_attributes")
 		}
+		res = clientip.Result{Reason: clientip.ReasonNoPeer}
+	} else {
+		if st.trimXFF {
+			lines = s.removeEnvoyEntry(lines, req)
+		}
+		res = st.resolver.Client(peer, lines)
 	}
-	res := st.resolver.Resolve(peer, lines)
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.explain(ctx, st, req, peer, lines)
 	}
 	ip := res.IP
-	from := resolvedHeader
+	var from string
 	switch {
 	case !res.OK():
-		s.m.failure(res.Reason)
-		if a, ok := peerAddr(peer); ok {
-			ip, from = a, resolvedPeer
-		} else {
-			from = resolvedNone
-		}
+		from = resolvedNone
+		s.m.unresolved(res.Reason)
 	case res.Source == clientip.SourcePeer:
 		from = resolvedPeer
+	default:
+		from = resolvedHeader
 	}
 
 	var verdict plugins.Verdict
-	if st.chain.Len() > 0 {
+	switch {
+	case !res.OK() && !st.passUnresolved:
+		verdict = plugins.Verdict{Decision: plugins.Decision{Deny: true, Body: unresolvedBody}, Policy: policyUnresolved}
+	case st.chain.Len() > 0:
 		verdict = st.chain.Decide(ctx, newPolicyRequest(ip, peer, res, st.strategy, req.headers))
 		if verdict.Err != nil {
 			s.m.policyErrors.WithLabelValues(verdict.ErrPolicy).Inc()
@@ -199,10 +208,14 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 		if body == "" {
 			body = denyBody
 		}
+		details := denyDetails
+		if verdict.Policy == policyUnresolved && !res.OK() {
+			details = unresolvedDetails
+		}
 		setBuf[0] = header{"content-type", "text/plain; charset=utf-8"}
 		mut.set = setBuf[:1]
 		mut.policy = verdict.Headers
-		return encodeImmediateResponse(answerPool, status, &mut, body, denyDetails, &md)
+		return encodeImmediateResponse(answerPool, status, &mut, body, details, &md)
 	}
 	st.allowCount.Inc()
 	fieldsBuf[4] = metaField{"decision", "allow"}
@@ -322,12 +335,55 @@ func peerAddr(s string) (netip.Addr, bool) {
 	return a, true
 }
 
+// removeEnvoyEntry removes the last X-Forwarded-For entry when it is the one
+// Envoy appended with use_remote_address: true — the IP of source.address,
+// or for a loopback peer Envoy's own address (destination.address, or one of
+// this host's addresses: Envoy appends its node's local address, and realipd
+// runs beside it). Anything else was not written by Envoy and stays: it is
+// counted and warned about, since Envoy then probably does not append. A
+// peer that is not an IP (a pipe) gets nothing appended, so nothing is
+// removed.
+func (s *Server) removeEnvoyEntry(lines []string, req *request) []string {
+	src, ok := peerAddr(req.peer)
+	if !ok {
+		return lines
+	}
+	last, lok := bareAddr(clientip.LastEntry(lines))
+	if lok {
+		if last == src {
+			return clientip.TrimLastEntry(lines)
+		}
+		if src.IsLoopback() {
+			if dst, ok := peerAddr(req.destination); (ok && last == dst) || s.local.contains(last) {
+				return clientip.TrimLastEntry(lines)
+			}
+		}
+	}
+	s.m.mismatch.Inc()
+	if s.warnMismatch.allow() {
+		s.log.Warn("extproc: the last X-Forwarded-For entry is not the address Envoy appends (source.address), so nothing was removed before resolving: Envoy is probably not running with use_remote_address: true (or has skip_xff_append set); if that is intended, set extproc.xff_appended_by_envoy: false",
+			"source_address", req.peer, "last_entry", clientip.LastEntry(lines))
+	}
+	return lines
+}
+
+// bareAddr parses an X-Forwarded-For entry as Envoy appends it: a bare IP,
+// unmapped.
+func bareAddr(s string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
+}
+
 // explain logs the resolution step by step at debug level.
 func (s *Server) explain(ctx context.Context, st *state, req *request, peer string, lines []string) {
 	_, ex := st.resolver.Explain(peer, lines)
 	detail := ex.Detail
 	if !req.hasPeer {
-		detail = "no source.address attribute: resolved from headers only. " + detail
+		ex.Reason, ex.ClientIP, ex.ResolvedFrom, ex.Entries = clientip.ReasonNoPeer.String(), "", resolvedNone, nil
+		detail = "no source.address attribute: unresolved"
 	}
 	s.log.LogAttrs(ctx, slog.LevelDebug, "extproc: resolved",
 		slog.String("strategy", ex.Strategy),

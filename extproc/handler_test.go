@@ -133,29 +133,29 @@ func TestHandleRequestHeaders(t *testing.T) {
 			wantMeta: map[string]string{"client_ip": "2001:db8:1::5", "peer": "[fd00::1]:443", "strategy": "rightmost_trusted_range", "resolved_from": "header", "decision": "allow"},
 		},
 		{
-			name:     "no result falls back to the peer",
+			name:     "all trusted: the peer stands in",
 			settings: Settings{Resolver: trustedRange(t, "10.0.0.0/8"), XFFAppendedByEnvoy: true},
 			req:      extproctest.Request{Headers: xff("10.9.9.9, 10.0.0.1"), SourceAddress: "10.0.0.1:80"},
 			wantIP:   "10.0.0.1",
 			wantMeta: map[string]string{"client_ip": "10.0.0.1", "peer": "10.0.0.1:80", "strategy": "rightmost_trusted_range", "resolved_from": "peer", "decision": "allow"},
 		},
 		{
-			name:     "missing source.address resolves from headers",
-			settings: Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RightmostNonPrivate}), XFFAppendedByEnvoy: true},
-			req:      extproctest.Request{Headers: xff("9.9.9.9, 10.0.0.3")},
-			wantIP:   "9.9.9.9",
-			wantMeta: map[string]string{"client_ip": "9.9.9.9", "peer": "", "strategy": "rightmost_non_private", "resolved_from": "header", "decision": "allow"},
+			name:       "missing source.address is unresolved: denied",
+			settings:   Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RightmostNonPrivate}), XFFAppendedByEnvoy: true},
+			req:        extproctest.Request{Headers: xff("9.9.9.9, 10.0.0.3")},
+			wantStatus: 403, wantBody: unresolvedBody,
+			wantMeta: map[string]string{"client_ip": "", "peer": "", "strategy": "rightmost_non_private", "resolved_from": "none", "decision": "deny", "policy": "trust.on_unresolved"},
 		},
 		{
-			name:     "no result and no peer removes the header",
-			settings: Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})},
+			name:     "unresolved with pass removes the header",
+			settings: Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RemoteAddr}), PassUnresolved: true},
 			req:      extproctest.Request{Headers: xff("203.0.113.50")},
 			wantIP:   "",
 			wantMeta: map[string]string{"client_ip": "", "peer": "", "strategy": "remote_addr", "resolved_from": "none", "decision": "allow"},
 		},
 		{
 			name:     "unspecified peer is not usable",
-			settings: Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})},
+			settings: Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RemoteAddr}), PassUnresolved: true},
 			req:      extproctest.Request{SourceAddress: "0.0.0.0:0"},
 			wantIP:   "",
 			wantMeta: map[string]string{"client_ip": "", "peer": "0.0.0.0:0", "strategy": "remote_addr", "resolved_from": "none", "decision": "allow"},
@@ -216,8 +216,12 @@ func TestHandleRequestHeaders(t *testing.T) {
 				if int(imm.GetStatus().GetCode()) != tt.wantStatus || string(imm.GetBody()) != tt.wantBody {
 					t.Errorf("deny status %d body %q, want %d %q", imm.GetStatus().GetCode(), imm.GetBody(), tt.wantStatus, tt.wantBody)
 				}
-				if imm.GetDetails() != denyDetails {
-					t.Errorf("details %q", imm.GetDetails())
+				wantDetails := denyDetails
+				if tt.wantMeta["policy"] == policyUnresolved {
+					wantDetails = unresolvedDetails
+				}
+				if imm.GetDetails() != wantDetails {
+					t.Errorf("details %q, want %q", imm.GetDetails(), wantDetails)
 				}
 				if ct, _ := res.SetHeader("content-type"); ct != "text/plain; charset=utf-8" {
 					t.Errorf("content-type %q", ct)
@@ -368,8 +372,9 @@ func TestMetrics(t *testing.T) {
 		{Headers: hdrs("x-forwarded-for", "203.0.113.1, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},                // allow, header
 		{Headers: hdrs("x-forwarded-for", "198.51.100.1, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},               // deny
 		{Headers: hdrs("x-forwarded-for", "203.0.113.1, 10.0.0.99"), SourceAddress: "10.0.0.1:1"},               // mismatch
-		{Headers: hdrs("x-forwarded-for", "10.0.0.5, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},                   // all trusted: failure
-		{Headers: hdrs("x-forwarded-for", "203.0.113.1, 10.0.0.1")},                                             // no source.address
+		{Headers: hdrs("x-forwarded-for", "10.0.0.5, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},                   // all trusted: the peer stands in
+		{Headers: hdrs("x-forwarded-for", "bogus, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},                      // unresolved: invalid, denied
+		{Headers: hdrs("x-forwarded-for", "203.0.113.1, 10.0.0.1")},                                             // no source.address: unresolved, denied
 		{Headers: hdrs("x-forwarded-for", "203.0.113.1"), SourceAddress: "10.0.0.1:1", ObservabilityMode: true}, // not answered
 	}
 	for _, r := range reqs {
@@ -380,13 +385,15 @@ func TestMetrics(t *testing.T) {
 		c    prometheus.Metric
 		want float64
 	}{
-		{"allow", srv.m.requests.WithLabelValues("allow", "rightmost_trusted_range"), 4},
-		{"deny", srv.m.requests.WithLabelValues("deny", "rightmost_trusted_range"), 1},
+		{"allow", srv.m.requests.WithLabelValues("allow", "rightmost_trusted_range"), 3},
+		{"deny", srv.m.requests.WithLabelValues("deny", "rightmost_trusted_range"), 3},
 		{"mismatch", srv.m.mismatch, 1},
-		{"all_trusted", srv.m.failures.WithLabelValues("all_trusted"), 1},
+		{"unresolved all_trusted", srv.m.failures.WithLabelValues("all_trusted"), 0},
+		{"unresolved invalid", srv.m.failures.WithLabelValues("invalid"), 1},
+		{"unresolved no_peer", srv.m.failures.WithLabelValues("no_peer"), 1},
 		{"no source.address", srv.m.noPeer, 1},
 		{"observability", srv.m.messages.WithLabelValues("observability"), 1},
-		{"request_headers", srv.m.messages.WithLabelValues("request_headers"), 5},
+		{"request_headers", srv.m.messages.WithLabelValues("request_headers"), 6},
 	}
 	for _, c := range checks {
 		if got := metricValue(t, c.c); got != c.want {
@@ -394,8 +401,8 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	var h dto.Metric
-	if err := srv.m.latency.Write(&h); err != nil || h.GetHistogram().GetSampleCount() != 5 {
-		t.Errorf("latency histogram samples %d (%v), want 5", h.GetHistogram().GetSampleCount(), err)
+	if err := srv.m.latency.Write(&h); err != nil || h.GetHistogram().GetSampleCount() != 6 {
+		t.Errorf("latency histogram samples %d (%v), want 6", h.GetHistogram().GetSampleCount(), err)
 	}
 	if _, err := reg.Gather(); err != nil {
 		t.Errorf("gather: %v", err)

@@ -14,7 +14,7 @@ import (
 // does no label lookups.
 type metrics struct {
 	requests     *prometheus.CounterVec // decision, strategy
-	failures     *prometheus.CounterVec // reason
+	failures     *prometheus.CounterVec // reason: unresolved requests
 	policyErrors *prometheus.CounterVec // policy
 	messages     *prometheus.CounterVec // phase
 	mismatch     prometheus.Counter
@@ -28,8 +28,8 @@ type metrics struct {
 	observed  prometheus.Counter
 }
 
-// reasonCount bounds clientip.Reason values (ReasonTooLarge is the last).
-const reasonCount = int(clientip.ReasonTooLarge) + 1
+// reasonCount bounds clientip.Reason values (ReasonBound is the last).
+const reasonCount = int(clientip.ReasonBound) + 1
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -38,8 +38,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Request headers messages answered, by decision (allow, deny) and strategy.",
 		}, []string{"decision", "strategy"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "realipd", Subsystem: "extproc", Name: "resolution_failures_total",
-			Help: "Requests whose client IP could not be resolved from the configured strategy (the peer was used instead, when usable), by reason.",
+			Namespace: "realipd", Subsystem: "extproc", Name: "unresolved_total",
+			Help: "Requests whose client IP is unresolved (no client IP; trust.on_unresolved decides), by reason: invalid, bound, no_peer (no usable peer or no source.address), too_few_entries, no_public_entry.",
 		}, []string{"reason"}),
 		policyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "extproc", Name: "policy_errors_total",
@@ -51,11 +51,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"phase"}),
 		mismatch: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "extproc", Name: "xff_mismatch_total",
-			Help: "Requests whose last X-Forwarded-For entry (the one Envoy appended, removed before resolving) differs from source.address.",
+			Help: "Requests whose last X-Forwarded-For entry is not the address Envoy appends (so nothing was removed before resolving): Envoy probably runs without use_remote_address: true.",
 		}),
 		noPeer: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "extproc", Name: "missing_source_address_total",
-			Help: "Request headers messages without the source.address attribute (resolved from headers only; configure request_attributes: [source.address]).",
+			Help: "Request headers messages without the source.address attribute (unresolved; configure request_attributes: [source.address, destination.address]).",
 		}),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "extproc", Name: "malformed_messages_total",
@@ -93,8 +93,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// failure counts a resolution without result.
-func (m *metrics) failure(r clientip.Reason) {
+// unresolved counts a request whose client IP is unresolved.
+func (m *metrics) unresolved(r clientip.Reason) {
 	if int(r) < reasonCount {
 		m.failureBy[r].Inc()
 		return

@@ -7,9 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,9 +48,14 @@ type Settings struct {
 	// MetadataNamespace is the dynamic metadata namespace (default realipd).
 	MetadataNamespace string
 	// XFFAppendedByEnvoy removes the last X-Forwarded-For entry (the one
-	// Envoy appends with use_remote_address: true) before resolving. It
-	// applies when the resolver reads X-Forwarded-For.
+	// Envoy appends with use_remote_address: true) before resolving, when
+	// it is the IP Envoy appends (see the package doc). It applies when the
+	// resolver reads X-Forwarded-For.
 	XFFAppendedByEnvoy bool
+	// PassUnresolved lets a request whose client IP is unresolved go on to
+	// the policies without an IP (trust.on_unresolved: pass). False, the
+	// default, denies it with DenyStatus.
+	PassUnresolved bool
 	// DenyStatus is the HTTP status of a deny (default 403); it must be an
 	// Envoy type.v3.StatusCode of at least 200.
 	DenyStatus int
@@ -67,6 +72,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ServerOptions are appended to the gRPC server's options (tests, tuning).
 	ServerOptions []grpc.ServerOption
+	// LocalAddrs lists this host's addresses, which Envoy may append to
+	// X-Forwarded-For for a loopback peer; nil lists the interfaces'.
+	LocalAddrs func() ([]netip.Addr, error)
 }
 
 // Server is realipd's envoy.service.ext_proc.v3.ExternalProcessor. It is safe
@@ -77,7 +85,9 @@ type Server struct {
 	state        atomic.Pointer[state]
 	drainTimeout time.Duration
 	serverOpts   []grpc.ServerOption
-	warnNoPeer   sync.Once
+	warnNoPeer   rateLimit
+	warnMismatch rateLimit
+	local        *localAddrs
 	serving      atomic.Int32 // listeners serving and not draining
 }
 
@@ -96,6 +106,9 @@ func New(s Settings, opts Options) (*Server, error) {
 		m:            m,
 		drainTimeout: opts.DrainTimeout,
 		serverOpts:   opts.ServerOptions,
+		warnNoPeer:   rateLimit{every: warnInterval},
+		warnMismatch: rateLimit{every: warnInterval},
+		local:        newLocalAddrs(opts.LocalAddrs),
 	}
 	if srv.drainTimeout <= 0 {
 		srv.drainTimeout = DefaultDrainTimeout
@@ -119,6 +132,7 @@ func (srv *Server) Update(s Settings) error {
 		strategyName:   s.Resolver.Strategy().String(),
 		header:         s.Resolver.Header(),
 		chain:          s.Chain,
+		passUnresolved: s.PassUnresolved,
 		clientIPHeader: strings.ToLower(s.ClientIPHeader),
 		namespace:      s.MetadataNamespace,
 		denyStatus:     s.DenyStatus,

@@ -182,16 +182,10 @@ func TestServe(t *testing.T) {
 					wantMeta: map[string]string{"client_ip": "2001:db8:aa::1", "peer": "[fd00::1]:8443", "strategy": "rightmost_trusted_range", "resolved_from": "header", "decision": "allow"},
 				},
 				{
-					name:  "missing source.address",
+					name:  "missing source.address is unresolved: denied",
 					req:   extproctest.Request{Headers: hdrs("x-forwarded-for", "203.0.113.8, 10.0.0.1")},
-					wantN: 1, wantIP: "203.0.113.8",
-					wantMeta: map[string]string{"client_ip": "203.0.113.8", "peer": "", "strategy": "rightmost_trusted_range", "resolved_from": "header", "decision": "allow"},
-				},
-				{
-					name:  "nothing usable removes the header",
-					req:   extproctest.Request{Headers: hdrs("x-real-ip", "1.2.3.4", "x-forwarded-for", "10.0.0.3, 10.0.0.1")},
-					wantN: 1, wantNoHdr: true,
-					wantMeta: map[string]string{"client_ip": "", "peer": "", "strategy": "rightmost_trusted_range", "resolved_from": "none", "decision": "allow"},
+					wantN: 1, wantDeny: 403,
+					wantMeta: map[string]string{"client_ip": "", "peer": "", "strategy": "rightmost_trusted_range", "resolved_from": "none", "decision": "deny", "policy": "trust.on_unresolved"},
 				},
 				{
 					name:  "deny",
@@ -533,7 +527,7 @@ func TestDebugLogExplains(t *testing.T) {
 	}
 	ts.stop(t)
 	out := buf.String()
-	for _, want := range []string{"no source.address attribute: resolved from headers only", "client_ip=203.0.113.8", "source.address"} {
+	for _, want := range []string{"no source.address attribute: unresolved", "reason=no_peer", "source.address"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}

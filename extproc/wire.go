@@ -69,8 +69,12 @@ const (
 // filter files request attributes under.
 const attributesKey = "envoy.filters.http.ext_proc"
 
-// sourceAddressAttr is the attribute holding the downstream peer.
-const sourceAddressAttr = "source.address"
+// The request attributes realipd asks for: the downstream peer, and the
+// address it connected to.
+const (
+	sourceAddressAttr      = "source.address"
+	destinationAddressAttr = "destination.address"
+)
 
 var errMalformed = errors.New("malformed protobuf")
 
@@ -81,6 +85,7 @@ type request struct {
 	observability bool
 	hasPeer       bool   // the source.address attribute was present as a string
 	peer          string // source.address
+	destination   string // destination.address ("" when absent)
 	lines         []string
 	headers       []rawHeader // the request headers selected for the policies
 }
@@ -188,11 +193,11 @@ func parseRequest(msg []byte, sel *selection, lines []string, hdrs []rawHeader) 
 		off += n
 	}
 	if attr != nil {
-		peer, ok, err := stringFieldOfStructEntry(attr, sourceAddressAttr)
+		var err error
+		r.peer, r.hasPeer, r.destination, err = addressAttributes(attr)
 		if err != nil {
 			return r, err
 		}
-		r.peer, r.hasPeer = peer, ok
 	}
 	if r.phase == phaseRequestHeaders && (sel.want != "" || sel.forPolicies()) {
 		if err := collectHeaders(msg[hdrFrom:], sel, &r); err != nil {
@@ -455,51 +460,52 @@ func mapEntryKey(entry []byte) (string, error) {
 	return bytesString(key), nil
 }
 
-// stringFieldOfStructEntry looks up field name in the Struct value of a
-// map<string, Struct> entry (every value occurrence of the entry merges) and
-// reports its string_value when the field's kind is a string.
-func stringFieldOfStructEntry(entry []byte, name string) (string, bool, error) {
-	var (
-		found bool
-		val   []byte // last entry for name: its bytes
-	)
+// addressAttributes reads source.address and destination.address from the
+// Struct value of a map<string, Struct> entry (every value occurrence of the
+// entry merges; the last field of a name wins), reporting each when its kind
+// is a string.
+func addressAttributes(entry []byte) (source string, hasSource bool, destination string, err error) {
+	var src, dst []byte // last Struct.fields entry for each name
 	for len(entry) > 0 {
 		num, typ, n := consumeTag(entry)
 		if n < 0 {
-			return "", false, errMalformed
+			return "", false, "", errMalformed
 		}
 		entry = entry[n:]
 		if num == fieldMapValue && typ == protowire.BytesType {
 			st, m := consumeBytes(entry)
 			if m < 0 {
-				return "", false, errMalformed
+				return "", false, "", errMalformed
 			}
 			entry = entry[m:]
 			// Walk the Struct's fields entries.
 			for len(st) > 0 {
 				fnum, ftyp, k := consumeTag(st)
 				if k < 0 {
-					return "", false, errMalformed
+					return "", false, "", errMalformed
 				}
 				st = st[k:]
 				if fnum == fieldStructFields && ftyp == protowire.BytesType {
 					fe, j := consumeBytes(st)
 					if j < 0 {
-						return "", false, errMalformed
+						return "", false, "", errMalformed
 					}
 					st = st[j:]
 					key, err := mapEntryKey(fe)
 					if err != nil {
-						return "", false, err
+						return "", false, "", err
 					}
-					if key == name {
-						found, val = true, fe
+					switch key {
+					case sourceAddressAttr:
+						src = fe
+					case destinationAddressAttr:
+						dst = fe
 					}
 					continue
 				}
 				j := protowire.ConsumeFieldValue(fnum, ftyp, st)
 				if j < 0 {
-					return "", false, errMalformed
+					return "", false, "", errMalformed
 				}
 				st = st[j:]
 			}
@@ -507,14 +513,21 @@ func stringFieldOfStructEntry(entry []byte, name string) (string, bool, error) {
 		}
 		m := protowire.ConsumeFieldValue(num, typ, entry)
 		if m < 0 {
-			return "", false, errMalformed
+			return "", false, "", errMalformed
 		}
 		entry = entry[m:]
 	}
-	if !found {
-		return "", false, nil
+	if src != nil {
+		if source, hasSource, err = valueEntryString(src); err != nil {
+			return "", false, "", err
+		}
 	}
-	return valueEntryString(val)
+	if dst != nil {
+		if destination, _, err = valueEntryString(dst); err != nil {
+			return "", false, "", err
+		}
+	}
+	return source, hasSource, destination, nil
 }
 
 // valueEntryString reads the google.protobuf.Value of a Struct.fields entry

@@ -35,6 +35,9 @@ func reference(m *extprocv3.ProcessingRequest, sel *selection) request {
 		if sv, ok := st.GetFields()[sourceAddressAttr].GetKind().(*structpb.Value_StringValue); ok {
 			r.peer, r.hasPeer = sv.StringValue, true
 		}
+		if sv, ok := st.GetFields()[destinationAddressAttr].GetKind().(*structpb.Value_StringValue); ok {
+			r.destination = sv.StringValue
+		}
 	}
 	for _, h := range m.GetRequestHeaders().GetHeaders().GetHeaders() {
 		v := h.GetValue()
@@ -67,7 +70,7 @@ func asciiLower(s string) string {
 
 func sameRequest(a, b request) bool {
 	return a.phase == b.phase && a.observability == b.observability && a.hasPeer == b.hasPeer &&
-		a.peer == b.peer && slices.Equal(a.lines, b.lines) && slices.Equal(a.headers, b.headers)
+		a.peer == b.peer && a.destination == b.destination && slices.Equal(a.lines, b.lines) && slices.Equal(a.headers, b.headers)
 }
 
 // testSelections are what the decoder is checked with: the resolver's

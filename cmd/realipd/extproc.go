@@ -86,6 +86,7 @@ func (rt *extprocRuntime) build(cfg *config.Config) (extproc.Settings, *plugins.
 		ClientIPHeader:     cfg.ExtProc.ClientIPHeader,
 		MetadataNamespace:  cfg.ExtProc.MetadataNamespace,
 		XFFAppendedByEnvoy: cfg.ExtProc.XFFAppendedByEnvoy,
+		PassUnresolved:     cfg.Trust.PassUnresolved(),
 		DenyStatus:         cfg.ExtProc.DenyStatus,
 	}, chain, nil
 }

@@ -71,14 +71,18 @@ func TestResolve(t *testing.T) {
 		{name: "issue vector", args: with(vector, "--remote-addr", "10.0.0.5:80"), wantOut: "203.0.113.9\n"},
 		{name: "untrusted peer", args: with(vector, "--remote-addr", "198.51.100.7:80"), wantOut: "198.51.100.7\n"},
 		{name: "untrusted v6 peer", args: with(vector, "--remote-addr", "[2001:DB8::0:1]:443"), wantOut: "2001:db8::1\n"},
-		{name: "all trusted: no result", args: []string{"resolve", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80",
-			"-H", "X-Forwarded-For: 10.9.9.9, 10.1.1.1"}, wantErr: "realipd: no result: ", wantCode: 1},
-		{name: "no header: no result", args: []string{"resolve", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80"},
-			wantErr: "no result", wantCode: 1},
+		{name: "all trusted: the peer stands in", args: []string{"resolve", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80",
+			"-H", "X-Forwarded-For: 10.9.9.9, 10.1.1.1"}, wantOut: "10.0.0.5\n"},
+		{name: "no header: the peer sent it", args: []string{"resolve", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80"},
+			wantOut: "10.0.0.5\n"},
+		{name: "invalid decisive entry: unresolved", args: []string{"resolve", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80",
+			"-H", "X-Forwarded-For: 8.8.8.8, bogus, 10.1.1.1"}, wantErr: "the client IP is unresolved (invalid); the server denies it", wantCode: 1},
+		{name: "envoy_xff with Envoy's zero defaults", args: []string{"resolve", "--strategy", "envoy_xff", "--trusted-cidrs", "10.0.0.0/8",
+			"--trusted-hops", "0", "--remote-addr", "10.0.0.5:80", "-H", "X-Forwarded-For: 203.0.113.9, 10.1.1.1"}, wantOut: "203.0.113.9\n"},
 		{name: "defaults: the peer is the client", args: []string{"resolve", "--remote-addr", "10.0.0.5:80", "-H", "X-Forwarded-For: 203.0.113.9"},
 			wantOut: "10.0.0.5\n"},
 		{name: "empty remote-addr is a non-IP peer", args: []string{"resolve", "--strategy", "remote_addr", "--remote-addr", ""},
-			wantErr: "no result", wantCode: 1, wantErrNot: "usage"},
+			wantErr: "unresolved (no_peer)", wantCode: 1, wantErrNot: "usage"},
 		{name: "remote_addr ignores header", args: []string{"resolve", "--strategy", "remote_addr", "--header", "X-Real-IP", "--remote-addr", "[::ffff:192.0.2.1]:9"},
 			wantOut: "192.0.2.1\n"},
 		{name: "lines kept in order, rightmost", args: []string{"resolve", "--strategy", "rightmost_non_private", "--remote-addr", "10.0.0.1:1",
@@ -88,7 +92,7 @@ func TestResolve(t *testing.T) {
 		{name: "single header: last line wins, case-insensitive name", args: []string{"resolve", "--strategy", "single_header", "--header", "x-real-ip",
 			"--remote-addr", "10.0.0.1:1", "-H", "X-REAL-IP: 1.2.3.4", "-H", "X-Real-Ip: 5.6.7.8:80"}, wantOut: "5.6.7.8\n"},
 		{name: "empty value line keeps its slot", args: []string{"resolve", "--strategy", "rightmost_trusted_count",
-			"--remote-addr", "10.0.0.1:1", "-H", "X-Forwarded-For: 8.8.8.8", "-H", "X-Forwarded-For:"}, wantErr: "no result", wantCode: 1},
+			"--remote-addr", "10.0.0.1:1", "-H", "X-Forwarded-For: 8.8.8.8", "-H", "X-Forwarded-For:"}, wantErr: "unresolved (invalid)", wantCode: 1},
 		{name: "forwarded header", args: []string{"resolve", "--strategy", "rightmost_trusted_count", "--header", "Forwarded", "--remote-addr", "10.0.0.1:1",
 			"-H", `Forwarded: for="[2001:db8:cafe::17]:4711";proto=https, for=10.0.0.9`, "--trusted-hops", "2"}, wantOut: "2001:db8:cafe::17\n"},
 		{name: "envoy_xff hops 0 without use_remote_address", args: []string{"resolve", "--strategy", "envoy_xff", "--trusted-hops", "0",
@@ -166,16 +170,23 @@ func TestResolveJSON(t *testing.T) {
 			name: "picked",
 			args: []string{"--strategy", "rightmost_trusted_range", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80",
 				"-H", "X-Forwarded-For: 203.0.113.9, 10.1.1.1"},
-			want:     clientip.Explanation{Strategy: "rightmost_trusted_range", Peer: "10.0.0.5:80", ClientIP: "203.0.113.9", ResolvedFrom: "header", Reason: "picked"},
+			want:     clientip.Explanation{Strategy: "rightmost_trusted_range", Peer: "10.0.0.5:80", ClientIP: "203.0.113.9", ResolvedFrom: "header", Reason: "header"},
 			verdicts: []string{"trusted", "picked"},
 		},
 		{
-			name: "no result",
+			name: "all trusted",
 			args: []string{"--strategy", "rightmost_trusted_range", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80",
 				"-H", "X-Forwarded-For: 10.2.2.2, 10.1.1.1"},
-			wantCode: 1,
-			want:     clientip.Explanation{Strategy: "rightmost_trusted_range", Peer: "10.0.0.5:80", ClientIP: "", ResolvedFrom: "", Reason: "all_trusted"},
+			want:     clientip.Explanation{Strategy: "rightmost_trusted_range", Peer: "10.0.0.5:80", ClientIP: "10.0.0.5", ResolvedFrom: "peer", Reason: "all_trusted"},
 			verdicts: []string{"trusted", "trusted"},
+		},
+		{
+			name: "unresolved",
+			args: []string{"--strategy", "rightmost_trusted_range", "--trusted-cidrs", "10.0.0.0/8", "--remote-addr", "10.0.0.5:80",
+				"-H", "X-Forwarded-For: 8.8.8.8, bogus, 10.1.1.1"},
+			wantCode: 1,
+			want:     clientip.Explanation{Strategy: "rightmost_trusted_range", Peer: "10.0.0.5:80", ClientIP: "", ResolvedFrom: "none", Reason: "invalid"},
+			verdicts: []string{"trusted", "invalid"},
 		},
 	}
 	for _, tt := range tests {
@@ -184,7 +195,7 @@ func TestResolveJSON(t *testing.T) {
 			if code != tt.wantCode {
 				t.Fatalf("exit code = %d, want %d; stderr: %s", code, tt.wantCode, errOut)
 			}
-			if (code != 0) != strings.Contains(errOut, "no result") {
+			if (code != 0) != strings.Contains(errOut, "unresolved") {
 				t.Errorf("stderr = %q", errOut)
 			}
 			var got clientip.Explanation

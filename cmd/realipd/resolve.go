@@ -19,8 +19,10 @@ const resolveSynopsis = `resolve [--config FILE] --remote-addr ADDR [-H 'Name: v
 
 const resolveDescription = `
 Resolve the client IP of one request, exactly as the server would, and print
-it alone on stdout (exit 0). When there is no result the reason goes to stderr
-and the exit status is 1; a bad command line exits 2.
+it alone on stdout (exit 0). The peer stands in as the client only when it is
+not trusted, when the request carries no forwarding header, or when every
+entry is trusted; any other failure leaves the client IP unresolved: the
+reason goes to stderr and the exit status is 1. A bad command line exits 2.
 
 The request is the peer that connected (--remote-addr) and the header lines
 it sent (-H, repeatable, kept in order; names are case-insensitive). --config
@@ -121,7 +123,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	if set["strategy"] && *strategy != trust.Strategy {
 		// The file's parameters belong to the file's strategy.
-		trust = config.Trust{Strategy: *strategy, Header: def.Header}
+		trust = config.Trust{Strategy: *strategy, Header: def.Header, OnUnresolved: trust.OnUnresolved}
 		fileTrust = false
 	}
 	if set["header"] {
@@ -161,7 +163,11 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if reason == "" {
 			reason = res.Reason.String()
 		}
-		return failure(fmt.Errorf("no result: %s", reason))
+		action := "the server denies it (trust.on_unresolved: deny)"
+		if trust.PassUnresolved() {
+			action = "the server passes it to the policies without a client IP (trust.on_unresolved: pass)"
+		}
+		return failure(fmt.Errorf("%s (%s); %s", reason, res.Reason, action))
 	}
 	return nil
 }

@@ -80,6 +80,9 @@ type Request struct {
 	// SourceAddress is the source.address attribute ("ip:port"); "" omits
 	// the attribute, as Envoy does when request_attributes lacks it.
 	SourceAddress string
+	// DestinationAddress is the destination.address attribute (the address
+	// the downstream connected to); "" omits it.
+	DestinationAddress string
 	// Phases lists the messages to send, in order; empty means
 	// RequestHeaders only (realipd's shipped configuration).
 	Phases []Phase
@@ -219,10 +222,15 @@ func Message(req Request, ph Phase, first bool) *extprocv3.ProcessingRequest {
 			Headers:     headerMap(headers, req.UseValue),
 			EndOfStream: !contains(req.Phases, RequestBody),
 		}}
+		attrs := map[string]*structpb.Value{}
 		if req.SourceAddress != "" {
-			msg.Attributes = map[string]*structpb.Struct{AttributesKey: {Fields: map[string]*structpb.Value{
-				"source.address": structpb.NewStringValue(req.SourceAddress),
-			}}}
+			attrs["source.address"] = structpb.NewStringValue(req.SourceAddress)
+		}
+		if req.DestinationAddress != "" {
+			attrs["destination.address"] = structpb.NewStringValue(req.DestinationAddress)
+		}
+		if len(attrs) > 0 {
+			msg.Attributes = map[string]*structpb.Struct{AttributesKey: {Fields: attrs}}
 		}
 	case RequestBody:
 		msg.Request = &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("hello"), EndOfStream: true}}

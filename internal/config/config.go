@@ -24,6 +24,7 @@ type Trust struct {
 	TrustedCIDRs     []string `json:"trusted_cidrs"`
 	TrustedHops      *int     `json:"trusted_hops"`
 	UseRemoteAddress *bool    `json:"use_remote_address"`
+	OnUnresolved     string   `json:"on_unresolved"` // deny | pass
 
 	clientIP clientip.Config // parsed by Validate
 }

@@ -31,8 +31,9 @@ const (
 func Default() Config {
 	return Config{
 		Trust: Trust{
-			Strategy: "rightmost_trusted_range",
-			Header:   "X-Forwarded-For",
+			Strategy:     "rightmost_trusted_range",
+			OnUnresolved: "deny",
+			Header:       "X-Forwarded-For",
 		},
 		ExtProc: ExtProc{
 			Enabled:            true,

@@ -82,101 +82,46 @@ func Network(addr string) (network, address string) {
 	return "tcp", addr
 }
 
-// Strategy parameters: which strategies use them.
-var (
-	cidrStrategies = []clientip.Strategy{clientip.RightmostTrustedRange, clientip.EnvoyXFF}
-	hopsStrategies = []clientip.Strategy{clientip.RightmostTrustedCount, clientip.EnvoyXFF}
-)
+// cidrStrategies are the strategies that read trust.trusted_cidrs.
+var cidrStrategies = []clientip.Strategy{clientip.RightmostTrustedRange, clientip.EnvoyXFF}
 
-// validate checks the trust section. cidrsUsedElsewhere allows
-// trusted_cidrs with a strategy that does not read them (origdst's PROXY
-// protocol also uses them).
+// unresolvedActions are the values of trust.on_unresolved.
+var unresolvedActions = []string{"deny", "pass"}
+
+// validate checks the trust section: it parses what is written as strings
+// and leaves the rules of the strategies to clientip.New, reporting its
+// errors under their key paths. cidrsUsedElsewhere allows trusted_cidrs
+// with a strategy that does not read them (origdst's PROXY protocol also
+// uses them).
 func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) {
 	t.clientIP = clientip.Config{}
 	before := len(*errs)
-
+	oneOf(errs, path+".on_unresolved", t.OnUnresolved, unresolvedActions)
 	strategy, strategyErr := clientip.ParseStrategy(t.Strategy)
 	if strategyErr != nil {
 		errs.add(path+".strategy", "%q is not one of %s", t.Strategy, strings.Join(clientip.StrategyNames(), ", "))
 	}
-	prefixes := make([]netip.Prefix, 0, len(t.TrustedCIDRs))
-	for i, s := range t.TrustedCIDRs {
-		p, err := parsePrefix(s)
-		if err != nil {
-			errs.add(fmt.Sprintf("%s.trusted_cidrs[%d]", path, i), "%s", err.Error())
-			continue
-		}
-		prefixes = append(prefixes, p)
-	}
+	prefixes := parsePrefixes(errs, path+".trusted_cidrs", t.TrustedCIDRs)
 	if strategyErr != nil {
 		return // the rest depends on the strategy
 	}
-
-	header := t.Header
-	switch {
-	case strategy == clientip.RemoteAddr:
-		header = "" // ignored
-	case header == "":
-		errs.add(path+".header", "required by %s", strategy)
-	case !isToken(header):
-		errs.add(path+".header", "%q is not a valid header name", header)
-	case strategy == clientip.SingleHeader && (strings.EqualFold(header, "X-Forwarded-For") || strings.EqualFold(header, "Forwarded")):
-		errs.add(path+".header", "single_header cannot read %s, a list of hops; name a header that a trusted proxy overwrites with one IP (X-Real-IP, True-Client-IP, CF-Connecting-IP...) or use a list strategy", header)
-	case strategy == clientip.EnvoyXFF && !strings.EqualFold(header, "X-Forwarded-For"):
-		errs.add(path+".header", "envoy_xff reads X-Forwarded-For only, as Envoy does, not %s", header)
-	}
-
-	if len(t.TrustedCIDRs) > 0 && !slices.Contains(cidrStrategies, strategy) && !cidrsUsedElsewhere {
-		errs.add(path+".trusted_cidrs", "not used by %s (only by rightmost_trusted_range and envoy_xff)", strategy)
-	}
-
-	hops := 0
-	switch {
-	case t.TrustedHops != nil && !slices.Contains(hopsStrategies, strategy):
-		errs.add(path+".trusted_hops", "not used by %s (only by rightmost_trusted_count and envoy_xff)", strategy)
-	case strategy == clientip.RightmostTrustedCount:
-		hops = 1
-		if t.TrustedHops != nil {
-			hops = *t.TrustedHops
-		}
-		if hops < 1 {
-			errs.add(path+".trusted_hops", "%d is not valid for rightmost_trusted_count (need >= 1)", hops)
-		} else if hops > clientip.MaxEntries {
-			errs.add(path+".trusted_hops", "%d is more than the %d entries a header may have", hops, clientip.MaxEntries)
-		}
-	case strategy == clientip.EnvoyXFF && t.TrustedHops != nil:
-		hops = *t.TrustedHops
-		if hops < 0 {
-			errs.add(path+".trusted_hops", "%d is not valid for envoy_xff (need >= 0)", hops)
-		}
-	}
-
-	useRemote := false
-	if t.UseRemoteAddress != nil {
-		if strategy != clientip.EnvoyXFF {
-			errs.add(path+".use_remote_address", "not used by %s (only by envoy_xff)", strategy)
-		}
-		useRemote = *t.UseRemoteAddress
-	}
-	if strategy == clientip.EnvoyXFF && len(t.TrustedCIDRs) > 0 && (t.TrustedHops != nil || t.UseRemoteAddress != nil) {
-		errs.add(path+".trusted_cidrs", "cannot be combined with trusted_hops or use_remote_address: envoy_xff emulates either Envoy's xff extension (trusted_cidrs) or use_remote_address with xff_num_trusted_hops")
-	}
-
-	if len(*errs) > before {
-		return
-	}
-	cfg := clientip.Config{
-		Strategy:         strategy,
-		Header:           header,
-		TrustedHops:      hops,
-		UseRemoteAddress: useRemote,
-	}
-	if slices.Contains(cidrStrategies, strategy) {
+	cfg := clientip.Config{Strategy: strategy, Header: t.Header}
+	if slices.Contains(cidrStrategies, strategy) || !cidrsUsedElsewhere {
 		cfg.TrustedCIDRs = prefixes
 	}
-	if _, err := clientip.New(cfg); err != nil {
-		var ce *clientip.ConfigError
-		if !errors.As(err, &ce) {
+	switch {
+	case t.TrustedHops != nil:
+		cfg.TrustedHops = *t.TrustedHops
+	case strategy == clientip.RightmostTrustedCount:
+		cfg.TrustedHops = 1
+	}
+	if t.UseRemoteAddress != nil {
+		cfg.UseRemoteAddress = *t.UseRemoteAddress
+	}
+	r, err := clientip.New(cfg)
+	if err != nil {
+		ce, ok := errors.AsType[*clientip.ConfigError](err)
+		if !ok {
 			errs.add(path, "%v", err)
 			return
 		}
@@ -185,8 +130,14 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 		}
 		return
 	}
-	t.clientIP = cfg
+	if len(*errs) == before {
+		t.clientIP = r.Config()
+	}
 }
+
+// PassUnresolved reports whether trust.on_unresolved is pass: a request
+// whose client IP is unresolved goes on to the policies without one.
+func (t Trust) PassUnresolved() bool { return t.OnUnresolved == "pass" }
 
 // parsePrefix parses a CIDR, or a bare IP as a single-address prefix. A
 // CIDR with bits set past its length is refused as a likely typo.
