@@ -18,9 +18,10 @@ import (
 func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, current func() *config.Config) (role, *admin.Server, error) {
 	log := logger.With("role", "admin")
 	srv, err := admin.New(admin.Options{
-		Logger:     log,
-		Registry:   reg,
-		ConfigDump: func() any { return current().Redacted() },
+		Logger:       log,
+		Registry:     reg,
+		ConfigDump:   func() any { return current().Redacted() },
+		AllowedHosts: cfg.Admin.AllowedHosts,
 	})
 	if err != nil {
 		return role{}, nil, err

@@ -108,3 +108,41 @@ func TestConfigDumpRedactsPluginConfig(t *testing.T) {
 		t.Errorf("the configuration in force was changed: endpoint.url = %v", got)
 	}
 }
+
+// TestAdminChecksHost: the admin listener of serve refuses a Host that is
+// not an IP address, localhost or a name of admin.allowed_hosts, as a DNS
+// rebinding page would send, on pprof and config_dump alike.
+func TestAdminChecksHost(t *testing.T) {
+	cfg := adminOnly()
+	cfg.Admin.AllowedHosts = []string{"realipd-admin.internal"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := startAdmin(t, &cfg)
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	for _, tt := range []struct {
+		path, host string
+		want       int
+	}{
+		{"/config_dump", "rebind.attacker.example:9902", http.StatusForbidden},
+		{"/debug/pprof/cmdline", "rebind.attacker.example", http.StatusForbidden},
+		{"/config_dump", "localhost:9902", http.StatusOK},
+		{"/config_dump", "realipd-admin.internal:9902", http.StatusOK},
+		{"/healthz", "10.1.2.3:9902", http.StatusOK},
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, base+tt.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = tt.host
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("GET %s with Host %q = %d, want %d", tt.path, tt.host, resp.StatusCode, tt.want)
+		}
+	}
+}
