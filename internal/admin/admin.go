@@ -7,7 +7,8 @@
 // serves. All methods are safe for concurrent use. One Server serves one
 // listener at a time (Run or Serve).
 //
-// Against DNS rebinding (a web page whose host name is made to resolve to this
+// The listener is meant for loopback: Serve warns when it is not. Against
+// DNS rebinding (a web page whose host name is made to resolve to this
 // listener, so that the browser reaches it), every endpoint answers only
 // requests whose Host header, port aside and case ignored, is an IP
 // address, localhost, the host name that Run was given, or one of
@@ -248,7 +249,8 @@ func listenHostName(listen string) string {
 // waits for requests in flight to finish, for at most the shutdown timeout,
 // after which it closes the remaining connections and returns an error
 // wrapping context.DeadlineExceeded. A clean shutdown returns nil. Serve closes
-// ln.
+// ln. It logs a warning when ln is not on a loopback address: the admin
+// endpoints hold the configuration and the profiler.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return s.serve(ctx, ln, "")
 }
@@ -269,6 +271,10 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, listenName string) 
 	s.mu.Unlock()
 	s.listeningOnce.Do(func() { close(s.listening) })
 	s.log.Info("admin listening", "addr", ln.Addr().String())
+	if a, ok := ln.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+		s.log.Warn("admin listener is not on loopback: it serves /debug/pprof and /config_dump to whoever reaches it; listen on loopback or firewall the port",
+			"addr", a.String(), "all_interfaces", len(a.IP) == 0 || a.IP.IsUnspecified())
+	}
 
 	select {
 	case err := <-errc:

@@ -3,11 +3,14 @@ package admin_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -162,5 +165,77 @@ func (w *recorder) Write(b []byte) (int, error) {
 func (w *recorder) WriteHeader(code int) {
 	if w.code == 0 {
 		w.code = code
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// addrListener is a loopback listener that reports another address, so
+// that a test sees what Serve does on a wildcard or a network address
+// without listening there.
+type addrListener struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (l addrListener) Addr() net.Addr { return l.addr }
+
+// TestWarnsWhenNotLoopback: Serve warns, with the address, when the
+// listener is reachable from other hosts, and not on loopback.
+func TestWarnsWhenNotLoopback(t *testing.T) {
+	tests := []struct {
+		addr     string
+		wantWarn string // "" for no warning
+	}{
+		{"127.0.0.1:9902", ""},
+		{"[::1]:9902", ""},
+		{"0.0.0.0:9902", `level=WARN msg="admin listener is not on loopback: it serves /debug/pprof and /config_dump to whoever reaches it; listen on loopback or firewall the port" addr=0.0.0.0:9902 all_interfaces=true`},
+		{"[::]:9902", `addr=[::]:9902 all_interfaces=true`},
+		{"10.1.2.3:9902", `level=WARN msg="admin listener is not on loopback: it serves /debug/pprof and /config_dump to whoever reaches it; listen on loopback or firewall the port" addr=10.1.2.3:9902 all_interfaces=false`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.addr, func(t *testing.T) {
+			var logs syncBuffer
+			s := newServer(t, admin.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr, err := net.ResolveTCPAddr("tcp", tt.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- s.Serve(ctx, addrListener{ln, addr}) }()
+			<-s.Listening()
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Serve: %v", err)
+			}
+			got := logs.String()
+			switch {
+			case tt.wantWarn == "" && strings.Contains(got, "level=WARN"):
+				t.Errorf("listening on %s logged a warning:\n%s", tt.addr, got)
+			case tt.wantWarn != "" && !strings.Contains(got, tt.wantWarn):
+				t.Errorf("listening on %s: logs lack %q:\n%s", tt.addr, tt.wantWarn, got)
+			}
+		})
 	}
 }
