@@ -13,13 +13,15 @@ import (
 // adminRole builds the admin listener of cfg: /metrics serves reg (every
 // role's metrics), /config_dump the configuration in force, /readyz the
 // readiness checks the other roles register with the returned server.
-// dump returns the configuration in force, which a reload replaces.
-func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, dump func() any) (role, *admin.Server, error) {
+// current returns the configuration in force, which a reload replaces;
+// /config_dump shows it with the plugins' settings redacted.
+func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, current func() *config.Config) (role, *admin.Server, error) {
 	log := logger.With("role", "admin")
 	srv, err := admin.New(admin.Options{
-		Logger:     log,
-		Registry:   reg,
-		ConfigDump: dump,
+		Logger:       log,
+		Registry:     reg,
+		ConfigDump:   func() any { return current().Redacted() },
+		AllowedHosts: cfg.Admin.AllowedHosts,
 	})
 	if err != nil {
 		return role{}, nil, err

@@ -398,6 +398,9 @@ func TestChangedKeys(t *testing.T) {
 			c.OrigDst.Enabled = true
 			c.Admin.Enabled = false
 		}, "xds.ip_families,origdst.enabled,origdst.listen,admin.enabled"},
+		{"admin allowed hosts", func(c *config.Config) {
+			c.Admin.AllowedHosts = []string{"admin.internal"}
+		}, "admin.allowed_hosts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

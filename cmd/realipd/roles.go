@@ -58,7 +58,7 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 	}
 	var adminSrv *admin.Server
 	if cfg.Admin.Enabled {
-		r, srv, err := adminRole(cfg, logger, reg, func() any { return s.current.Load() })
+		r, srv, err := adminRole(cfg, logger, reg, s.current.Load)
 		if err != nil {
 			return nil, err
 		}

@@ -6,6 +6,13 @@
 // (AddReadinessCheck) and extra endpoints (Handle) on it, before or while it
 // serves. All methods are safe for concurrent use. One Server serves one
 // listener at a time (Run or Serve).
+//
+// The listener is meant for loopback: Serve warns when it is not. Against
+// DNS rebinding (a web page whose host name is made to resolve to this
+// listener, so that the browser reaches it), every endpoint answers only
+// requests whose Host header, port aside and case ignored, is an IP
+// address, localhost, the host name that Run was given, or one of
+// Options.AllowedHosts. Other requests, an absent Host included, get 403.
 package admin
 
 import (
@@ -18,6 +25,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -53,6 +61,11 @@ type Options struct {
 	// Run or Serve is done; after it, open connections are closed. Zero:
 	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// AllowedHosts are host names (no port) accepted in the Host header
+	// besides IP addresses, localhost and the host name given to Run.
+	// They are compared case-insensitively and match exactly: no
+	// wildcards, no subdomains.
+	AllowedHosts []string
 }
 
 // ReadinessCheck reports whether a role is ready to take traffic: nil when
@@ -69,13 +82,17 @@ type namedCheck struct {
 type Server struct {
 	log              *slog.Logger
 	mux              *http.ServeMux
+	handler          http.Handler // mux behind the Host check
 	readinessTimeout time.Duration
 	shutdownTimeout  time.Duration
+	allowedHosts     map[string]bool // normalised (hostName)
+	hostRefused      prometheus.Counter
 
-	mu     sync.Mutex
-	checks []namedCheck
-	paths  []string // served paths, for the index page
-	addr   net.Addr
+	mu         sync.Mutex
+	checks     []namedCheck
+	paths      []string // served paths, for the index page
+	addr       net.Addr
+	listenName string // the host name Run was given (normalised), or ""
 
 	listening     chan struct{}
 	listeningOnce sync.Once
@@ -89,8 +106,13 @@ func New(opts Options) (*Server, error) {
 		mux:              http.NewServeMux(),
 		readinessTimeout: opts.ReadinessTimeout,
 		shutdownTimeout:  opts.ShutdownTimeout,
+		allowedHosts:     map[string]bool{"localhost": true},
 		listening:        make(chan struct{}),
 	}
+	for _, h := range opts.AllowedHosts {
+		s.allowedHosts[hostName(h)] = true
+	}
+	s.handler = http.HandlerFunc(s.checkHost)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -113,6 +135,21 @@ func New(opts Options) (*Server, error) {
 				return nil, fmt.Errorf("admin: register collector: %w", err)
 			}
 		}
+	}
+	s.hostRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "realipd_admin_host_refused_total",
+		Help: "Admin requests refused with 403 because their Host header is not an IP address, localhost, the listen host name or a name of admin.allowed_hosts (DNS rebinding protection).",
+	})
+	if err := reg.Register(s.hostRefused); err != nil {
+		are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err)
+		if !ok {
+			return nil, fmt.Errorf("admin: register metrics: %w", err)
+		}
+		c, ok := are.ExistingCollector.(prometheus.Counter)
+		if !ok {
+			return nil, fmt.Errorf("admin: register metrics: %w", err)
+		}
+		s.hostRefused = c // another Server on the same registry
 	}
 
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{
@@ -168,8 +205,8 @@ func (s *Server) Handle(pattern string, handler http.Handler) {
 }
 
 // Handler returns the admin endpoints as an http.Handler, to mount elsewhere
-// or to test without a listener.
-func (s *Server) Handler() http.Handler { return s.mux }
+// or to test without a listener. It applies the Host check.
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // Listening returns a channel closed once Run or Serve has a bound listener;
 // Addr is then its address.
@@ -184,24 +221,43 @@ func (s *Server) Addr() net.Addr {
 
 // Run listens on the TCP address listen (host:port; port 0 picks a free one,
 // see Addr) and serves until ctx is done, then shuts down gracefully (see
-// Serve).
+// Serve). When the host of listen is a name, not an IP address, that name
+// is accepted in the Host header too.
 func (s *Server) Run(ctx context.Context, listen string) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", listen)
 	if err != nil {
 		return fmt.Errorf("admin: listen on %q: %w", listen, err)
 	}
-	return s.Serve(ctx, ln)
+	return s.serve(ctx, ln, listenHostName(listen))
+}
+
+// listenHostName returns the host of the listen address listen when it is
+// a name (normalised), or "" when it is an IP address or empty.
+func listenHostName(listen string) string {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return ""
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	return hostName(host)
 }
 
 // Serve serves on ln until ctx is done, then stops accepting connections and
 // waits for requests in flight to finish, for at most the shutdown timeout,
 // after which it closes the remaining connections and returns an error
 // wrapping context.DeadlineExceeded. A clean shutdown returns nil. Serve closes
-// ln.
+// ln. It logs a warning when ln is not on a loopback address: the admin
+// endpoints hold the configuration and the profiler.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return s.serve(ctx, ln, "")
+}
+
+func (s *Server) serve(ctx context.Context, ln net.Listener, listenName string) error {
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
@@ -211,9 +267,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	s.mu.Lock()
 	s.addr = ln.Addr()
+	s.listenName = listenName
 	s.mu.Unlock()
 	s.listeningOnce.Do(func() { close(s.listening) })
 	s.log.Info("admin listening", "addr", ln.Addr().String())
+	if a, ok := ln.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+		s.log.Warn("admin listener is not on loopback: it serves /debug/pprof and /config_dump to whoever reaches it; listen on loopback or firewall the port",
+			"addr", a.String(), "all_interfaces", len(a.IP) == 0 || a.IP.IsUnspecified())
+	}
 
 	select {
 	case err := <-errc:
@@ -234,6 +295,76 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("admin stopped", "addr", ln.Addr().String())
 	return nil
 }
+
+// checkHost serves r when its Host is allowed (see the package
+// documentation) and refuses it with 403 otherwise.
+func (s *Server) checkHost(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	listenName := s.listenName
+	s.mu.Unlock()
+	if s.hostAllowed(r.Host, listenName) {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	s.hostRefused.Inc()
+	s.log.Debug("admin request refused: Host not allowed", "host", r.Host, "remote", r.RemoteAddr, "path", r.URL.Path)
+	host := r.Host
+	if len(host) > 100 {
+		host = host[:100] + "..."
+	}
+	http.Error(w, fmt.Sprintf("admin: Host %q is not allowed: use an IP address, localhost or a name of admin.allowed_hosts (DNS rebinding protection)", host), http.StatusForbidden)
+}
+
+// hostAllowed reports whether the Host header value hostport is accepted:
+// an IP address (IPv6 in brackets), localhost, listenName or an allowed
+// host name, with an optional numeric port, in any case. IP addresses are
+// all accepted, whatever the listener's address: DNS rebinding needs a
+// name, and a browser sends an IP address as Host only to that address.
+func (s *Server) hostAllowed(hostport, listenName string) bool {
+	host, ok := splitHostPort(hostport)
+	if !ok || host == "" {
+		return false
+	}
+	if inner, ok := strings.CutPrefix(host, "["); ok {
+		a, err := netip.ParseAddr(strings.TrimSuffix(inner, "]"))
+		return err == nil && a.Is6()
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Is4()
+	}
+	name := hostName(host)
+	return s.allowedHosts[name] || (listenName != "" && name == listenName)
+}
+
+// splitHostPort splits a Host header value into the host (IPv6 kept in its
+// brackets) and drops the port, which must be digits when present. It
+// reports false on a malformed value (an IPv6 address without brackets).
+func splitHostPort(hostport string) (string, bool) {
+	host, port := hostport, ""
+	if strings.HasPrefix(hostport, "[") {
+		end := strings.IndexByte(hostport, ']')
+		if end < 0 {
+			return "", false
+		}
+		host, port = hostport[:end+1], hostport[end+1:]
+	} else if i := strings.LastIndexByte(hostport, ':'); i >= 0 {
+		host, port = hostport[:i], hostport[i:]
+		if strings.Contains(host, ":") {
+			return "", false
+		}
+	}
+	if port != "" {
+		digits, ok := strings.CutPrefix(port, ":")
+		if !ok || strings.Trim(digits, "0123456789") != "" {
+			return "", false
+		}
+	}
+	return host, true
+}
+
+// hostName normalises a host name for comparison: lower case, without the
+// trailing dot of a fully qualified name.
+func hostName(h string) string { return strings.TrimSuffix(strings.ToLower(h), ".") }
 
 // serveReadyz runs every readiness check in parallel, bounded by the readiness
 // timeout, and answers 200 when all pass, 503 otherwise, one line per check.

@@ -68,8 +68,9 @@ type OrigDst struct {
 
 // Admin configures the admin HTTP listener.
 type Admin struct {
-	Enabled bool   `json:"enabled"`
-	Listen  string `json:"listen"`
+	Enabled      bool     `json:"enabled"`
+	Listen       string   `json:"listen"`
+	AllowedHosts []string `json:"allowed_hosts"`
 }
 
 // Policy is one entry of the policies list.

@@ -63,8 +63,9 @@ func Default() Config {
 			HTTPPorts:  []int{},
 		},
 		Admin: Admin{
-			Enabled: true,
-			Listen:  "127.0.0.1:9902",
+			Enabled:      true,
+			Listen:       "127.0.0.1:9902",
+			AllowedHosts: []string{},
 		},
 		Policies: []Policy{},
 	}

@@ -28,6 +28,7 @@ func (c *Config) Validate() error {
 	c.XDS.validate(&errs, "xds", c)
 	c.OrigDst.validate(&errs, "origdst", c)
 	validateListen(&errs, "admin.listen", c.Admin.Listen, true)
+	validateAllowedHosts(&errs, "admin.allowed_hosts", c.Admin.AllowedHosts)
 	validatePolicies(&errs, c.Policies)
 	validateDistinctListeners(&errs, c)
 	if len(errs) > 0 {
@@ -390,6 +391,59 @@ func validateListen(errs *errorList, path, addr string, listening bool) {
 	if err != nil || n < lowest || n > 65535 {
 		errs.add(path, "%q: port %q is not between %d and 65535", addr, port, lowest)
 	}
+}
+
+// validateAllowedHosts checks the extra host names of the admin listener's
+// Host check: exact DNS names, since IP addresses and localhost are always
+// accepted and a wildcard would let DNS rebinding in again.
+func validateAllowedHosts(errs *errorList, path string, hosts []string) {
+	seen := make(map[string]int, len(hosts))
+	for i, h := range hosts {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		name := strings.TrimSuffix(strings.ToLower(h), ".")
+		_, ipErr := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+		switch {
+		case h == "":
+			errs.add(p, "empty; give a host name")
+		case ipErr == nil:
+			errs.add(p, "%q: IP addresses are always accepted; list host names only", h)
+		case name == "localhost":
+			errs.add(p, "localhost is always accepted")
+		case strings.Contains(h, "*"):
+			errs.add(p, "%q: wildcards are not supported; list each name", h)
+		case strings.Contains(h, ":"):
+			errs.add(p, "%q: give the host name without a port (any port is accepted)", h)
+		case !isHostName(name):
+			errs.add(p, "%q is not a host name", h)
+		default:
+			if first, dup := seen[name]; dup {
+				errs.add(p, "%q is already %s[%d]", h, path, first)
+			} else {
+				seen[name] = i
+			}
+		}
+	}
+}
+
+// isHostName reports whether s is a DNS name: dot-separated labels of 1 to
+// 63 letters, digits, '-' or '_', not starting or ending with '-', at most
+// 253 characters.
+func isHostName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func validatePort(errs *errorList, path string, port int) {
