@@ -140,6 +140,18 @@ func appendField(b []byte, tag byte, s string) []byte {
 	return append(b, s...)
 }
 
+// everything is the inputs of a plugin that reads every field.
+var everything = &inputs{all: true}
+
+// DecideRequest returns the message a plugin that reads every input is sent
+// for req. Its marshalling never fails, whatever bytes req holds: header
+// values go as bytes, and invalid UTF-8 in the string fields (which Envoy
+// does not send there) is replaced by U+FFFD. It is exported for tests of
+// code that builds plugins.Requests from the wire.
+func DecideRequest(req *plugins.Request) *policypb.DecideRequest {
+	return everything.request(req)
+}
+
 // request builds the message for the plugin: the client IP and the declared
 // inputs only. A message that failed to marshal would fail the call and
 // hand a client who can choose the bytes the policy's on_error, so header
