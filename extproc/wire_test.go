@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -10,7 +11,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/extproc/extproctest"
+	"github.com/realipd/realipd/plugins/host"
+	policypb "github.com/realipd/realipd/plugins/proto"
 )
 
 // reference extracts with the generated types what parseRequest reads.
@@ -272,19 +276,71 @@ func TestParseRequestMalformed(t *testing.T) {
 	}
 }
 
+// checkPluginRequest checks that what got hands the policies converts into
+// the plugin API's request as plugins/host builds it, that this marshals
+// (a failure would fail every plugin call and apply its on_error), and that
+// the header values arrive byte for byte.
+func checkPluginRequest(t *testing.T, sel *selection, got request) {
+	t.Helper()
+	pr := host.DecideRequest(newPolicyRequest(netip.Addr{}, got.peer, clientip.Result{}, 0, got.headers))
+	b, err := proto.Marshal(pr)
+	if err != nil {
+		t.Fatalf("selection %+v: the plugin request for %+v does not marshal: %v", sel, got, err)
+	}
+	var back policypb.DecideRequest
+	if err := proto.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	hs := back.GetHeaders()
+	if len(hs) != len(got.headers) {
+		t.Fatalf("selection %+v: %d headers for the plugin, want %d", sel, len(hs), len(got.headers))
+	}
+	for i, h := range hs {
+		if string(h.GetValue()) != got.headers[i].value {
+			t.Fatalf("selection %+v: header %d value %q reached the plugin as %q", sel, i, got.headers[i].value, h.GetValue())
+		}
+	}
+}
+
 // FuzzParseRequest checks the wire decoder against proto.Unmarshal: whenever
 // protobuf accepts the bytes, parseRequest must accept them too and read the
 // same phase, observability flag, source.address, header lines and policy
-// headers, for each of testSelections.
+// headers, for each of testSelections. Whenever parseRequest accepts bytes,
+// protobuf or not, what it collects for the policies must convert into a
+// plugin request (checkPluginRequest).
 func FuzzParseRequest(f *testing.F) {
 	for _, s := range seedMessages(f) {
 		f.Add(s)
 	}
+	// Bytes that are not UTF-8: in raw_value (protobuf accepts them), and in
+	// a key, a value and source.address (only the decoder does).
+	utf8Seed, err := proto.Marshal(extproctest.Message(extproctest.Request{SourceAddress: "10.0.0.1:1",
+		Headers: hdrs("x-tenant", "evil\xff", "x-real-ip", "\xc3", "user-agent", "a\x80b")}, extproctest.RequestHeaders, true))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(utf8Seed)
+	hv := protowire.AppendString(protowire.AppendTag(nil, fieldHVKey, protowire.BytesType), "x-t\xff")
+	hv = protowire.AppendString(protowire.AppendTag(hv, fieldHVValue, protowire.BytesType), "v\xff")
+	hm := protowire.AppendBytes(protowire.AppendTag(nil, fieldHeaderMapHeaders, protowire.BytesType), hv)
+	hh := protowire.AppendBytes(protowire.AppendTag(nil, fieldHTTPHeaders, protowire.BytesType), hm)
+	bad := protowire.AppendBytes(protowire.AppendTag(nil, protowire.Number(phaseRequestHeaders), protowire.BytesType), hh)
+	val := protowire.AppendString(protowire.AppendTag(nil, fieldValueString, protowire.BytesType), "1.2.3.4:5\xff")
+	fe := protowire.AppendString(protowire.AppendTag(nil, fieldMapKey, protowire.BytesType), sourceAddressAttr)
+	fe = protowire.AppendBytes(protowire.AppendTag(fe, fieldMapValue, protowire.BytesType), val)
+	st := protowire.AppendBytes(protowire.AppendTag(nil, fieldStructFields, protowire.BytesType), fe)
+	entry := protowire.AppendString(protowire.AppendTag(nil, fieldMapKey, protowire.BytesType), attributesKey)
+	entry = protowire.AppendBytes(protowire.AppendTag(entry, fieldMapValue, protowire.BytesType), st)
+	bad = protowire.AppendBytes(protowire.AppendTag(bad, fieldReqAttributes, protowire.BytesType), entry)
+	f.Add(bad)
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		m := &extprocv3.ProcessingRequest{}
 		perr := proto.Unmarshal(msg, m)
 		for _, sel := range testSelections {
 			got, err := parseRequest(msg, &sel, nil, nil)
+			if err == nil {
+				checkPluginRequest(t, &sel, got)
+			}
 			if perr != nil {
 				continue
 			}

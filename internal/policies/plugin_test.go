@@ -17,11 +17,12 @@ import (
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/plugintest"
+	"github.com/realipd/realipd/plugins"
 )
 
 // pluginBin holds the example plugins and the host's test plugin (which
 // reads the x-test and x-tenant request headers) that TestMain builds once.
-var pluginBin struct{ denylist, geotag, testpolicy string }
+var pluginBin struct{ denylist, geotag, headerdeny, testpolicy string }
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -34,12 +35,14 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	bins, err := plugintest.Build(dir, "../../examples/plugins/denylist", "../../examples/plugins/geotag", "../../plugins/host/testdata/testpolicy")
+	bins, err := plugintest.Build(dir, "../../examples/plugins/denylist", "../../examples/plugins/geotag",
+		"../../examples/plugins/headerdeny", "../../plugins/host/testdata/testpolicy")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	pluginBin.denylist, pluginBin.geotag, pluginBin.testpolicy = bins["denylist"], bins["geotag"], bins["testpolicy"]
+	pluginBin.headerdeny = bins["headerdeny"]
 	return m.Run()
 }
 
@@ -76,18 +79,11 @@ func pluginPolicies(t *testing.T) []config.Policy {
 	}
 }
 
-// TestPluginsThroughExtProc is the end-to-end path: policies config → Chain
-// with real plugin processes → realipd's ext_proc server → an Envoy-like
-// ext_proc client over real gRPC.
-func TestPluginsThroughExtProc(t *testing.T) {
-	chain, err := BuildWith(pluginPolicies(t), Options{Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { chain.Close() })
-	if got := strings.Join(chain.Names(), ","); got != "blocklist,deny,geo,tenant" {
-		t.Fatalf("chain %s", got)
-	}
+// serveExtProc serves chain (resolving from the peer) with realipd's
+// ext_proc server on a loopback port for the test and returns a client
+// connected to it over gRPC.
+func serveExtProc(t *testing.T, chain *plugins.Chain) *extproctest.Client {
+	t.Helper()
 	r, err := clientip.New(clientip.Config{Strategy: clientip.RemoteAddr})
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +111,22 @@ func TestPluginsThroughExtProc(t *testing.T) {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.MessageTimeout = 5 * time.Second // the first call starts TLS to the plugins; be generous on a loaded machine
+	return c
+}
+
+// TestPluginsThroughExtProc is the end-to-end path: policies config → Chain
+// with real plugin processes → realipd's ext_proc server → an Envoy-like
+// ext_proc client over real gRPC.
+func TestPluginsThroughExtProc(t *testing.T) {
+	chain, err := BuildWith(pluginPolicies(t), Options{Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { chain.Close() })
+	if got := strings.Join(chain.Names(), ","); got != "blocklist,deny,geo,tenant" {
+		t.Fatalf("chain %s", got)
+	}
+	c := serveExtProc(t, chain)
 
 	tests := []struct {
 		name       string
@@ -189,6 +201,84 @@ func TestPluginsThroughExtProc(t *testing.T) {
 				}
 			} else if res.Immediate != nil {
 				t.Fatalf("denied: %v", res.Immediate)
+			}
+			for k, v := range tt.wantHdrs {
+				if got, _ := res.SetHeader(k); got != v {
+					t.Errorf("header %s = %q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}
+
+// TestNonUTF8HeaderThroughExtProc: a request header value that is not valid
+// UTF-8 must not make a plugin call fail. Were it to, on_error: allow would
+// let a client skip any plugin that reads headers by adding one such byte.
+// headerdeny must deny "evil\xff"; the test plugin behind it must receive
+// and echo its x-tenant bytes unchanged, and its metadata built from them
+// must reach Envoy (as valid UTF-8).
+func TestNonUTF8HeaderThroughExtProc(t *testing.T) {
+	ms := func(d string) config.Duration {
+		var c config.Duration
+		if err := c.UnmarshalJSON([]byte(`"` + d + `"`)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	chain, err := BuildWith([]config.Policy{
+		{Name: "agents", Type: "plugin", Path: pluginBin.headerdeny, SHA256: fileSHA(t, pluginBin.headerdeny),
+			Timeout: ms("2s"), OnError: "allow", CacheTTL: ms("30s"),
+			Config: map[string]any{"header": "user-agent", "contains": []string{"evil"}}},
+		{Name: "tenant", Type: "plugin", Path: pluginBin.testpolicy, SHA256: fileSHA(t, pluginBin.testpolicy),
+			Timeout: ms("2s"), OnError: "allow"},
+	}, Options{Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { chain.Close() })
+	c := serveExtProc(t, chain)
+
+	tests := []struct {
+		name     string
+		headers  []extproctest.Header
+		deny     bool
+		wantMeta map[string]string
+		wantHdrs map[string]string
+	}{
+		{name: "denied despite a byte that is not UTF-8", deny: true,
+			headers:  []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "user-agent", Value: "evil\xff"}},
+			wantMeta: map[string]string{"decision": "deny", "policy": "agents", "headerdeny_match": "evil"}},
+		{name: "denied, valid UTF-8", deny: true,
+			headers:  []extproctest.Header{{Name: "user-agent", Value: "very evil"}},
+			wantMeta: map[string]string{"decision": "deny", "policy": "agents", "headerdeny_match": "evil"}},
+		{name: "allowed, bytes passed on",
+			headers:  []extproctest.Header{{Name: "user-agent", Value: "good\xff"}, {Name: "x-tenant", Value: "acme\xff"}},
+			wantMeta: map[string]string{"decision": "allow", "tenant_hex": "61636d65ff", "tenant": "acme\uFFFD"},
+			wantHdrs: map[string]string{"x-tenant-echo": "acme\xff", "x-policy": "testpolicy"}},
+		{name: "allowed, no header",
+			wantMeta: map[string]string{"decision": "allow", "tenant_hex": ""},
+			wantHdrs: map[string]string{"x-policy": "testpolicy"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := c.Process(context.Background(), extproctest.Request{SourceAddress: "8.8.8.8:40000", Headers: tt.headers})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if denied := res.Immediate != nil; denied != tt.deny {
+				t.Fatalf("denied = %v, want %v (immediate response %v)", denied, tt.deny, res.Immediate)
+			}
+			if tt.deny && string(res.Immediate.GetBody()) != "denied by headerdeny\n" {
+				t.Errorf("deny body %q, want headerdeny's", res.Immediate.GetBody())
+			}
+			meta, err := res.Metadata("realipd")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tt.wantMeta {
+				if got, ok := meta[k]; !ok || got != v {
+					t.Errorf("metadata %s = %q, want %q (all: %v)", k, got, v, meta)
+				}
 			}
 			for k, v := range tt.wantHdrs {
 				if got, _ := res.SetHeader(k); got != v {

@@ -334,7 +334,7 @@ func decisionFromProto(r *policypb.DecideResponse) plugins.Decision {
 	if hs := r.GetHeaders(); len(hs) > 0 {
 		d.Headers = make([]plugins.Header, len(hs))
 		for i, h := range hs {
-			d.Headers[i] = plugins.Header{Name: h.GetName(), Value: h.GetValue()}
+			d.Headers[i] = plugins.Header{Name: h.GetName(), Value: string(h.GetValue())}
 		}
 	}
 	if ttl := r.GetCacheTtl(); ttl != nil && ttl.IsValid() {

@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -240,6 +241,30 @@ func TestDecisionFields(t *testing.T) {
 	d = decide(t, all, req("192.0.2.1"))
 	if d.Metadata["peer"] != "10.0.0.1:5555" || d.Metadata["listener"] != "virtual_inbound" {
 		t.Errorf("all inputs: metadata = %v, want peer and listener sent", d.Metadata)
+	}
+}
+
+// TestHeaderValueBytes: a request header value that is not valid UTF-8
+// reaches the plugin byte for byte (header values are bytes in the plugin
+// API), and the plugin's answer built from it comes back: as bytes in a
+// header, with U+FFFD in metadata (a protobuf string) instead of failing
+// the call.
+func TestHeaderValueBytes(t *testing.T) {
+	h, _ := newHost(t, Config{Path: bin.testpolicy})
+	for _, v := range []string{"evil\xff", "\xc3", "a\x00\x80b", "caf\xc3\xa9"} {
+		d, err := h.Decide(context.Background(), req("192.0.2.1", "x-tenant", v))
+		if err != nil {
+			t.Fatalf("value %q: %v", v, err)
+		}
+		if got := d.Metadata["tenant_hex"]; got != hex.EncodeToString([]byte(v)) {
+			t.Errorf("value %q: the plugin received %s (hex)", v, got)
+		}
+		if got := header(d, "x-tenant-echo"); got != v {
+			t.Errorf("value %q: echoed header %q", v, got)
+		}
+		if got, want := d.Metadata["tenant"], strings.ToValidUTF8(v, "\uFFFD"); got != want {
+			t.Errorf("value %q: metadata %q, want %q", v, got, want)
+		}
 	}
 }
 

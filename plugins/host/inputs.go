@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/plugins"
@@ -139,15 +140,29 @@ func appendField(b []byte, tag byte, s string) []byte {
 	return append(b, s...)
 }
 
+// everything is the inputs of a plugin that reads every field.
+var everything = &inputs{all: true}
+
+// DecideRequest returns the message a plugin that reads every input is sent
+// for req. Its marshalling never fails, whatever bytes req holds: header
+// values go as bytes, and invalid UTF-8 in the string fields (which Envoy
+// does not send there) is replaced by U+FFFD. It is exported for tests of
+// code that builds plugins.Requests from the wire.
+func DecideRequest(req *plugins.Request) *policypb.DecideRequest {
+	return everything.request(req)
+}
+
 // request builds the message for the plugin: the client IP and the declared
-// inputs only.
+// inputs only. A message that failed to marshal would fail the call and
+// hand a client who can choose the bytes the policy's on_error, so header
+// values are sent as bytes and every string is made valid UTF-8.
 func (in *inputs) request(req *plugins.Request) *policypb.DecideRequest {
 	pr := &policypb.DecideRequest{}
 	if req.ClientIP.IsValid() {
 		pr.ClientIp = req.ClientIP.String()
 	}
 	if in.all || in.peer {
-		pr.Peer = req.Peer
+		pr.Peer = validUTF8(req.Peer)
 	}
 	if (in.all || in.originalDst) && req.OriginalDst.IsValid() {
 		pr.OriginalDst = req.OriginalDst.String()
@@ -161,19 +176,30 @@ func (in *inputs) request(req *plugins.Request) *policypb.DecideRequest {
 		}
 	}
 	if in.all || in.listener {
-		pr.Listener = req.Listener
+		pr.Listener = validUTF8(req.Listener)
 	}
 	if in.all || in.route {
-		pr.Route = req.Route
+		pr.Route = validUTF8(req.Route)
 	}
 	if !in.ipOnly {
 		for _, h := range req.Headers {
 			if in.wantHeader(h.Name) {
-				pr.Headers = append(pr.Headers, &policypb.Header{Name: strings.ToLower(h.Name), Value: h.Value})
+				pr.Headers = append(pr.Headers, &policypb.Header{Name: validUTF8(strings.ToLower(h.Name)), Value: []byte(h.Value)})
 			}
 		}
 	}
 	return pr
+}
+
+// validUTF8 returns s with each run of invalid UTF-8 replaced by U+FFFD, as
+// a proto3 string field requires; s itself when it is valid. The cache key
+// keeps the original bytes, so two requests that differ only there are
+// still told apart.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 // name returns the contract name of a clientip enum through its String

@@ -232,7 +232,9 @@ type DecideRequest struct {
 	// The resolved client IP in text form (dotted quad or RFC 5952); empty
 	// when realipd found none.
 	ClientIp string `protobuf:"bytes,1,opt,name=client_ip,json=clientIp,proto3" json:"client_ip,omitempty"`
-	// The peer as received ("ip:port"); may be empty.
+	// The peer as received ("ip:port"); may be empty. This, listener and
+	// route are strings: realipd replaces any invalid UTF-8 in them with
+	// U+FFFD.
 	Peer string `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
 	// The intercepted connection's original destination ("ip:port"), when
 	// known.
@@ -399,9 +401,16 @@ func (x *Resolution) GetPosition() int32 {
 }
 
 type Header struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The lower-case header name. In a DecideRequest realipd always sends
+	// valid UTF-8 here (Envoy passes only token names; anything else would be
+	// replaced by U+FFFD).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The value, byte for byte: HTTP field values are octets and need not be
+	// valid UTF-8, as a proto3 string must be. It was a string before; both
+	// encode alike on the wire, so peers built with either interoperate
+	// whenever the value is valid UTF-8.
+	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -443,11 +452,11 @@ func (x *Header) GetName() string {
 	return ""
 }
 
-func (x *Header) GetValue() string {
+func (x *Header) GetValue() []byte {
 	if x != nil {
 		return x.Value
 	}
-	return ""
+	return nil
 }
 
 type DecideResponse struct {
@@ -455,11 +464,15 @@ type DecideResponse struct {
 	Deny  bool                   `protobuf:"varint,1,opt,name=deny,proto3" json:"deny,omitempty"`
 	// The deny status; 0 means realipd's configured default.
 	Status int32 `protobuf:"varint,2,opt,name=status,proto3" json:"status,omitempty"`
-	// The deny body; "" means a default text.
+	// The deny body; "" means a default text. Like every string field here,
+	// it must be valid UTF-8: otherwise the response does not decode and the
+	// call counts as a plugin error (the Go SDK replaces invalid UTF-8 with
+	// U+FFFD before sending).
 	Body string `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
-	// Headers to set on the request (allow) or on the deny response.
+	// Headers to set on the request (allow) or on the deny response; values
+	// are bytes and are set as they are.
 	Headers []*Header `protobuf:"bytes,4,rep,name=headers,proto3" json:"headers,omitempty"`
-	// Extra dynamic metadata fields.
+	// Extra dynamic metadata fields (Envoy's metadata strings are UTF-8).
 	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// How long this decision may be reused for the same inputs; unset or zero
 	// means not at all.
@@ -668,7 +681,7 @@ const file_policy_proto_rawDesc = "" +
 	"\bposition\x18\x04 \x01(\x05R\bposition\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xc9\x02\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\xc9\x02\n" +
 	"\x0eDecideResponse\x12\x12\n" +
 	"\x04deny\x18\x01 \x01(\bR\x04deny\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x12\x12\n" +

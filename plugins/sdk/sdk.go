@@ -83,7 +83,7 @@ type Request struct {
 	ResolvedFrom string         // "header", "peer", or "" when there was no result
 	Reason       string         // why resolution ended as it did, e.g. "picked"
 	Position     int            // for ResolvedFrom "header": the entry's position from the right
-	Headers      []Header       // the selected request headers, lower-case names
+	Headers      []Header       // the selected request headers, lower-case names; values are bytes (see Header)
 	Listener     string         // listener name, when known
 	Route        string         // route name, when known
 }
@@ -99,7 +99,10 @@ func (r *Request) Header(name string) (string, bool) {
 	return "", false
 }
 
-// Header is one header name and value.
+// Header is one header name and value. Value holds the header's bytes as
+// the client sent them, which need not be valid UTF-8; compare them as
+// bytes (strings.Contains, ==), and expect range loops and conversions to
+// []rune to see U+FFFD for the invalid parts.
 type Header struct {
 	Name  string
 	Value string
@@ -107,6 +110,12 @@ type Header struct {
 
 // Decision is a policy's answer. The zero Decision allows the request with
 // no effects and is not cached.
+//
+// Header values are sent to realipd byte for byte. Body, Metadata keys and
+// values, and header names travel as protobuf strings, which must be valid
+// UTF-8: invalid bytes there are replaced with U+FFFD (one per run) rather
+// than failing the decision, so a policy may copy request header values
+// into them.
 type Decision struct {
 	Deny     bool
 	Status   int               // deny HTTP status; 0 means realipd's configured default

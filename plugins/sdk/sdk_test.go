@@ -11,9 +11,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	policypb "github.com/realipd/realipd/plugins/proto"
 )
@@ -172,7 +174,7 @@ func TestServerDecide(t *testing.T) {
 	resp, err := s.Decide(context.Background(), &policypb.DecideRequest{
 		ClientIp: "2001:db8::1", Peer: "10.0.0.1:80", OriginalDst: "[2001:db8::2]:443",
 		Resolution: &policypb.Resolution{Strategy: "remote_addr", ResolvedFrom: "peer", Reason: "peer", Position: 0},
-		Headers:    []*policypb.Header{{Name: "x-b", Value: "2"}},
+		Headers:    []*policypb.Header{{Name: "x-b", Value: []byte("2")}},
 		Listener:   "l", Route: "r",
 	})
 	if err != nil {
@@ -206,6 +208,72 @@ func TestServerDecide(t *testing.T) {
 	if _, err := s.Decide(context.Background(), &policypb.DecideRequest{ClientIp: "nope"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad client_ip: %v", err)
 	}
+}
+
+// TestServerDecideNotUTF8: header values that are not valid UTF-8 reach the
+// policy byte for byte and leave it the same way; a decision that copies
+// them into its strings still answers (with U+FFFD there) instead of failing
+// to marshal.
+func TestServerDecideNotUTF8(t *testing.T) {
+	const v = "evil\xff\xc3"
+	f := &fakePolicy{d: Decision{
+		Deny: true, Body: "no " + v,
+		Headers:  []Header{{"x-echo", v}, {"x-bad\xff", "1"}},
+		Metadata: map[string]string{"ua": v, "k\xff": "ok"},
+	}}
+	s := &server{impl: f}
+	resp, err := s.Decide(context.Background(), &policypb.DecideRequest{
+		Headers: []*policypb.Header{{Name: "user-agent", Value: []byte(v)}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.got.Header("user-agent"); got != v {
+		t.Errorf("policy saw %q, want %q", got, v)
+	}
+	b, err := proto.Marshal(resp)
+	if err != nil {
+		t.Fatalf("response does not marshal: %v", err)
+	}
+	var back policypb.DecideResponse
+	if err := proto.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	hs := back.GetHeaders()
+	if len(hs) != 2 || string(hs[0].GetValue()) != v || hs[1].GetName() != "x-bad\uFFFD" {
+		t.Errorf("headers = %v", hs)
+	}
+	if back.GetBody() != "no evil\uFFFD" || back.GetMetadata()["ua"] != "evil\uFFFD" || back.GetMetadata()["k\uFFFD"] != "ok" {
+		t.Errorf("body %q, metadata %q", back.GetBody(), back.GetMetadata())
+	}
+	if m := map[string]string{"a": "b"}; reflect.ValueOf(validUTF8Map(m)).UnsafePointer() != reflect.ValueOf(m).UnsafePointer() {
+		t.Error("a valid metadata map was copied")
+	}
+}
+
+// FuzzDecisionToProto: whatever strings a policy puts in its decision, the
+// response marshals, and header values are kept byte for byte.
+func FuzzDecisionToProto(f *testing.F) {
+	f.Add("denied", "x-a", "v", "k", "v")
+	f.Add("\xff", "x-\xc3", "evil\xff", "\x80", "\xed\xa0\x80")
+	f.Fuzz(func(t *testing.T, body, hname, hvalue, mkey, mvalue string) {
+		resp := decisionToProto(Decision{Deny: true, Body: body,
+			Headers: []Header{{hname, hvalue}}, Metadata: map[string]string{mkey: mvalue}})
+		b, err := proto.Marshal(resp)
+		if err != nil {
+			t.Fatalf("marshal: %v", err)
+		}
+		var back policypb.DecideResponse
+		if err := proto.Unmarshal(b, &back); err != nil {
+			t.Fatalf("unmarshal: %v", err)
+		}
+		if got := string(back.GetHeaders()[0].GetValue()); got != hvalue {
+			t.Fatalf("header value %q came back as %q", hvalue, got)
+		}
+		if utf8.ValidString(body) && back.GetBody() != body {
+			t.Fatalf("valid body %q changed to %q", body, back.GetBody())
+		}
+	})
 }
 
 func FuzzRequestFromProto(f *testing.F) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -143,27 +144,57 @@ func requestFromProto(pr *policypb.DecideRequest) (*Request, error) {
 	if hs := pr.GetHeaders(); len(hs) > 0 {
 		req.Headers = make([]Header, len(hs))
 		for i, h := range hs {
-			req.Headers[i] = Header{Name: h.GetName(), Value: h.GetValue()}
+			req.Headers[i] = Header{Name: h.GetName(), Value: string(h.GetValue())}
 		}
 	}
 	return req, nil
 }
 
+// decisionToProto converts d. Header values go as bytes; the string fields
+// are made valid UTF-8, as protobuf requires: a policy that copies a header
+// value into its metadata or body must not turn its decision into a
+// marshalling error, and so into its on_error, for a client who sent one
+// byte that is not UTF-8.
 func decisionToProto(d Decision) *policypb.DecideResponse {
 	resp := &policypb.DecideResponse{
 		Deny:     d.Deny,
 		Status:   int32(d.Status),
-		Body:     d.Body,
-		Metadata: d.Metadata,
+		Body:     validUTF8(d.Body),
+		Metadata: validUTF8Map(d.Metadata),
 	}
 	if len(d.Headers) > 0 {
 		resp.Headers = make([]*policypb.Header, len(d.Headers))
 		for i, h := range d.Headers {
-			resp.Headers[i] = &policypb.Header{Name: h.Name, Value: h.Value}
+			resp.Headers[i] = &policypb.Header{Name: validUTF8(h.Name), Value: []byte(h.Value)}
 		}
 	}
 	if d.CacheTTL > 0 {
 		resp.CacheTtl = durationpb.New(d.CacheTTL)
 	}
 	return resp
+}
+
+// validUTF8 returns s with each run of invalid UTF-8 replaced by U+FFFD; s
+// itself when it is valid.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// validUTF8Map returns m with its keys and values made valid UTF-8 by
+// validUTF8; m itself when they all are. Keys that become equal keep one
+// of their values.
+func validUTF8Map(m map[string]string) map[string]string {
+	for k, v := range m {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			out := make(map[string]string, len(m))
+			for k, v := range m {
+				out[validUTF8(k)] = validUTF8(v)
+			}
+			return out
+		}
+	}
+	return m
 }

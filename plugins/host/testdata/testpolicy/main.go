@@ -2,11 +2,14 @@
 // chosen per request by the x-test header: "deny", "error", "hang" (blocks,
 // ignoring the deadline), "crash" (exits mid-call); anything else allows.
 // Decisions carry the process id, a per-process call counter and the
-// configured tag in their metadata.
+// configured tag in their metadata; the x-tenant header it received comes
+// back as metadata (as given, and hex-encoded) and, when present, as the
+// x-tenant-echo header.
 package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -84,19 +87,23 @@ func (p *policy) Decide(ctx context.Context, req *sdk.Request) (sdk.Decision, er
 	case "error":
 		return sdk.Decision{}, errors.New("boom")
 	}
-	tenant, _ := req.Header("x-tenant")
+	tenant, hasTenant := req.Header("x-tenant")
 	d := sdk.Decision{
 		Metadata: map[string]string{
-			"pid":       p.pid,
-			"calls":     strconv.FormatInt(n, 10),
-			"tag":       p.cfg.Tag,
-			"client_ip": req.ClientIP.String(),
-			"tenant":    tenant,
-			"peer":      req.Peer,
-			"listener":  req.Listener,
+			"pid":        p.pid,
+			"calls":      strconv.FormatInt(n, 10),
+			"tag":        p.cfg.Tag,
+			"client_ip":  req.ClientIP.String(),
+			"tenant":     tenant,
+			"tenant_hex": hex.EncodeToString([]byte(tenant)),
+			"peer":       req.Peer,
+			"listener":   req.Listener,
 		},
 		Headers:  []sdk.Header{{Name: "x-policy", Value: "testpolicy"}},
 		CacheTTL: p.cfg.CacheTTL.Duration,
+	}
+	if hasTenant {
+		d.Headers = append(d.Headers, sdk.Header{Name: "x-tenant-echo", Value: tenant})
 	}
 	if mode == "deny" {
 		d.Deny, d.Status, d.Body = true, 451, "nope"
