@@ -333,7 +333,7 @@ type Resolution struct {
 	Strategy string `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	// "header", "peer", or "" when there was no result.
 	ResolvedFrom string `protobuf:"bytes,2,opt,name=resolved_from,json=resolvedFrom,proto3" json:"resolved_from,omitempty"`
-	// Why resolution ended as it did, e.g. "picked".
+	// Why resolution ended as it did, e.g. "header", "all_trusted", "invalid".
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// For resolved_from "header": the picked entry's 1-based position counted
 	// from the right.

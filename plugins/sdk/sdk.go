@@ -81,7 +81,7 @@ type Request struct {
 	OriginalDst  netip.AddrPort // the intercepted connection's original destination, when known
 	Strategy     string         // the resolution strategy, e.g. "rightmost_trusted_range"
 	ResolvedFrom string         // "header", "peer", or "" when there was no result
-	Reason       string         // why resolution ended as it did, e.g. "picked"
+	Reason       string         // why resolution ended as it did, e.g. "header", "all_trusted", "invalid"
 	Position     int            // for ResolvedFrom "header": the entry's position from the right
 	Headers      []Header       // the selected request headers, lower-case names; values are bytes (see Header)
 	Listener     string         // listener name, when known
