@@ -6,7 +6,7 @@ import "net/netip"
 // contract used in configuration, the CLI and metadata.
 type Strategy uint8
 
-// The strategies; see DESIGN.md for their exact semantics.
+// The strategies; docs/strategies.md gives their exact semantics.
 const (
 	RemoteAddr Strategy = iota + 1
 	SingleHeader

@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// privateRanges is DESIGN.md's "private" set: special-purpose, documentation,
+// privateRanges is the "private" set of docs/strategies.md: special-purpose, documentation,
 // benchmarking, shared and multicast space that is never a public client.
 var privateRanges = NewPrefixSet([]netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),          // RFC 791 / RFC 1122 §3.2.1.3: "this network"
@@ -38,7 +38,7 @@ var privateRanges = NewPrefixSet([]netip.Prefix{
 	// 64:ff9b::/96 (RFC 6052 NAT64) is deliberately absent: it maps public IPv4.
 })
 
-// IsPrivate reports whether ip is in DESIGN.md's private set (see
+// IsPrivate reports whether ip is in the private set (see
 // privateRanges). IPv4-mapped IPv6 is judged as IPv4; zones are ignored.
 func IsPrivate(ip netip.Addr) bool { return privateRanges.Contains(ip) }
 

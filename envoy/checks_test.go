@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// The names and values the shipped files promise (DESIGN.md, ext_proc and xDS
+// The names and values the shipped files promise (docs/design.md, ext_proc and xDS
 // contracts).
 const (
 	extProcCluster   = "realipd_extproc"
@@ -55,7 +55,7 @@ func (c *checker) err() error { return errors.Join(c.errs...) }
 // checkStatic asserts the settings realipd relies on in a static ext_proc
 // bootstrap: exactly one HTTP connection manager with use_remote_address true
 // and xff_num_trusted_hops 0, an access log printing the client IP, the ext_proc
-// filter configured as DESIGN.md says, the router last, every routed cluster
+// filter configured as docs/design.md says, the router last, every routed cluster
 // defined, the ext_proc cluster on HTTP/2 at extProcAt, and a loopback admin.
 func checkStatic(l *loaded, extProcAt endpoint) error {
 	c := &checker{}

@@ -7,7 +7,7 @@ import (
 	"github.com/realipd/realipd/clientip"
 )
 
-// Config is the whole file. Field tags are the YAML keys of DESIGN.md.
+// Config is the whole file. Field tags are the YAML keys (README.md, "Configure it").
 type Config struct {
 	Trust    Trust    `json:"trust"`
 	ExtProc  ExtProc  `json:"extproc"`
