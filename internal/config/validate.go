@@ -259,6 +259,19 @@ func (o *OrigDst) validate(errs *errorList, path string, c *Config) {
 	}
 }
 
+// ValidatePolicies checks a policies list on its own, as Validate does
+// (key paths start with "policies["), and records the parsed CIDRs of its
+// cidr entries (DenyPrefixes, AllowPrefixes). It returns nil or a
+// *ValidationError.
+func ValidatePolicies(policies []Policy) error {
+	var errs errorList
+	validatePolicies(&errs, policies)
+	if len(errs) > 0 {
+		return &ValidationError{Errors: errs}
+	}
+	return nil
+}
+
 func validatePolicies(errs *errorList, policies []Policy) {
 	names := make(map[string]int, len(policies))
 	for i := range policies {

@@ -1,14 +1,14 @@
 // Package policies builds the policy chain of realipd's configuration (the
-// policies list) into a *plugins.Chain: it parses each entry once, at load,
-// so that no request re-parses configuration strings.
+// policies list) into a *plugins.Chain. The entries are checked and their
+// CIDRs parsed by the configuration's validation (config.ValidatePolicies),
+// once, at load, so that no request re-parses configuration strings; this
+// package adds what only starting them can tell (the plugin binaries).
 package policies
 
 import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -56,34 +56,24 @@ type pendingPlugin struct {
 }
 
 func build(list []config.Policy, opts Options, start bool) (*plugins.Chain, error) {
+	// The entries' fields are checked, and their CIDRs parsed, once: by the
+	// configuration's own validation.
+	if err := config.ValidatePolicies(list); err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
 	var errs []error
 	var pending []pendingPlugin
 	entries := make([]plugins.ChainEntry, 0, len(list))
-	seen := make(map[string]int, len(list))
 	for i, p := range list {
 		path := fmt.Sprintf("policies[%d]", i)
-		if p.Name == "" {
-			errs = append(errs, fmt.Errorf("policies: %s.name: required", path))
-		} else if j, dup := seen[p.Name]; dup {
-			errs = append(errs, fmt.Errorf("policies: %s.name: %q already used by policies[%d]", path, p.Name, j))
-		} else {
-			seen[p.Name] = i
-		}
 		onErr, err := plugins.ParseErrorAction(p.OnError)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("policies: %s.on_error: %q: want allow or deny", path, p.OnError))
+			errs = append(errs, fmt.Errorf("policies: %s.on_error: %w", path, err))
+			continue
 		}
-		var pol plugins.Policy
 		switch p.Type {
 		case "cidr":
-			allow, aerrs := parsePrefixes(path+".allow", p.Allow)
-			deny, derrs := parsePrefixes(path+".deny", p.Deny)
-			errs = append(errs, aerrs...)
-			errs = append(errs, derrs...)
-			if len(p.Allow) == 0 && len(p.Deny) == 0 {
-				errs = append(errs, fmt.Errorf("policies: %s: type cidr needs allow or deny", path))
-			}
-			pol = plugins.NewCIDR(allow, deny)
+			entries = append(entries, plugins.ChainEntry{Name: p.Name, Policy: plugins.NewCIDR(p.AllowPrefixes(), p.DenyPrefixes()), OnError: onErr})
 		case "plugin":
 			hc := host.Config{
 				Name:       p.Name,
@@ -97,18 +87,11 @@ func build(list []config.Policy, opts Options, start bool) (*plugins.Chain, erro
 			}
 			if err := host.Check(hc); err != nil {
 				errs = append(errs, fmt.Errorf("policies: %s: %w", path, err))
-				break
+				continue
 			}
 			// The entry's Policy is filled in once every entry checked out.
 			pending = append(pending, pendingPlugin{entry: len(entries), path: path, cfg: hc})
 			entries = append(entries, plugins.ChainEntry{Name: p.Name, OnError: onErr})
-		case "":
-			errs = append(errs, fmt.Errorf("policies: %s.type: required (cidr or plugin)", path))
-		default:
-			errs = append(errs, fmt.Errorf("policies: %s.type: unknown type %q (want cidr or plugin)", path, p.Type))
-		}
-		if pol != nil {
-			entries = append(entries, plugins.ChainEntry{Name: p.Name, Policy: pol, OnError: onErr})
 		}
 	}
 	if len(errs) > 0 {
@@ -137,35 +120,4 @@ func build(list []config.Policy, opts Options, start bool) (*plugins.Chain, erro
 		return nil, fmt.Errorf("policies: %w", err)
 	}
 	return chain, nil
-}
-
-// parsePrefixes parses CIDRs; a bare IP means that single address. As in
-// internal/config, a CIDR with address bits set past its length is refused
-// as a likely typo.
-func parsePrefixes(path string, list []string) ([]netip.Prefix, []error) {
-	var errs []error
-	out := make([]netip.Prefix, 0, len(list))
-	for i, s := range list {
-		s = strings.TrimSpace(s)
-		if strings.Contains(s, "/") {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("policies: %s[%d]: %q is not a CIDR prefix", path, i, s))
-				continue
-			}
-			if p != p.Masked() {
-				errs = append(errs, fmt.Errorf("policies: %s[%d]: %q has address bits set past /%d (did you mean %s?)", path, i, s, p.Bits(), p.Masked()))
-				continue
-			}
-			out = append(out, p)
-			continue
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			errs = append(errs, fmt.Errorf("policies: %s[%d]: %q is not an IP address or CIDR prefix", path, i, s))
-			continue
-		}
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
-	}
-	return out, errs
 }
