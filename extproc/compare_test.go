@@ -5,8 +5,6 @@ import (
 	"context"
 	"io"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +13,7 @@ import (
 	"time"
 
 	"github.com/realipd/realipd/extproc/extproctest"
+	"github.com/realipd/realipd/internal/plugintest"
 )
 
 // benchProcess is one benchserver process.
@@ -28,13 +27,11 @@ type benchProcess struct {
 // buildBenchServer builds ./internal/benchserver into dir.
 func buildBenchServer(b *testing.B, dir string) string {
 	b.Helper()
-	bin := filepath.Join(dir, "benchserver")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.Command(gobin, "build", "-o", bin, "./internal/benchserver").CombinedOutput()
+	bins, err := plugintest.Build(dir, "./internal/benchserver")
 	if err != nil {
-		b.Fatalf("build benchserver: %v\n%s", err, out)
+		b.Fatal(err)
 	}
-	return bin
+	return bins["benchserver"]
 }
 
 // startBenchServer runs bin in mode and connects a client to it.

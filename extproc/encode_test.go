@@ -35,6 +35,7 @@ func expectedMutation(m *mutation) *extprocv3.HeaderMutation {
 	for _, h := range m.set {
 		out.SetHeaders = append(out.SetHeaders, &corev3.HeaderValueOption{
 			Header: &corev3.HeaderValue{Key: h.name, RawValue: []byte(h.value)},
+			//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 			Append: wrapperspb.Bool(false),
 		})
 	}

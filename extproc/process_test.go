@@ -5,13 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/realipd/realipd/extproc/extproctest"
+	"github.com/realipd/realipd/internal/plugintest"
 )
 
 // TestServeSIGTERMDrain runs the real realipd binary (built into a temporary
@@ -24,11 +24,11 @@ func TestServeSIGTERMDrain(t *testing.T) {
 	}
 	const drainTimeout = 10 * time.Second
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "realipd")
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(gobin, "build", "-o", bin, "../cmd/realipd").CombinedOutput(); err != nil {
-		t.Fatalf("build realipd: %v\n%s", err, out)
+	bins, err := plugintest.Build(dir, "../cmd/realipd")
+	if err != nil {
+		t.Fatal(err)
 	}
+	bin := bins["realipd"]
 	cfg := filepath.Join(dir, "realipd.yaml")
 	conf := `trust:
   strategy: rightmost_trusted_range

@@ -67,11 +67,6 @@ func (l *logTail) wait(t *testing.T, re *regexp.Regexp, n int) []string {
 	}
 }
 
-// count returns the number of log lines matching re.
-func (l *logTail) count(re *regexp.Regexp) int {
-	return len(re.FindAllString(l.String(), -1))
-}
-
 var (
 	reExtProcAddr = regexp.MustCompile(`msg="extproc: serving".* address=(\S+)`)
 	reAdminAddr   = regexp.MustCompile(`msg="admin listening".* addr=(\S+)`)

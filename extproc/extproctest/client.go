@@ -317,10 +317,12 @@ func CheckResponse(ph Phase, resp *extprocv3.ProcessingResponse) error {
 				return fmt.Errorf("%w: header %q written in value, not raw_value", ErrProtocol, h.GetKey())
 			}
 			//nolint:staticcheck // Append is deprecated; an explicit setting of either field is what counts.
+			//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 			if o.GetAppend() == nil && o.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
 				return fmt.Errorf("%w: header %q without an explicit append setting", ErrProtocol, h.GetKey())
 			}
 			//nolint:staticcheck // as above
+			//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 			if o.GetAppend() != nil && o.GetAppendAction() != corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
 				return fmt.Errorf("%w: header %q sets both append and append_action, which Envoy refuses", ErrProtocol, h.GetKey())
 			}
@@ -334,6 +336,7 @@ func CheckResponse(ph Phase, resp *extprocv3.ProcessingResponse) error {
 // OVERWRITE_IF_EXISTS_OR_ADD).
 func Overwrites(o *corev3.HeaderValueOption) bool {
 	//nolint:staticcheck // Append is deprecated but still read by Envoy.
+	//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 	if a := o.GetAppend(); a != nil {
 		return !a.GetValue() && o.GetAppendAction() == corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD
 	}

@@ -31,8 +31,11 @@ func TestCheckResponse(t *testing.T) {
 		ok   bool
 	}{
 		{"good", RequestHeaders, headersAnswer(good), true},
+		//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 		{"explicit append false", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: good.Header, Append: wrapperspb.Bool(false)}), true},
+		//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 		{"append and append_action both set", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x", RawValue: []byte("v")}, Append: wrapperspb.Bool(false), AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}), false},
+		//lint:ignore SA1019 realipd writes append explicitly (false) as its contract says; Envoy still reads it
 		{"explicit append false", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x", RawValue: []byte("v")}, Append: wrapperspb.Bool(false)}), true},
 		{"value instead of raw_value", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "x", Value: "v"}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}), false},
 		{"implicit append", RequestHeaders, headersAnswer(&corev3.HeaderValueOption{Header: good.Header}), false},
