@@ -538,9 +538,9 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 	return out.GetGauge().GetValue()
 }
 
-// TestReplacedBinaryRefusedOnRestart checks that go-plugin's SecureConfig
-// holds at every start: after the binary on disk is swapped, the restart of
-// a crashed plugin is refused and calls keep failing fast.
+// TestReplacedBinaryRefusedOnRestart checks that the sha256 holds at every
+// start: after the binary on disk is swapped, the restart of a crashed
+// plugin is refused with ErrChecksum and calls keep failing fast.
 func TestReplacedBinaryRefusedOnRestart(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy")
 	copyFile(t, bin.testpolicy, path)

@@ -2,11 +2,9 @@ package host
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -39,16 +37,22 @@ type instance struct {
 }
 
 // start launches a new process with a new go-plugin Client, connects and
-// configures it.
+// configures it. The binary is verified at every start (see command), not
+// only by New: a restart never runs a file that changed since.
 func (h *Host) start() (*instance, *inputs, error) {
-	cmd := exec.Command(h.path)
+	cmd, exe, err := h.command()
+	if err != nil {
+		return nil, nil, fmt.Errorf("host: policy %q: plugin %s: start: %w", h.cfg.Name, h.path, err)
+	}
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.Env = []string{sdk.LogLevelEnv + "=" + h.pluginLogLevel()}
+	// No SecureConfig: command has verified what cmd runs, and go-plugin
+	// would only hash cmd.Path once more (on Linux a path that names another
+	// file in this process than in the plugin's).
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
 		Cmd:              cmd,
-		SecureConfig:     &plugin.SecureConfig{Checksum: h.sum, Hash: sha256.New()},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		StartTimeout:     h.cfg.StartTimeout,
@@ -62,15 +66,13 @@ func (h *Host) start() (*instance, *inputs, error) {
 		return nil, nil, fmt.Errorf("host: policy %q: plugin %s: "+format, append([]any{h.cfg.Name, h.path}, args...)...)
 	}
 	rpcClient, err := client.Client()
+	// The child holds its own reference to the copy once started; keep none
+	// here across restarts.
+	exe.Close()
 	if err != nil {
-		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
-			return fail("start: %w: %w", ErrChecksum, err)
-		}
 		return fail("start: %w", err)
 	}
-	if rc := client.ReattachConfig(); rc != nil {
-		inst.pid = rc.Pid
-	}
+	inst.pid = cmd.Process.Pid
 	raw, err := rpcClient.Dispense(sdk.PluginName)
 	if err != nil {
 		return fail("dispense: %w", err)
