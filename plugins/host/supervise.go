@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"os/exec"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -29,6 +29,7 @@ const backoffReset = time.Minute
 // instance is one started plugin process and its connection.
 type instance struct {
 	client  *plugin.Client
+	cmd     *exec.Cmd // its Process is the plugin once client.Client returned
 	rpc     policypb.PolicyClient
 	conn    *grpc.ClientConn
 	pid     int
@@ -60,7 +61,7 @@ func (h *Host) start() (*instance, *inputs, error) {
 		SyncStdout:       &lineLogger{l: h.log, stream: "stdout"},
 		SyncStderr:       &lineLogger{l: h.log, stream: "stderr"},
 	})
-	inst := &instance{client: client, started: time.Now()}
+	inst := &instance{client: client, cmd: cmd, started: time.Now()}
 	fail := func(format string, args ...any) (*instance, *inputs, error) {
 		h.stop(inst, true)
 		return nil, nil, fmt.Errorf("host: policy %q: plugin %s: "+format, append([]any{h.cfg.Name, h.path}, args...)...)
@@ -113,10 +114,8 @@ func (h *Host) stop(inst *instance, force bool) {
 	if inst.cancel != nil {
 		inst.cancel()
 	}
-	if force && inst.pid > 0 && !inst.client.Exited() {
-		if p, err := os.FindProcess(inst.pid); err == nil {
-			_ = p.Kill()
-		}
+	if force && !inst.client.Exited() {
+		inst.kill()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -131,12 +130,18 @@ func (h *Host) stop(inst *instance, force bool) {
 	case <-t.C:
 	}
 	h.log.Warn("plugin did not exit; sending SIGKILL", "pid", inst.pid)
-	if inst.pid > 0 {
-		if p, err := os.FindProcess(inst.pid); err == nil {
-			_ = p.Kill()
-		}
-	}
+	inst.kill()
 	<-done
+}
+
+// kill sends SIGKILL to inst's process. It signals the process that cmd
+// started (on Linux through the pidfd taken at its start), never a pid
+// looked up afresh: once the process is gone and reaped its pid may belong
+// to another process, and Kill then reports that the process is done.
+func (inst *instance) kill() {
+	if p := inst.cmd.Process; p != nil {
+		_ = p.Kill()
+	}
 }
 
 // watchConn asks for a health check whenever the connection leaves READY
