@@ -476,7 +476,7 @@ func validatePorts(errs *errorList, path string, ports []int) {
 }
 
 func validateMark(errs *errorList, path string, mark int) {
-	if mark < 1 || mark > 0xFFFFFFFF {
+	if mark < 1 || int64(mark) > 0xFFFFFFFF { // int64: on 32-bit systems the constant overflows int
 		errs.add(path, "%d is not a fwmark between 1 and 4294967295", mark)
 	}
 }

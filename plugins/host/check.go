@@ -50,30 +50,50 @@ func checkBinary(cfg Config) (path string, sum []byte, err error) {
 	if err != nil || len(sum) != sha256.Size {
 		return fail("sha256 %q is not 64 hex digits", cfg.SHA256)
 	}
-	f, err := os.Open(path)
+	f, err := openBinary(path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fail("no such file")
-		}
 		return fail("%w", err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
+	if err := checkSum(f, sum); err != nil {
 		return fail("%w", err)
 	}
-	if !st.Mode().IsRegular() {
-		return fail("not a regular file")
-	}
-	if st.Mode().Perm()&0o111 == 0 {
-		return fail("not executable (mode %v)", st.Mode().Perm())
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return fail("read: %w", err)
-	}
-	if got := h.Sum(nil); !bytes.Equal(got, sum) {
-		return fail("%w: configured %s, file has %s", ErrChecksum, want, hex.EncodeToString(got))
-	}
 	return path, sum, nil
+}
+
+// openBinary opens the plugin file at path for reading and checks that it
+// is a regular, executable file. Its errors leave naming the path to the
+// caller.
+func openBinary(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, errors.New("no such file")
+		}
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && !st.Mode().IsRegular() {
+		err = errors.New("not a regular file")
+	} else if err == nil && st.Mode().Perm()&0o111 == 0 {
+		err = fmt.Errorf("not executable (mode %v)", st.Mode().Perm())
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// checkSum reads r to its end and checks that the sha256 of what it read is
+// want; a mismatch wraps ErrChecksum and gives both sums.
+func checkSum(r io.Reader, want []byte) error {
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if got := h.Sum(nil); !bytes.Equal(got, want) {
+		return fmt.Errorf("%w: configured %s, file has %s", ErrChecksum, hex.EncodeToString(want), hex.EncodeToString(got))
+	}
+	return nil
 }

@@ -9,6 +9,12 @@
 // decisions the plugin marks cacheable are kept in an LRU keyed on the
 // inputs the plugin declared.
 //
+// Every start, restarts included, verifies the binary again. On Linux the
+// plugin runs from a sealed in-memory copy (a memfd) whose sha256 was
+// checked, so the bytes that run are the bytes verified even if the file is
+// replaced during the start; elsewhere the file is checked and then run by
+// its path.
+//
 // Errors are returned, never turned into decisions: the caller (the policy
 // chain) applies the entry's on_error. Decide never blocks longer than the
 // configured timeout. While the plugin is down, Decide fails at once with

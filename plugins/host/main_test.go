@@ -18,7 +18,7 @@ import (
 // bin holds the paths of the plugin binaries TestMain builds once for the
 // package's tests.
 var bin struct {
-	denylist, geotag, testpolicy, badversion, hostbin string
+	denylist, geotag, testpolicy, badversion, hostbin, impostor string
 }
 
 func TestMain(m *testing.M) {
@@ -38,13 +38,14 @@ func runTests(m *testing.M) int {
 		"./testdata/testpolicy",
 		"./testdata/badversion",
 		"./testdata/hostbin",
+		"./testdata/impostor",
 	)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	bin.denylist, bin.geotag, bin.testpolicy = bins["denylist"], bins["geotag"], bins["testpolicy"]
-	bin.badversion, bin.hostbin = bins["badversion"], bins["hostbin"]
+	bin.badversion, bin.hostbin, bin.impostor = bins["badversion"], bins["hostbin"], bins["impostor"]
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

@@ -2,10 +2,8 @@ package host
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"time"
 
@@ -31,6 +29,7 @@ const backoffReset = time.Minute
 // instance is one started plugin process and its connection.
 type instance struct {
 	client  *plugin.Client
+	cmd     *exec.Cmd // its Process is the plugin once client.Client returned
 	rpc     policypb.PolicyClient
 	conn    *grpc.ClientConn
 	pid     int
@@ -39,16 +38,22 @@ type instance struct {
 }
 
 // start launches a new process with a new go-plugin Client, connects and
-// configures it.
+// configures it. The binary is verified at every start (see command), not
+// only by New: a restart never runs a file that changed since.
 func (h *Host) start() (*instance, *inputs, error) {
-	cmd := exec.Command(h.path)
+	cmd, exe, err := h.command()
+	if err != nil {
+		return nil, nil, fmt.Errorf("host: policy %q: plugin %s: start: %w", h.cfg.Name, h.path, err)
+	}
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.Env = []string{sdk.LogLevelEnv + "=" + h.pluginLogLevel()}
+	// No SecureConfig: command has verified what cmd runs, and go-plugin
+	// would only hash cmd.Path once more (on Linux a path that names another
+	// file in this process than in the plugin's).
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{sdk.ProtocolVersion: {sdk.PluginName: &sdk.GRPCPlugin{}}},
 		Cmd:              cmd,
-		SecureConfig:     &plugin.SecureConfig{Checksum: h.sum, Hash: sha256.New()},
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		StartTimeout:     h.cfg.StartTimeout,
@@ -56,21 +61,19 @@ func (h *Host) start() (*instance, *inputs, error) {
 		SyncStdout:       &lineLogger{l: h.log, stream: "stdout"},
 		SyncStderr:       &lineLogger{l: h.log, stream: "stderr"},
 	})
-	inst := &instance{client: client, started: time.Now()}
+	inst := &instance{client: client, cmd: cmd, started: time.Now()}
 	fail := func(format string, args ...any) (*instance, *inputs, error) {
 		h.stop(inst, true)
 		return nil, nil, fmt.Errorf("host: policy %q: plugin %s: "+format, append([]any{h.cfg.Name, h.path}, args...)...)
 	}
 	rpcClient, err := client.Client()
+	// The child holds its own reference to the copy once started; keep none
+	// here across restarts.
+	exe.Close()
 	if err != nil {
-		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
-			return fail("start: %w: %w", ErrChecksum, err)
-		}
 		return fail("start: %w", err)
 	}
-	if rc := client.ReattachConfig(); rc != nil {
-		inst.pid = rc.Pid
-	}
+	inst.pid = cmd.Process.Pid
 	raw, err := rpcClient.Dispense(sdk.PluginName)
 	if err != nil {
 		return fail("dispense: %w", err)
@@ -111,10 +114,8 @@ func (h *Host) stop(inst *instance, force bool) {
 	if inst.cancel != nil {
 		inst.cancel()
 	}
-	if force && inst.pid > 0 && !inst.client.Exited() {
-		if p, err := os.FindProcess(inst.pid); err == nil {
-			_ = p.Kill()
-		}
+	if force && !inst.client.Exited() {
+		inst.kill()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -129,12 +130,18 @@ func (h *Host) stop(inst *instance, force bool) {
 	case <-t.C:
 	}
 	h.log.Warn("plugin did not exit; sending SIGKILL", "pid", inst.pid)
-	if inst.pid > 0 {
-		if p, err := os.FindProcess(inst.pid); err == nil {
-			_ = p.Kill()
-		}
-	}
+	inst.kill()
 	<-done
+}
+
+// kill sends SIGKILL to inst's process. It signals the process that cmd
+// started (on Linux through the pidfd taken at its start), never a pid
+// looked up afresh: once the process is gone and reaped its pid may belong
+// to another process, and Kill then reports that the process is done.
+func (inst *instance) kill() {
+	if p := inst.cmd.Process; p != nil {
+		_ = p.Kill()
+	}
 }
 
 // watchConn asks for a health check whenever the connection leaves READY
