@@ -38,10 +38,12 @@ fuzz: ## Run each Fuzz target for FUZZTIME (default 10s)
 
 GOFILES = $$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*')
 
-lint: ## Check formatting (gofmt) and run go vet
+lint: ## Check formatting (gofmt), run go vet and staticcheck (installed with go install if missing)
 	@unformatted=$$(gofmt -l $(GOFILES)); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	@command -v staticcheck >/dev/null || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	PATH="$$($(GO) env GOPATH)/bin:$$PATH" staticcheck ./...
 
 fmt: ## Format every Go file
 	gofmt -w $(GOFILES)
