@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/xds"
 )
 
 // Where the shipped files point Envoy.
@@ -340,5 +341,42 @@ func TestFilesMatchRealipdDefaults(t *testing.T) {
 	}
 	if got := (endpoint{addr: xdsAt}); got != adsXDSAt {
 		t.Errorf("default xds.listen %v, envoy-ads.yaml dials %v", got, adsXDSAt)
+	}
+}
+
+// TestBootstrapIsTheShippedFile: envoy-ads.yaml is exactly what realipd
+// bootstrap prints for the default configuration, and a bootstrap for a
+// unix:// xds.listen passes the same checks with a pipe address.
+func TestBootstrapIsTheShippedFile(t *testing.T) {
+	want, err := os.ReadFile("envoy-ads.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := xds.Bootstrap(xds.BootstrapOptions{XDSAddress: config.Default().XDS.Listen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("envoy-ads.yaml differs from xds.Bootstrap for the defaults (regenerate it: go run ./cmd/realipd bootstrap > envoy/envoy-ads.yaml):\n%s", got)
+	}
+	for _, tc := range []struct {
+		listen string
+		at     endpoint
+	}{
+		{"unix:///run/realipd/xds.sock", endpoint{pipe: "/run/realipd/xds.sock"}},
+		{"0.0.0.0:18001", endpoint{addr: netip.MustParseAddrPort("127.0.0.1:18001")}},
+		{"[::1]:18000", endpoint{addr: netip.MustParseAddrPort("[::1]:18000")}},
+	} {
+		data, err := xds.Bootstrap(xds.BootstrapOptions{XDSAddress: tc.listen})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.listen, err)
+		}
+		l, err := load(data)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.listen, err)
+		}
+		if err := checkADS(l, tc.at); err != nil {
+			t.Errorf("%s:\n%v", tc.listen, err)
+		}
 	}
 }

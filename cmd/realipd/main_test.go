@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/xds"
 )
 
 // TestMain lets a test run the real binary: with REALIPD_TEST_MAIN=1 the
@@ -569,5 +570,36 @@ func TestLoadOrDefault(t *testing.T) {
 	}
 	if got := enabledRoles(cfg); strings.Join(got, ",") != "admin,extproc,xds" {
 		t.Errorf("default roles = %v, want admin, extproc, xds", got)
+	}
+}
+
+// TestBootstrap: realipd bootstrap prints envoy/envoy-ads.yaml for the
+// default configuration, and a pipe address for a unix:// xds.listen.
+func TestBootstrap(t *testing.T) {
+	want, err := os.ReadFile("../../envoy/envoy-ads.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runCmd(t, "bootstrap")
+	if code != 0 || out != string(want) {
+		t.Errorf("bootstrap (exit %d, stderr %q) differs from envoy/envoy-ads.yaml:\n%s", code, errOut, out)
+	}
+	cfg := writeFile(t, "realipd.yaml", "xds: {listen: 'unix:///run/realipd/xds.sock'}\n")
+	out, errOut, code = runCmd(t, "bootstrap", "--config", cfg, "--node-id", "pod-7", "--admin-address", "[::1]:9901")
+	if code != 0 {
+		t.Fatalf("bootstrap --config: exit %d: %s", code, errOut)
+	}
+	b, err := xds.ParseBootstrap([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress()
+	if addr.GetPipe().GetPath() != "/run/realipd/xds.sock" || b.GetNode().GetId() != "pod-7" || b.GetAdmin().GetAddress().GetSocketAddress().GetAddress() != "::1" {
+		t.Errorf("bootstrap for unix:// xds.listen: pipe %q, node %q, admin %v", addr.GetPipe().GetPath(), b.GetNode().GetId(), b.GetAdmin().GetAddress())
+	}
+	for _, bad := range [][]string{{"--node-id", "a b"}, {"--admin-address", "localhost:9901"}} {
+		if _, _, code := runCmd(t, append([]string{"bootstrap"}, bad...)...); code != 2 {
+			t.Errorf("bootstrap %q: exit %d, want 2", bad, code)
+		}
 	}
 }

@@ -64,6 +64,7 @@ func commands() []command {
 		{"serve", "run every enabled role (ext_proc, xDS, admin, native listener) until SIGTERM", runServe},
 		{"resolve", "resolve the client IP of one request given on the command line", runResolve},
 		{"validate", "check a configuration file and list every error with its key path", runValidate},
+		{"bootstrap", "print the Envoy ADS bootstrap for realipd's xDS control plane", runBootstrap},
 		{"version", "print the version", runVersion},
 	}
 }
