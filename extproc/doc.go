@@ -53,7 +53,10 @@
 //
 // The hot path reads and writes protobuf wire format directly (wire.go,
 // encode.go) and takes its settings from an atomic pointer, so Update can
-// swap resolver, policies and names while streams run.
+// swap resolver, policies and names while streams run. Each message holds
+// the policy chain of its settings (plugins.Chain.Acquire, one atomic add)
+// until it is answered, so that a chain replaced by Update and retired by
+// its owner closes only once the messages deciding on it are done.
 //
 // Serving: TCP or unix:///path, grpc.health.v1 (SERVING for "" and
 // ServiceName until the drain), server reflection, keepalive enforcement, and

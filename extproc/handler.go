@@ -77,6 +77,7 @@ type state struct {
 	trimXFF        bool   // remove Envoy's appended X-Forwarded-For entry first
 	passUnresolved bool   // trust.on_unresolved: pass (else deny)
 	chain          *plugins.Chain
+	holdChain      bool // chain has policies: messages acquire it (see acquire)
 	policyHeaders  bool // some policy of chain reads request headers (plugins.HeaderInputs)
 	clientIPHeader string
 	namespace      string
@@ -92,7 +93,10 @@ type state struct {
 // Nothing handle returns refers to msg.
 func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, error) {
 	start := time.Now()
-	st := s.state.Load()
+	st, held := s.acquire()
+	if held {
+		defer st.chain.Release()
+	}
 	sel := selection{want: st.header}
 	if st.policyHeaders {
 		sel.policy, sel.all = st.chain.RequestHeaders()
@@ -120,6 +124,35 @@ func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, 
 	s.m.messageBy[phaseRequestHeaders].Inc()
 	s.m.latency.Observe(time.Since(start).Seconds())
 	return true, nil
+}
+
+// acquire returns the settings in force with their chain acquired
+// (plugins.Chain.Acquire) when held is true; the caller then releases it
+// once the message is answered, so that the chain, if a reload retires it
+// meanwhile, stays open until then. A chain without policies is not held:
+// handle never uses it. When the chain was retired just after this message
+// loaded the settings, Update had already stored their replacement (the
+// owner retires a chain only after that), so loading again finds it; see
+// the plugins package's retire.go for why. If the settings in force are
+// still those of the retired chain, their owner is shutting down: the
+// message goes on with that chain unheld, and policies it has closed fail
+// (their on_error applies).
+func (s *Server) acquire() (st *state, held bool) {
+	st = s.state.Load()
+	if !st.holdChain {
+		return st, false
+	}
+	for !st.chain.Acquire() {
+		next := s.state.Load()
+		if next == st {
+			return st, false
+		}
+		st = next
+		if !st.holdChain {
+			return st, false
+		}
+	}
+	return st, true
 }
 
 // policyUnresolved is the policy metadata field of a deny by

@@ -40,7 +40,10 @@ const DefaultDrainTimeout = 10 * time.Second
 type Settings struct {
 	// Resolver resolves the client IP (required).
 	Resolver *clientip.Resolver
-	// Chain holds the policies run after resolution; nil allows every request.
+	// Chain holds the policies run after resolution; nil allows every
+	// request. Every message holds it (plugins.Chain.Acquire) while it is
+	// handled, so the owner of a Chain replaced by Update retires it with
+	// plugins.Chain.Retire and it closes once no message uses it.
 	Chain *plugins.Chain
 	// ClientIPHeader is the request header set to the client IP (lower-cased;
 	// default x-real-ip).
@@ -120,8 +123,10 @@ func New(s Settings, opts Options) (*Server, error) {
 }
 
 // Update checks s and makes it the settings of every following message. The
-// previous Chain is not closed: its owner closes it once no request can
-// still be using it.
+// previous Chain is not closed: once Update has returned, its owner retires
+// it (plugins.Chain.Retire), and it closes when the last message deciding
+// on it is done. Retiring it before Update returns would leave messages
+// with no chain to acquire.
 func (srv *Server) Update(s Settings) error {
 	if s.Resolver == nil {
 		return errors.New("extproc: settings: nil resolver")
@@ -142,6 +147,7 @@ func (srv *Server) Update(s Settings) error {
 	// ones can change (a plugin restarted with other inputs), so the
 	// handler asks the Chain, allocation-free, per request.
 	st.policyHeaders = s.Chain.ReadsHeaders()
+	st.holdChain = s.Chain.Len() > 0
 	if st.clientIPHeader == "" {
 		st.clientIPHeader = DefaultClientIPHeader
 	}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -81,12 +81,28 @@ type Verdict struct {
 //
 // RequestHeaders tells which request headers the policies read (see
 // HeaderInputs).
+//
+// A Chain that is replaced while serving (a configuration reload) must not
+// be closed under requests still deciding on it: callers bracket each
+// request with Acquire and Release, and the owner retires the replaced
+// chain with Retire, which closes it when its last holder is done. Close
+// closes at once.
 type Chain struct {
 	entries []ChainEntry
 	// headerPolicies are the entries' policies that implement HeaderInputs,
 	// in order; headers is the union of their last answers.
 	headerPolicies []HeaderInputs
 	headers        atomic.Pointer[headerUnion]
+
+	// refs counts the holders (Acquire) and carries retiredBit (see
+	// retire.go).
+	refs      atomic.Int64
+	closing   atomic.Bool // closing has started (closePolicies runs or ran)
+	closeOnce sync.Once
+	mu        sync.Mutex // guards the fields below
+	done      chan struct{}
+	closed    bool
+	closeErr  error
 }
 
 // headerUnion is the union of the headerPolicies' answers; immutable.
@@ -287,21 +303,4 @@ func mergeMetadata(earlier, later map[string]string) map[string]string {
 	maps.Copy(m, earlier)
 	maps.Copy(m, later)
 	return m
-}
-
-// Close closes every policy that implements io.Closer (such as plugin
-// processes) and returns their errors joined.
-func (c *Chain) Close() error {
-	if c == nil {
-		return nil
-	}
-	var errs []error
-	for _, e := range c.entries {
-		if cl, ok := e.Policy.(io.Closer); ok {
-			if err := cl.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("plugins: close policy %q: %w", e.Name, err))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

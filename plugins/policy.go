@@ -3,6 +3,11 @@
 // (the first deny wins), and the built-in policies. Out-of-process policies
 // loaded with hashicorp/go-plugin live in the host subpackage; plugin authors
 // import the sdk subpackage.
+//
+// A Chain replaced while serving (a configuration reload) is retired rather
+// than closed: each request holds the chain it runs on (Chain.Acquire and
+// Chain.Release, one atomic add each), and Chain.Retire closes the chain's
+// policies once the last holder is done, however long that takes.
 package plugins
 
 import (

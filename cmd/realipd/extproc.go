@@ -16,21 +16,21 @@ import (
 	"github.com/realipd/realipd/plugins"
 )
 
-// retireMargin is added to a replaced chain's longest possible Decide
-// before the chain is closed (see chainGrace).
-const retireMargin = 2 * time.Second
-
 // extprocRole builds the ext_proc server of cfg: the resolver, the policy
 // chain (starting plugin processes) and the server, registering its metrics
 // in reg. Serving starts when the role runs; the drain on shutdown is bounded
-// by extproc.drain_timeout, after which the chains' plugins are stopped.
-// The returned extprocRuntime takes configuration reloads (see reload) and
-// closes the chains when serve gives up before the role runs.
+// by extproc.drain_timeout, after which the chains' plugins are stopped (see
+// closeBy). The returned extprocRuntime takes configuration reloads (see
+// reload) and closes the chains when serve gives up before the role runs.
 func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer) (role, *extprocRuntime, error) {
 	rt := &extprocRuntime{
 		log:      logger.With("role", "extproc"),
 		reg:      reg,
-		retiring: map[*plugins.Chain]*time.Timer{},
+		drain:    cfg.ExtProc.DrainTimeout.Duration,
+		retiring: map[*plugins.Chain]struct{}{},
+	}
+	if rt.drain <= 0 {
+		rt.drain = extproc.DefaultDrainTimeout
 	}
 	settings, chain, err := rt.build(cfg)
 	if err != nil {
@@ -45,10 +45,21 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		chain.Close()
 		return role{}, nil, err
 	}
-	rt.chain, rt.grace = chain, chainGrace(cfg.Policies)
+	rt.chain = chain
 	listen := cfg.ExtProc.Listen
 	return role{name: "extproc", run: func(ctx context.Context) error {
-		defer rt.close()
+		// The drain starts when ctx ends, or now when serving fails: the
+		// requests still deciding then are waited for until drain_timeout
+		// after that (see closeBy).
+		drainStart := make(chan time.Time, 1)
+		stop := context.AfterFunc(ctx, func() { drainStart <- time.Now() })
+		defer func() {
+			start := time.Now()
+			if !stop() {
+				start = <-drainStart
+			}
+			rt.closeBy(start.Add(rt.drain))
+		}()
 		logger.Info("role starting", "role", "extproc", "listen", listen)
 		return rt.srv.Serve(ctx, listen)
 	}}, rt, nil
@@ -58,15 +69,15 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 // owns: the one in force and the replaced ones still retiring. It is safe
 // for concurrent use.
 type extprocRuntime struct {
-	srv *extproc.Server
-	log *slog.Logger
-	reg prometheus.Registerer
+	srv   *extproc.Server
+	log   *slog.Logger
+	reg   prometheus.Registerer
+	drain time.Duration // extproc.drain_timeout, which bounds closeBy's wait
 
 	mu       sync.Mutex
-	chain    *plugins.Chain                 // in force
-	grace    time.Duration                  // chainGrace of chain
-	retiring map[*plugins.Chain]*time.Timer // replaced, closed when their timer fires
-	closed   bool                           // the role stopped; every chain is closed
+	chain    *plugins.Chain              // in force
+	retiring map[*plugins.Chain]struct{} // replaced (plugins.Chain.Retire), not closed yet
+	closed   bool                        // the role stopped; every chain is closed
 }
 
 // build makes the settings of cfg: a resolver and a started policy chain,
@@ -105,7 +116,11 @@ func (rt *extprocRuntime) reload(cfg *config.Config) (staged, error) {
 	if err != nil {
 		return staged{}, err
 	}
-	grace := chainGrace(cfg.Policies)
+	return rt.stage(settings, chain), nil
+}
+
+// stage returns the commit and abort of settings, whose chain it owns.
+func (rt *extprocRuntime) stage(settings extproc.Settings, chain *plugins.Chain) staged {
 	return staged{
 		commit: func() error {
 			rt.mu.Lock()
@@ -118,38 +133,55 @@ func (rt *extprocRuntime) reload(cfg *config.Config) (staged, error) {
 				chain.Close()
 				return err
 			}
-			rt.retire(rt.chain, rt.grace)
-			rt.chain, rt.grace = chain, grace
+			rt.retire(rt.chain) // after Update: see plugins.Chain.Retire
+			rt.chain = chain
 			return nil
 		},
 		abort: func() { chain.Close() },
-	}, nil
+	}
 }
 
-// retire closes a replaced chain after grace, once no request can still be
-// deciding on it: a message reads the settings once, before its policies
-// run. rt.mu is held.
-func (rt *extprocRuntime) retire(old *plugins.Chain, grace time.Duration) {
+// retire retires a replaced chain: it closes once the last request that
+// entered it is done (plugins.Chain.Retire), however long that takes, and
+// is then forgotten; close stops it at shutdown if it is still open. rt.mu
+// is held.
+func (rt *extprocRuntime) retire(old *plugins.Chain) {
 	if old == nil {
 		return
 	}
-	rt.retiring[old] = time.AfterFunc(grace, func() {
+	rt.retiring[old] = struct{}{}
+	old.Retire()
+	go func() {
+		<-old.Done()
 		rt.mu.Lock()
 		_, ok := rt.retiring[old]
 		delete(rt.retiring, old)
 		rt.mu.Unlock()
-		if ok {
-			if err := old.Close(); err != nil {
-				rt.log.Warn("closing the replaced policy chain", "error", err)
-			}
-			rt.log.Debug("replaced policy chain closed", "policies", old.Names())
+		if !ok {
+			return // close took it over and reports it
 		}
-	})
+		if err := old.Close(); err != nil { // already closed: its close's errors
+			rt.log.Warn("closing the replaced policy chain", "error", err)
+		}
+		rt.log.Debug("replaced policy chain closed", "policies", old.Names())
+	}()
 }
 
-// close stops every chain, the one in force and the retiring ones, once the
-// server has stopped; reloads fail afterwards. It is idempotent.
-func (rt *extprocRuntime) close() {
+// close is closeBy with the drain timeout from now, for a role that did not
+// run.
+func (rt *extprocRuntime) close() { rt.closeBy(time.Now().Add(rt.drain)) }
+
+// closeBy stops every chain, the one in force and the retiring ones, once
+// the server has stopped; reloads fail afterwards. It is idempotent. It
+// retires every chain, waits until deadline for the requests still deciding
+// on them, then closes whatever is still open (a request still deciding
+// then sees its policies fail; on_error applies). The role's deadline is
+// drain_timeout after the drain began, so shutdown takes no longer than the
+// drain: after a drain that completed no request is left, and after one
+// that timed out the deadline has passed (the requests of the streams it
+// cut have cancelled contexts and nobody to answer to). The wait matters
+// when serving failed and the server cut its streams at once.
+func (rt *extprocRuntime) closeBy(deadline time.Time) {
 	rt.mu.Lock()
 	rt.closed = true
 	chains := make([]*plugins.Chain, 0, 1+len(rt.retiring))
@@ -157,29 +189,33 @@ func (rt *extprocRuntime) close() {
 		chains = append(chains, rt.chain)
 		rt.chain = nil
 	}
-	for c, t := range rt.retiring {
-		t.Stop()
+	for c := range rt.retiring {
 		chains = append(chains, c)
 	}
 	clear(rt.retiring)
 	rt.mu.Unlock()
 	for _, c := range chains {
+		c.Retire()
+	}
+	wait := time.NewTimer(time.Until(deadline))
+	defer wait.Stop()
+waiting:
+	for _, c := range chains {
+		select {
+		case <-c.Done():
+			continue
+		default:
+		}
+		select {
+		case <-c.Done():
+		case <-wait.C:
+			rt.log.Warn("requests still deciding at the end of the drain: closing their policy chain")
+			break waiting
+		}
+	}
+	for _, c := range chains {
 		if err := c.Close(); err != nil {
 			rt.log.Warn("closing a policy chain", "error", err)
 		}
 	}
-}
-
-// chainGrace is how long a replaced chain of list stays open: its policies
-// run one after the other, each plugin bounded by its timeout, so a request
-// that started on it is done after the sum of the timeouts; retireMargin
-// covers the scheduling around them.
-func chainGrace(list []config.Policy) time.Duration {
-	grace := retireMargin
-	for _, p := range list {
-		if p.Type == "plugin" {
-			grace += p.Timeout.Duration
-		}
-	}
-	return grace
 }

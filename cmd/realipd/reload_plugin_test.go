@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/plugintest"
@@ -93,10 +97,9 @@ func waitExit(t *testing.T, pid int, what string) {
 }
 
 // TestReloadSwapsPluginChain reloads a plugin policy's config: a new plugin
-// process serves the requests that follow, the old one keeps running for
-// the grace period (requests may still be deciding on it) and is then
-// stopped; a config the plugin refuses keeps the running chain; shutdown
-// stops a chain still in its grace period.
+// process serves the requests that follow and the old one, which no request
+// is deciding on any more, is stopped; a config the plugin refuses keeps the
+// running chain; shutdown stops the plugins.
 func TestReloadSwapsPluginChain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts plugin processes")
@@ -117,10 +120,6 @@ func TestReloadSwapsPluginChain(t *testing.T) {
 	tag, pid2 := s.pluginAnswer(t)
 	if tag != "v2" || pid2 == pid1 {
 		t.Errorf("after the reload: tag %q pid %d, want v2 from a new process (old pid %d)", tag, pid2, pid1)
-	}
-	// The grace period is at least retireMargin: the old plugin runs on.
-	if !alive(pid1) {
-		t.Errorf("the replaced plugin (pid %d) stopped at once; it must outlive requests in flight", pid1)
 	}
 	waitExit(t, pid1, "the replaced plugin")
 
@@ -146,74 +145,201 @@ func TestReloadSwapsPluginChain(t *testing.T) {
 	}
 }
 
-// closerPolicy is a policy that records its Close.
-type closerPolicy struct{ closed chan struct{} }
-
-func (p *closerPolicy) Decide(context.Context, *plugins.Request) (plugins.Decision, error) {
-	return plugins.Decision{}, nil
+// heldPolicy blocks in Decide until release is closed, telling entered when
+// a call has started, and counts its Close. Like a plugin host, it fails a
+// call still pending when it is closed.
+type heldPolicy struct {
+	entered chan struct{}
+	release chan struct{}
+	closed  chan struct{}
+	closes  atomic.Int32
 }
 
-func (p *closerPolicy) Close() error { close(p.closed); return nil }
+func (p *heldPolicy) Decide(context.Context, *plugins.Request) (plugins.Decision, error) {
+	p.entered <- struct{}{}
+	select {
+	case <-p.release:
+		return plugins.Decision{Metadata: map[string]string{"from": "policy"}}, nil
+	case <-p.closed:
+		return plugins.Decision{}, errors.New("policy closed while deciding")
+	}
+}
 
-func closerChain(t *testing.T) (*plugins.Chain, chan struct{}) {
+func (p *heldPolicy) Close() error {
+	if p.closes.Add(1) == 1 {
+		close(p.closed)
+	}
+	return nil
+}
+
+// heldChain is a chain of one heldPolicy.
+func heldChain(t *testing.T) (*plugins.Chain, *heldPolicy) {
 	t.Helper()
-	p := &closerPolicy{closed: make(chan struct{})}
-	c, err := plugins.NewChain(plugins.ChainEntry{Name: "c", Policy: p})
+	p := &heldPolicy{entered: make(chan struct{}, 1), release: make(chan struct{}), closed: make(chan struct{})}
+	c, err := plugins.NewChain(plugins.ChainEntry{Name: "held", Policy: p})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, p.closed
+	return c, p
 }
 
-// TestExtprocRuntimeRetire checks the life of replaced chains: closed after
-// their grace period, or at shutdown when that comes first, together with
-// the chain in force; no reload is staged after shutdown.
-func TestExtprocRuntimeRetire(t *testing.T) {
-	rt := &extprocRuntime{log: discardLogger(), retiring: map[*plugins.Chain]*time.Timer{}}
-	short, shortClosed := closerChain(t)
-	long, longClosed := closerChain(t)
-	current, currentClosed := closerChain(t)
-	rt.chain = current
-	rt.mu.Lock()
-	rt.retire(short, time.Millisecond)
-	rt.retire(long, time.Hour)
-	rt.mu.Unlock()
-	<-shortClosed // closed by its timer
+// decideHeld runs one request on c as the ext_proc server does (holding c
+// while it decides) and returns its verdict on the channel once done; it
+// returns when the request is inside p's Decide.
+func decideHeld(t *testing.T, c *plugins.Chain, p *heldPolicy) <-chan plugins.Verdict {
+	t.Helper()
+	if !c.Acquire() {
+		t.Fatal("Acquire failed")
+	}
+	v := make(chan plugins.Verdict, 1)
+	go func() {
+		defer c.Release()
+		v <- c.Decide(context.Background(), &plugins.Request{})
+	}()
+	<-p.entered
+	return v
+}
+
+// testRuntime is an extprocRuntime serving (without a listener) the chain
+// c, with the given shutdown wait.
+func testRuntime(t *testing.T, c *plugins.Chain, drain time.Duration) *extprocRuntime {
+	t.Helper()
+	rt := &extprocRuntime{log: discardLogger(), drain: drain, retiring: map[*plugins.Chain]struct{}{}}
+	srv, err := extproc.New(testSettings(t, c), extproc.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt.srv, rt.chain = srv, c
+	return rt
+}
+
+func testSettings(t *testing.T, c *plugins.Chain) extproc.Settings {
+	t.Helper()
+	r, err := clientip.New(clientip.Config{Strategy: clientip.RemoteAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return extproc.Settings{Resolver: r, Chain: c}
+}
+
+// commit puts c in force in rt, as a reload does.
+func commit(t *testing.T, rt *extprocRuntime, c *plugins.Chain) {
+	t.Helper()
+	if err := rt.stage(testSettings(t, c), c).commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func isClosed(c *plugins.Chain) bool {
 	select {
-	case <-longClosed:
-		t.Fatal("a chain was closed before its grace period")
-	case <-currentClosed:
-		t.Fatal("the chain in force was closed")
+	case <-c.Done():
+		return true
 	default:
+		return false
+	}
+}
+
+// TestReloadRetiresAfterHeldRequest is the regression test of the timed
+// retirement (the sum of the timeouts plus 2 s, which a throttled pod could
+// outlive): a request inside the replaced chain's Decide when the reload
+// commits keeps that chain open however long it takes, gets its policy's
+// own decision (not an on_error deny), and the chain closes once, after it.
+func TestReloadRetiresAfterHeldRequest(t *testing.T) {
+	old, p := heldChain(t)
+	rt := testRuntime(t, old, time.Hour)
+	verdict := decideHeld(t, old, p)
+
+	next, nextPolicy := heldChain(t)
+	commit(t, rt, next)
+	rt.mu.Lock()
+	_, retiring := rt.retiring[old]
+	rt.mu.Unlock()
+	if !retiring {
+		t.Error("the replaced chain is not retiring")
+	}
+	if old.Acquire() {
+		t.Error("the replaced chain can still be acquired")
+	}
+	if isClosed(old) || p.closes.Load() != 0 {
+		t.Fatal("the replaced chain was closed while a request was inside its Decide")
+	}
+
+	close(p.release)
+	if v := <-verdict; v.Err != nil || v.Deny || v.Metadata["from"] != "policy" {
+		t.Errorf("held request: %+v, want the policy's allow", v)
+	}
+	<-old.Done()
+	if n := p.closes.Load(); n != 1 {
+		t.Errorf("the replaced chain's policy closed %d times, want 1", n)
 	}
 	rt.close()
-	for name, c := range map[string]chan struct{}{"retiring": longClosed, "in force": currentClosed} {
-		select {
-		case <-c:
-		default:
-			t.Errorf("the %s chain is open after close", name)
-		}
+	if n := nextPolicy.closes.Load(); n != 1 {
+		t.Errorf("the chain in force closed %d times at shutdown, want 1", n)
 	}
-	cfg := config.Default()
-	if _, err := rt.reload(&cfg); !errors.Is(err, errShuttingDown) {
-		t.Errorf("reload after close = %v, want errShuttingDown", err)
-	}
-	rt.close() // idempotent
 }
 
-func TestChainGrace(t *testing.T) {
-	ms := func(n int) config.Duration { return config.Duration{Duration: time.Duration(n) * time.Millisecond} }
-	list := []config.Policy{
-		{Type: "cidr"},
-		{Type: "plugin", Timeout: ms(50)},
-		{Type: "plugin", Timeout: ms(20)},
-	}
-	if got, want := chainGrace(list), retireMargin+70*time.Millisecond; got != want {
-		t.Errorf("chainGrace = %v, want %v (the timeouts add up: policies run in turn)", got, want)
-	}
-	if got := chainGrace(nil); got != retireMargin {
-		t.Errorf("chainGrace(nil) = %v, want %v", got, retireMargin)
-	}
+// TestExtprocRuntimeClose: shutdown waits for the requests still deciding,
+// at most the drain timeout, then closes every chain; no reload is staged
+// after it.
+func TestExtprocRuntimeClose(t *testing.T) {
+	t.Run("waits for holders", func(t *testing.T) {
+		retired, rp := heldChain(t)
+		rt := testRuntime(t, retired, time.Hour)
+		retiredVerdict := decideHeld(t, retired, rp)
+		current, cp := heldChain(t)
+		commit(t, rt, current)
+		currentVerdict := decideHeld(t, current, cp)
+
+		closed := make(chan struct{})
+		go func() { rt.close(); close(closed) }()
+		// close retires the chain in force before it waits.
+		for current.Acquire() {
+			current.Release()
+			runtime.Gosched()
+		}
+		if isClosed(current) || isClosed(retired) {
+			t.Fatal("a chain was closed at shutdown while a request was inside its Decide")
+		}
+		close(rp.release)
+		close(cp.release)
+		for _, v := range []plugins.Verdict{<-retiredVerdict, <-currentVerdict} {
+			if v.Err != nil || v.Deny {
+				t.Errorf("request held across the shutdown: %+v, want the policy's allow", v)
+			}
+		}
+		<-closed
+		if rp.closes.Load() != 1 || cp.closes.Load() != 1 {
+			t.Errorf("closes: retired %d, in force %d; want 1 each", rp.closes.Load(), cp.closes.Load())
+		}
+		cfg := config.Default()
+		if _, err := rt.reload(&cfg); !errors.Is(err, errShuttingDown) {
+			t.Errorf("reload after close = %v, want errShuttingDown", err)
+		}
+		rt.close() // idempotent
+	})
+	t.Run("drain timeout", func(t *testing.T) {
+		c, p := heldChain(t)
+		rt := testRuntime(t, c, time.Nanosecond)
+		verdict := decideHeld(t, c, p)
+		rt.close() // does not wait for the held request
+		if !isClosed(c) || p.closes.Load() != 1 {
+			t.Fatal("the chain is open after close, past the drain timeout")
+		}
+		if v := <-verdict; v.Err == nil || !v.Deny {
+			t.Errorf("request cut at shutdown: %+v, want the on_error deny", v)
+		}
+	})
+	t.Run("no holders", func(t *testing.T) {
+		c, p := heldChain(t)
+		rt := testRuntime(t, c, time.Hour)
+		next, _ := heldChain(t)
+		commit(t, rt, next)
+		<-c.Done() // retired with no request inside: closed without waiting
+		rt.close()
+		if p.closes.Load() != 1 {
+			t.Errorf("the replaced chain closed %d times, want 1", p.closes.Load())
+		}
+	})
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -43,7 +43,8 @@ func BuildWith(list []config.Policy, opts Options) (*plugins.Chain, error) {
 // Build turns the configured policies into a Chain evaluated in list order.
 // It reports every invalid entry at once, each with its key path
 // (policies[i].field). A nil or empty list gives an empty Chain, which allows
-// every request. The caller owns the Chain and closes it when it is replaced.
+// every request. The caller owns the Chain: when it is replaced while
+// serving, the caller retires it (plugins.Chain.Retire), otherwise closes it.
 func Build(list []config.Policy) (*plugins.Chain, error) {
 	return build(list, Options{}, true)
 }
