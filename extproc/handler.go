@@ -377,17 +377,22 @@ func peerAddr(s string) (netip.Addr, bool) {
 // peer that is not an IP (a pipe) gets nothing appended, so nothing is
 // removed.
 func (s *Server) removeEnvoyEntry(lines []string, req *request) []string {
+	last := clientip.LastEntry(lines)
+	if h := peerHost(req.peer); h != "" && last == h {
+		// The common case, compared as text: Envoy writes source.address and
+		// the entry it appends from the same address.
+		return clientip.TrimLastEntry(lines)
+	}
 	src, ok := peerAddr(req.peer)
 	if !ok {
-		return lines
+		return lines // a pipe peer: Envoy appended nothing
 	}
-	last, lok := bareAddr(clientip.LastEntry(lines))
-	if lok {
-		if last == src {
+	if a, ok := bareAddr(last); ok {
+		if a == src {
 			return clientip.TrimLastEntry(lines)
 		}
 		if src.IsLoopback() {
-			if dst, ok := peerAddr(req.destination); (ok && last == dst) || s.local.contains(last) {
+			if dst, ok := peerAddr(req.destination); (ok && a == dst) || s.local.contains(a) {
 				return clientip.TrimLastEntry(lines)
 			}
 		}
@@ -395,9 +400,30 @@ func (s *Server) removeEnvoyEntry(lines []string, req *request) []string {
 	s.m.mismatch.Inc()
 	if s.warnMismatch.allow() {
 		s.log.Warn("extproc: the last X-Forwarded-For entry is not the address Envoy appends (source.address), so nothing was removed before resolving: Envoy is probably not running with use_remote_address: true (or has skip_xff_append set); if that is intended, set extproc.xff_appended_by_envoy: false",
-			"source_address", req.peer, "last_entry", clientip.LastEntry(lines))
+			"source_address", req.peer, "last_entry", last)
 	}
 	return lines
+}
+
+// peerHost returns the IP text of an "ip:port" or "[v6]:port" peer, or ""
+// for anything else (a pipe path, a bare address): the cheap form of
+// peerAddr for comparing with an X-Forwarded-For entry as text.
+func peerHost(peer string) string {
+	switch {
+	case peer == "":
+		return ""
+	case peer[0] == '[':
+		if end := strings.IndexByte(peer, ']'); end > 1 {
+			return peer[1:end]
+		}
+		return ""
+	case peer[0] < '0' || peer[0] > '9':
+		return "" // a pipe ("/path", "@abstract") or garbage
+	}
+	if i := strings.IndexByte(peer, ':'); i > 0 && strings.IndexByte(peer[i+1:], ':') < 0 {
+		return peer[:i]
+	}
+	return ""
 }
 
 // bareAddr parses an X-Forwarded-For entry as Envoy appends it: a bare IP,
