@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -50,7 +51,7 @@ func goldenCases() []struct {
 	unix.ExtProcAddress = "unix:///run/realipd/extproc.sock"
 	dns := testConfig(ModeRedirect, true, true)
 	dns.ExtProcAddress = "realipd.realipd-system.svc.cluster.local:9001"
-	dns.MessageTimeout = 50e6 // 50ms
+	dns.MessageTimeout = 50 * time.Millisecond
 	dns.FailureModeAllow = true
 	return []struct {
 		name string
