@@ -17,6 +17,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -469,16 +470,13 @@ func (v *validation) hcm(what string, h *hcmv3.HttpConnectionManager) {
 	}
 	switch {
 	case routers == 0:
-		v.add("%s: http_filters: no router (%s); it must be the last HTTP filter", what, routerName)
+		v.add("%s: http_filters: no router (%s); it must be the last HTTP filter", what, wellknown.Router)
 	case !filters[last].GetTypedConfig().MessageIs(&routerv3.Router{}):
 		v.add("%s: http_filters: the router must be last, found %s", what, filters[last].GetName())
 	case routers > 1:
 		v.add("%s: http_filters: %d routers; the first one ends the chain, so the filters after it never run", what, routers)
 	}
 }
-
-// routerName is the router's filter name, for messages.
-const routerName = "envoy.filters.http.router"
 
 func (v *validation) routeClusters(what string, ra *routev3.RouteAction) {
 	if name := ra.GetCluster(); name != "" {
