@@ -6,6 +6,10 @@
 // ORIGINAL_DST passthrough clusters and the realipd_extproc cluster — and
 // serves them to Envoy over ADS (state of the world and delta).
 //
+// The resources, their names and how they differ by mode and IP family are
+// described for operators in README.md; testdata/golden holds the exact
+// output for each case.
+//
 // Translation is pure: Build maps a Config to Resources and checks every
 // resource, including what is packed inside typed_config, before anything is
 // published. The server keeps the last good Resources serving when a new
