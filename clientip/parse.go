@@ -191,7 +191,9 @@ func trimOWS(s string) string {
 // ("1.2.3.4", "1.2.3.4:80", "2001:db8::1", "[2001:db8::1]", "[2001:db8::1]:443",
 // "fe80::1%eth0"). With obfPort, RFC 7239 obfuscated ports ("_abc") are
 // accepted too. The result is canonical (IPv4-mapped unmapped, zone kept);
-// unspecified addresses are invalid.
+// unspecified addresses are invalid. It does not allocate, also for entries
+// that are not addresses (netip's errors would): IPv4 is parsed here, and
+// IPv6 text is checked (plausibleIPv6) before netip parses it.
 func parseNode(s string, obfPort bool) (netip.Addr, bool) {
 	s = trimOWS(s)
 	if s == "" {
@@ -207,40 +209,21 @@ func parseNode(s string, obfPort bool) (netip.Addr, bool) {
 		}
 		return ip, true
 	}
-	host := s
 	if s[0] == '[' {
 		end := strings.IndexByte(s, ']')
 		if end < 0 {
 			return netip.Addr{}, false
 		}
-		host = s[1:end]
 		if rest := s[end+1:]; rest != "" {
 			if rest[0] != ':' || !validPort(rest[1:], obfPort) {
 				return netip.Addr{}, false
 			}
 		}
-		ip, err := netip.ParseAddr(host)
-		if err != nil || !ip.Is6() {
-			return netip.Addr{}, false
-		}
-		return canonical(ip)
+		return parseIPv6(s[1:end])
 	}
-	if i := strings.IndexByte(s, ':'); i >= 0 && strings.LastIndexByte(s, ':') == i {
-		// Exactly one colon: an IPv4 address with a port.
-		if !validPort(s[i+1:], obfPort) {
-			return netip.Addr{}, false
-		}
-		ip, err := netip.ParseAddr(s[:i])
-		if err != nil || !ip.Is4() {
-			return netip.Addr{}, false
-		}
-		return canonical(ip)
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	return canonical(ip)
+	// Without brackets, only IPv6 is left: a dotted quad (with or without a
+	// port) took the fast path, and netip accepts no other IPv4 form.
+	return parseIPv6(s)
 }
 
 // parseBareIP parses an entry the way Envoy's XFF code does: the whole
@@ -250,11 +233,93 @@ func parseBareIP(s string) (netip.Addr, bool) {
 	if s == "" || s[0] == '[' {
 		return netip.Addr{}, false
 	}
+	if ip, rest, ok := parseIPv4Prefix(s); ok {
+		if rest != "" || ip == (netip.Addr{}) {
+			return netip.Addr{}, false
+		}
+		return ip, true
+	}
+	return parseIPv6(s)
+}
+
+// parseIPv6 parses an IPv6 address (zone allowed), canonical.
+func parseIPv6(s string) (netip.Addr, bool) {
+	if !plausibleIPv6(s) {
+		return netip.Addr{}, false
+	}
 	ip, err := netip.ParseAddr(s)
-	if err != nil {
+	if err != nil || !ip.Is6() {
 		return netip.Addr{}, false
 	}
 	return canonical(ip)
+}
+
+// plausibleIPv6 checks the syntax of IPv6 text as netip.ParseAddr takes it:
+// groups of one to four hex digits separated by single colons, at most one
+// "::" standing for one or more zero groups, eight groups in all (a dotted
+// IPv4 tail counts as two), and an optional zone of RFC 6874 unreserved
+// characters. It never rejects text netip accepts with a zone realipd keeps,
+// so that netip, and the error it allocates, only see text that parses.
+func plausibleIPv6(s string) bool {
+	if z := strings.IndexByte(s, '%'); z >= 0 {
+		if z == len(s)-1 || !validZone(s[z+1:]) {
+			return false
+		}
+		s = s[:z]
+	}
+	groups, ellipsis := 0, false
+	for i := 0; i < len(s); {
+		if s[i] == ':' {
+			if i+1 < len(s) && s[i+1] == ':' {
+				if ellipsis {
+					return false
+				}
+				ellipsis = true
+				i += 2
+				if i < len(s) && s[i] == ':' {
+					return false // ":::"
+				}
+				continue
+			}
+			// A single colon separates two groups.
+			if i == 0 || i+1 == len(s) {
+				return false
+			}
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && s[j] != ':' {
+			j++
+		}
+		g := s[i:j]
+		if strings.IndexByte(g, '.') >= 0 {
+			// A dotted IPv4 tail: last, and a plain dotted quad.
+			if _, rest, ok := parseIPv4Prefix(g); j != len(s) || !ok || rest != "" {
+				return false
+			}
+			groups += 2
+		} else {
+			if len(g) > 4 {
+				return false
+			}
+			for k := 0; k < len(g); k++ {
+				if !isHex(g[k]) {
+					return false
+				}
+			}
+			groups++
+		}
+		i = j
+	}
+	if ellipsis {
+		return groups <= 7
+	}
+	return groups == 8
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
 // canonical unmaps IPv4-mapped IPv6, rejects unspecified addresses and zones

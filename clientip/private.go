@@ -57,16 +57,16 @@ func LastEntry(lines []string) string {
 // lines are given in order (see LastEntry), as the X-Forwarded-For entry
 // Envoy appended is removed before resolving. It returns the remaining lines,
 // sharing lines' backing array: the last element may be replaced by a shorter
-// string, and a last line left empty or blank is dropped, so that a header
-// holding only the removed entry becomes no header at all. It does not
-// allocate.
+// string, and a last line that held only the removed entry is dropped, so
+// that a header holding only that entry becomes no header at all. Empty
+// entries left of it keep their slots. It does not allocate.
 func TrimLastEntry(lines []string) []string {
 	if len(lines) == 0 {
 		return lines
 	}
 	l := lines[len(lines)-1]
 	i := strings.LastIndexByte(l, ',')
-	if i < 0 || trimOWS(l[:i]) == "" {
+	if i < 0 {
 		return lines[:len(lines)-1]
 	}
 	lines[len(lines)-1] = l[:i]

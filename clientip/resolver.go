@@ -176,9 +176,18 @@ func PeerStandsIn(reason Reason) bool {
 	return reason == ReasonNoHeader || reason == ReasonAllTrusted
 }
 
-// standIn applies Client's rule to a strategy's result.
+// standIn applies Client's rule to a strategy's result. envoy_xff falls back
+// to the peer as Envoy does; when it does so for any reason but an
+// untrusted peer, no header or every entry trusted, the peer is a trusted
+// proxy, and the result is unresolved instead (Envoy would judge the proxy).
 func standIn(res Result, peer string) Result {
-	if res.OK() || !PeerStandsIn(res.Reason) {
+	if res.OK() {
+		if res.Source == SourcePeer && res.Reason != ReasonPeer && !PeerStandsIn(res.Reason) {
+			return Result{Reason: res.Reason}
+		}
+		return res
+	}
+	if !PeerStandsIn(res.Reason) {
 		return res
 	}
 	if ip, st := parsePeer(peer); st == peerIsIP {
@@ -190,7 +199,8 @@ func standIn(res Result, peer string) Result {
 // Explain resolves like Client and records every step.
 func (r *Resolver) Explain(peer string, lines []string) (Result, Explanation) {
 	t := &trace{}
-	res := standIn(r.resolve(peer, lines, t), peer)
+	raw := r.resolve(peer, lines, t)
+	res := standIn(raw, peer)
 	e := Explanation{
 		Strategy:     r.cfg.Strategy.String(),
 		Header:       r.cfg.Header,
@@ -208,7 +218,7 @@ func (r *Resolver) Explain(peer string, lines []string) (Result, Explanation) {
 	} else {
 		e.ResolvedFrom = "none"
 	}
-	e.Detail = r.detail(res, e)
+	e.Detail = r.detail(raw, res, e)
 	return res, e
 }
 
@@ -242,45 +252,22 @@ func (t *trace) fromLeft(total int) {
 type peerState uint8
 
 const (
-	peerIsNotIP       peerState = iota // empty, a unix socket path, garbage
-	peerIsUnspecified                  // 0.0.0.0 or ::
+	peerIsPipe     peerState = iota // "" or a unix socket path ("/path", "@abstract"): no IP, and no verdict on trust
+	peerIsUnusable                  // 0.0.0.0, ::, or anything else that is not an IP address
 	peerIsIP
 )
 
 // parsePeer parses the peer address ("ip:port", "[v6]:port" or a bare IP).
+// Only "" and unix socket paths are pipes; anything else that is not an IP
+// is unusable, so that a malformed peer never passes for a trusted one.
 func parsePeer(peer string) (netip.Addr, peerState) {
-	ip, ok := parseNode(peer, false)
-	if ok {
+	if ip, ok := parseNode(peer, false); ok {
 		return ip, peerIsIP
 	}
-	if peer != "" && (peer[0] == '[' || strings.Count(peer, ":") != 0 || strings.Count(peer, ".") == 3) {
-		// Distinguish an unspecified peer from a non-IP one: parse without
-		// the canonical check.
-		host := peer
-		if h, _, found := cutPort(peer); found {
-			host = h
-		}
-		if a, err := netip.ParseAddr(host); err == nil && a.Unmap().IsUnspecified() {
-			return netip.Addr{}, peerIsUnspecified
-		}
+	if peer == "" || peer[0] == '/' || peer[0] == '@' {
+		return netip.Addr{}, peerIsPipe
 	}
-	return netip.Addr{}, peerIsNotIP
-}
-
-// cutPort splits "host:port" or "[v6]:port"; it is only used on the rare
-// unspecified-peer path.
-func cutPort(s string) (host, port string, ok bool) {
-	if strings.HasPrefix(s, "[") {
-		end := strings.IndexByte(s, ']')
-		if end < 0 {
-			return "", "", false
-		}
-		return s[1:end], strings.TrimPrefix(s[end+1:], ":"), true
-	}
-	if i := strings.LastIndexByte(s, ':'); i >= 0 && strings.IndexByte(s, ':') == i {
-		return s[:i], s[i+1:], true
-	}
-	return s, "", false
+	return netip.Addr{}, peerIsUnusable
 }
 
 // entryIP parses one raw entry of the configured header.
@@ -299,6 +286,17 @@ func (r *Resolver) entryIP(raw string, buf *[64]byte) (netip.Addr, bool) {
 	}
 }
 
+// blank reports whether every line is empty or white space. It stops at the
+// first line that is not, usually the first.
+func blank(lines []string) bool {
+	for _, l := range lines {
+		if trimOWS(l) != "" {
+			return false
+		}
+	}
+	return true
+}
+
 func picked(ip netip.Addr, pos int) Result {
 	return Result{IP: ip, Source: SourceHeader, Reason: ReasonPicked, Position: pos}
 }
@@ -306,6 +304,9 @@ func picked(ip netip.Addr, pos int) Result {
 func noResult(reason Reason) Result { return Result{Reason: reason} }
 
 func (r *Resolver) resolve(peer string, lines []string, t *trace) Result {
+	if blank(lines) {
+		lines = nil // a header with nothing in it is no header
+	}
 	switch r.cfg.Strategy {
 	case RemoteAddr:
 		ip, st := parsePeer(peer)
@@ -473,7 +474,7 @@ func (r *Resolver) rightmostTrustedCount(lines []string, t *trace) Result {
 func (r *Resolver) rightmostTrustedRange(peer string, lines []string, t *trace) Result {
 	peerIP, st := parsePeer(peer)
 	switch st {
-	case peerIsUnspecified:
+	case peerIsUnusable:
 		return noResult(ReasonNoPeer)
 	case peerIsIP:
 		trusted := r.trusted.Contains(peerIP)
@@ -635,7 +636,7 @@ func (r *Resolver) envoyTrustedCIDRs(peer string, lines []string, t *trace) Resu
 }
 
 // detail is the one-sentence summary of an explanation.
-func (r *Resolver) detail(res Result, e Explanation) string {
+func (r *Resolver) detail(raw, res Result, e Explanation) string {
 	hdr := r.cfg.Header
 	var d string
 	switch res.Reason {
@@ -650,7 +651,7 @@ func (r *Resolver) detail(res Result, e Explanation) string {
 		d = fmt.Sprintf("the peer %q is not a usable IP address", e.Peer)
 	case ReasonNoHeader:
 		d = fmt.Sprintf("no %s header", hdr)
-		if res.Source == SourcePeer && r.cfg.Strategy != EnvoyXFF {
+		if res.Source == SourcePeer {
 			return d + "; the peer " + res.IP.String() + " sent the request itself and is the client"
 		}
 	case ReasonInvalidEntry:
@@ -676,8 +677,8 @@ func (r *Resolver) detail(res Result, e Explanation) string {
 	default:
 		d = "no result"
 	}
-	if res.Source == SourcePeer {
-		return d + "; falling back to the peer " + res.IP.String() + ", as Envoy does"
+	if raw.Source == SourcePeer {
+		return d + "; Envoy would fall back to the peer " + raw.IP.String() + ", a trusted proxy, so the client IP is unresolved"
 	}
 	return d + "; the client IP is unresolved"
 }

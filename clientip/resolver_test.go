@@ -54,7 +54,7 @@ func runCases(t *testing.T, cfg Config, cases []resolveCase) {
 			if res != client {
 				t.Errorf("Explain result %+v != Client result %+v", res, client)
 			}
-			if client.Reason != got.Reason || (got.OK() && client != got) || (client.OK() && !got.OK() && !PeerStandsIn(got.Reason)) {
+			if !followsResolve(got, client) {
 				t.Errorf("Client %+v does not follow Resolve %+v", client, got)
 			}
 			clientIP := ""
@@ -136,7 +136,8 @@ func TestRightmostNonPrivate(t *testing.T) {
 		{name: "unspecified skipped", lines: []string{"8.8.8.8, 0.0.0.0, ::"}, want: "8.8.8.8"},
 		{name: "broadcast skipped", lines: []string{"8.8.8.8, 255.255.255.255"}, want: "8.8.8.8"},
 		{name: "none public", lines: []string{"10.0.0.1"}, reason: ReasonNoPublicEntry},
-		{name: "empty header", lines: []string{""}, reason: ReasonNoPublicEntry},
+		{name: "empty header is no header", lines: []string{""}, reason: ReasonNoHeader},
+		{name: "blank lines are no header", lines: []string{" ", "\t"}, reason: ReasonNoHeader},
 		{name: "absent", reason: ReasonNoHeader},
 	})
 }
@@ -402,11 +403,33 @@ func TestBoundsCountExaminedEntries(t *testing.T) {
 		t.Errorf("leftmost past the bound: %+v", got)
 	}
 	// envoy_xff with xff_trusted_cidrs keeps Envoy's own whole-header bound
-	// of 20 entries, and falls back to the peer as Envoy does.
+	// of 20 entries: Envoy falls back to the (trusted) peer, realipd leaves
+	// the client IP unresolved rather than judge the proxy.
 	r = must(New(Config{Strategy: EnvoyXFF, TrustedCIDRs: prefixes("192.0.2.0/24")}))
-	if got := r.Client("192.0.2.1:80", []string{strings.Repeat("1.1.1.1, ", 20) + "8.8.8.8"}); got.IP.String() != "192.0.2.1" || got.Source != SourcePeer || got.Reason != ReasonBound {
-		t.Errorf("envoy_xff over 20 entries: %+v", got)
+	padded := []string{strings.Repeat("1.1.1.1, ", 20) + "8.8.8.8"}
+	if got := r.Resolve("192.0.2.1:80", padded); got.IP.String() != "192.0.2.1" || got.Source != SourcePeer || got.Reason != ReasonBound {
+		t.Errorf("envoy_xff over 20 entries, as Envoy: %+v", got)
 	}
+	if got := r.Client("192.0.2.1:80", padded); got.OK() || got.Reason != ReasonBound {
+		t.Errorf("envoy_xff over 20 entries: %+v, want unresolved", got)
+	}
+}
+
+// followsResolve reports whether a Client result follows from the Resolve
+// result raw: the same answer, the peer standing in for no header or all
+// trusted, or unresolved where envoy_xff would fall back to a trusted peer.
+func followsResolve(raw, client Result) bool {
+	switch {
+	case client.Reason != raw.Reason:
+		return false
+	case raw.OK() && raw.Source == SourcePeer && raw.Reason != ReasonPeer && !PeerStandsIn(raw.Reason):
+		return !client.OK()
+	case raw.OK():
+		return client == raw
+	case client.OK():
+		return PeerStandsIn(raw.Reason) && client.Source == SourcePeer
+	}
+	return true
 }
 
 // TestClientStandIn checks when the peer stands in for the client: only
@@ -469,9 +492,10 @@ func TestTrimLastEntry(t *testing.T) {
 		{[]string{"1.1.1.1, 2.2.2.2"}, []string{"1.1.1.1"}, "2.2.2.2"},
 		{[]string{"1.1.1.1", "2.2.2.2,3.3.3.3"}, []string{"1.1.1.1", "2.2.2.2"}, "3.3.3.3"},
 		{[]string{"1.1.1.1", " 2.2.2.2 "}, []string{"1.1.1.1"}, "2.2.2.2"},
-		// A line left empty or blank is dropped, as its doc comment says.
-		{[]string{"1.1.1.1", ",2.2.2.2"}, []string{"1.1.1.1"}, "2.2.2.2"},
-		{[]string{" \t, 2.2.2.2"}, []string{}, "2.2.2.2"},
+		// Only a line that held nothing but the entry is dropped; empty
+		// entries left of it keep their slots.
+		{[]string{"1.1.1.1", ",2.2.2.2"}, []string{"1.1.1.1", ""}, "2.2.2.2"},
+		{[]string{" \t, 2.2.2.2"}, []string{" \t"}, "2.2.2.2"},
 		{[]string{", , 2.2.2.2"}, []string{", "}, "2.2.2.2"},
 	}
 	for _, tc := range cases {
@@ -536,5 +560,30 @@ func TestStrategyNames(t *testing.T) {
 	}
 	if _, err := ParseStrategy("rightmost"); err == nil {
 		t.Error("unknown strategy accepted")
+	}
+}
+
+// TestHostileEntriesDoNotAllocate: entries that are not addresses are
+// refused without netip's error allocations, so a client cannot make
+// resolution allocate per entry.
+func TestHostileEntriesDoNotAllocate(t *testing.T) {
+	garbage := []string{"bogus", "1.2.3", "01.2.3.4", "1.2.3.4.5", "1:2", "1:::2", "::ffff:1.2.3", "fe80::1%", "fe80::1%e/0",
+		"[1:2]", "[1.2.3.4]", "1.2.3.4:99999", "g::1", "12345::", "1:2:3:4:5:6:7:8:9", ":1::", "unknown", "_hidden"}
+	line := strings.Join(garbage, ", ")
+	for _, cfg := range []Config{
+		{Strategy: RightmostNonPrivate},
+		{Strategy: LeftmostNonPrivate},
+		{Strategy: EnvoyXFF, UseRemoteAddress: true, TrustedHops: 3},
+	} {
+		r := must(New(cfg))
+		lines := []string{line}
+		if n := testing.AllocsPerRun(50, func() { r.Client("10.0.0.5:80", lines) }); n != 0 {
+			t.Errorf("%v on %d garbage entries: %v allocations per resolution", cfg.Strategy, len(garbage), n)
+		}
+	}
+	for _, g := range garbage {
+		if n := testing.AllocsPerRun(20, func() { parseNode(g, true) }); n != 0 {
+			t.Errorf("parseNode(%q): %v allocations", g, n)
+		}
 	}
 }

@@ -388,7 +388,7 @@ func (s *Server) removeEnvoyEntry(lines []string, req *request) []string {
 		return lines // a pipe peer: Envoy appended nothing
 	}
 	if a, ok := bareAddr(last); ok {
-		if a == src {
+		if a == src.WithZone("") {
 			return clientip.TrimLastEntry(lines)
 		}
 		if src.IsLoopback() {
@@ -427,13 +427,13 @@ func peerHost(peer string) string {
 }
 
 // bareAddr parses an X-Forwarded-For entry as Envoy appends it: a bare IP,
-// unmapped.
+// unmapped, without zone.
 func bareAddr(s string) (netip.Addr, bool) {
 	a, err := netip.ParseAddr(s)
-	if err != nil || a.Zone() != "" {
+	if err != nil {
 		return netip.Addr{}, false
 	}
-	return a.Unmap(), true
+	return a.Unmap().WithZone(""), true
 }
 
 // explain logs the resolution step by step at debug level.

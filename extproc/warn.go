@@ -14,16 +14,23 @@ import (
 // counters carry the numbers.
 const warnInterval = time.Minute
 
+// epoch is where the monotonic clock of rateLimit and localAddrs starts, so
+// that a step of the wall clock neither silences nor floods them.
+var epoch = time.Now()
+
+// monotonic returns the nanoseconds since epoch, on the monotonic clock.
+func monotonic() int64 { return int64(time.Since(epoch)) }
+
 // rateLimit lets one event through per interval. It is safe for concurrent
-// use; its zero value lets every event through.
+// use: of events arriving together, one passes.
 type rateLimit struct {
 	every time.Duration
-	next  atomic.Int64 // unix nanoseconds before which nothing passes
+	next  atomic.Int64 // monotonic nanoseconds before which nothing passes
 }
 
 // allow reports whether an event may pass now.
 func (r *rateLimit) allow() bool {
-	now := time.Now().UnixNano()
+	now := monotonic()
 	next := r.next.Load()
 	return now >= next && r.next.CompareAndSwap(next, now+int64(r.every))
 }
@@ -37,35 +44,56 @@ const localRefresh = 10 * time.Second
 type localAddrs struct {
 	list  func() ([]netip.Addr, error)
 	addrs atomic.Pointer[[]netip.Addr]
-	mu    sync.Mutex // held while listing
-	next  atomic.Int64
+	mu    sync.Mutex   // held while listing
+	next  atomic.Int64 // monotonic nanoseconds before which no listing starts
 }
 
+// newLocalAddrs lists the addresses once, so that the first requests find
+// them.
 func newLocalAddrs(list func() ([]netip.Addr, error)) *localAddrs {
 	if list == nil {
 		list = interfaceAddrs
 	}
-	return &localAddrs{list: list}
+	l := &localAddrs{list: list}
+	l.mu.Lock()
+	l.refresh()
+	l.mu.Unlock()
+	return l
 }
 
 // contains reports whether a is one of the host's addresses, listing them
-// again (at most every localRefresh) when a is not in the last listing.
+// again (at most every localRefresh) when a is not in the last listing. A
+// request that misses while another lists waits for that listing.
 func (l *localAddrs) contains(a netip.Addr) bool {
-	if p := l.addrs.Load(); p != nil && slices.Contains(*p, a) {
+	if l.has(a) {
 		return true
 	}
-	now := time.Now().UnixNano()
-	if now < l.next.Load() || !l.mu.TryLock() {
+	if monotonic() < l.next.Load() {
 		return false
 	}
+	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.next.Store(now + int64(localRefresh))
-	list, err := l.list()
-	if err != nil {
+	if l.has(a) {
+		return true // listed while this request waited
+	}
+	if monotonic() < l.next.Load() {
 		return false
 	}
-	l.addrs.Store(&list)
-	return slices.Contains(list, a)
+	l.refresh()
+	return l.has(a)
+}
+
+func (l *localAddrs) has(a netip.Addr) bool {
+	p := l.addrs.Load()
+	return p != nil && slices.Contains(*p, a)
+}
+
+// refresh lists the addresses; l.mu is held.
+func (l *localAddrs) refresh() {
+	l.next.Store(monotonic() + int64(localRefresh))
+	if list, err := l.list(); err == nil {
+		l.addrs.Store(&list)
+	}
 }
 
 // interfaceAddrs lists the addresses of the host's network interfaces,

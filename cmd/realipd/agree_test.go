@@ -58,8 +58,16 @@ func TestResolveAgreesWithExtProc(t *testing.T) {
 		{"leftmost, a long tail", []string{"--strategy", "leftmost_non_private"}, "10.0.0.5:80", []header{xff("8.8.8.8, " + strings.Repeat("10.1.1.1, ", 100) + "9.9.9.9")}, "8.8.8.8"},
 		{"single header absent: the peer", []string{"--strategy", "single_header", "--header", "X-Real-IP"}, "10.0.0.5:80", nil, "10.0.0.5"},
 		{"single header invalid", []string{"--strategy", "single_header", "--header", "X-Real-IP"}, "10.0.0.5:80", []header{{"x-real-ip", "nope"}}, ""},
-		{"envoy_xff, Envoy's 20-entry bound: the peer", []string{"--strategy", "envoy_xff", "--trusted-cidrs", "10.0.0.0/8"}, "10.0.0.5:80",
-			[]header{xff(strings.Repeat("10.1.1.1, ", 20) + "8.8.8.8")}, "10.0.0.5"},
+		{"envoy_xff, Envoy's 20-entry bound: Envoy's trusted peer is not judged", []string{"--strategy", "envoy_xff", "--trusted-cidrs", "10.0.0.0/8"}, "10.0.0.5:80",
+			[]header{xff(strings.Repeat("10.1.1.1, ", 20) + "8.8.8.8")}, ""},
+		{"envoy_xff, an invalid entry: unresolved", []string{"--strategy", "envoy_xff", "--trusted-cidrs", "10.0.0.0/8"}, "10.0.0.5:80",
+			[]header{xff("8.8.8.8, garbage, 10.1.1.1")}, ""},
+		{"envoy_xff, all trusted: the leftmost, as Envoy", []string{"--strategy", "envoy_xff", "--trusted-cidrs", "10.0.0.0/8"}, "10.0.0.5:80",
+			[]header{xff("10.2.2.2, 10.1.1.1")}, "10.2.2.2"},
+		{"envoy_xff hops, too few: unresolved", []string{"--strategy", "envoy_xff", "--trusted-hops", "2"}, "10.0.0.5:80",
+			[]header{xff("8.8.8.8")}, ""},
+		{"malformed peer is not a pipe", range10, "10.0.0.5:99999", []header{xff("6.6.6.6")}, ""},
+		{"blank header is no header", range10, "10.0.0.5:80", []header{xff("  ")}, "10.0.0.5"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

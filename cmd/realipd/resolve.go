@@ -53,7 +53,7 @@ func (h *headerLines) Set(s string) error {
 	if !isHeaderName(name) {
 		return fmt.Errorf("%q is not a valid header name", name)
 	}
-	*h = append(*h, headerLine{name: name, value: strings.TrimSpace(value)})
+	*h = append(*h, headerLine{name: name, value: strings.Trim(value, " \t")}) // HTTP white space only, as the server sees it
 	return nil
 }
 

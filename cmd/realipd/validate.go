@@ -31,6 +31,12 @@ a one-line summary and exits 0.`)
 	if err := policies.Check(cfg.Policies); err != nil {
 		return failure(fmt.Errorf("%s: %w", *path, err))
 	}
+	// The Envoy resources the xDS control plane would serve.
+	if cfg.XDS.Enabled {
+		if _, err := buildXDS(cfg); err != nil {
+			return failure(fmt.Errorf("%s: %w", *path, err))
+		}
+	}
 	fmt.Fprintf(stdout, "%s: OK (strategy %s; roles: %s; %d policies)\n",
 		*path, cfg.Trust.Strategy, strings.Join(enabledRoles(cfg), ", "), len(cfg.Policies))
 	return nil
