@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -964,4 +965,166 @@ func TestMetricsRegistration(t *testing.T) {
 	if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok || !strings.Contains(err.Error(), "one Server per registry") {
 		t.Errorf("second New on a registry: %v", err)
 	}
+}
+
+// BenchmarkFanout measures how long a new version takes to reach N nodes,
+// from SetResources to every node's ACK of its listeners (each node ACKs
+// clusters before listeners), and the heap a connected node costs.
+//
+// Each simulated node is what an Envoy is to the server: its own gRPC
+// connection (TCP over loopback) with one SotW ADS stream, asking for
+// clusters, then listeners once clusters arrived, and ACKing every
+// response. One connection with many streams would hide the per-connection
+// cost that real Envoys bring; 5000 connections are 10000 descriptors here.
+// The clients run in this process, so B/node (heap, after GC) counts both
+// ends of a connection: a heap profile puts the server's share at about
+// 40%. stackB/node is the goroutine stacks of both ends, not in B/node.
+//
+//	go test ./xds/ -run '^$' -bench BenchmarkFanout -benchtime 1x
+func BenchmarkFanout(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) { benchFanout(b, n) })
+	}
+}
+
+// countEvents counts ListenerACKed calls.
+type countEvents struct {
+	acked atomic.Int64
+	gone  atomic.Int64
+}
+
+func (c *countEvents) ListenerACKed(string, uint32) { c.acked.Add(1) }
+func (c *countEvents) NodeGone(string)              { c.gone.Add(1) }
+
+func benchFanout(b *testing.B, n int) {
+	ev := &countEvents{}
+	s, err := New(Options{Events: ev})
+	if err != nil {
+		b.Fatal(err)
+	}
+	version := 1
+	if err := s.SetResources(adsVersion(version), adsResources(b, version)); err != nil {
+		b.Fatal(err)
+	}
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ServeListener(ctx, ln) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}()
+
+	// Every node ACKs both listener ports of each version.
+	perVersion := int64(n * len(adsPorts))
+	waitACKs := func(what string, want int64) {
+		b.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for ev.acked.Load() < want {
+			if time.Now().After(deadline) {
+				b.Fatalf("%s: %d of %d listener ACK events", what, ev.acked.Load(), want)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	nodes := make([]*fanoutNode, n)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		nd, err := dialFanoutNode(ln.Addr().String(), "node-"+strconv.Itoa(i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		nodes[i] = nd
+		wg.Go(nd.run)
+	}
+	defer func() {
+		for _, nd := range nodes {
+			nd.close()
+		}
+		wg.Wait()
+	}()
+	waitACKs("connect", perVersion)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heapPerNode := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+	stackPerNode := float64(int64(after.StackInuse)-int64(before.StackInuse)) / float64(n)
+
+	b.ReportAllocs()
+	b.ResetTimer()
+	var fanout time.Duration
+	for i := 0; i < b.N; i++ {
+		version++
+		res := adsResources(b, version)
+		start := time.Now()
+		if err := s.SetResources(adsVersion(version), res); err != nil {
+			b.Fatal(err)
+		}
+		waitACKs("fan-out", int64(version)*perVersion)
+		fanout += time.Since(start)
+	}
+	b.StopTimer()
+	b.ReportMetric(fanout.Seconds()/float64(b.N), "s/fanout")
+	b.ReportMetric(heapPerNode, "B/node")
+	b.ReportMetric(stackPerNode, "stackB/node")
+}
+
+// fanoutNode is one simulated Envoy: a connection and its ADS stream.
+type fanoutNode struct {
+	conn   *grpc.ClientConn
+	stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	cancel context.CancelFunc
+}
+
+func dialFanoutNode(target, id string) (*fanoutNode, error) {
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		cancel()
+		conn.Close()
+		return nil, err
+	}
+	if err := st.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: id, Cluster: "bench"}, TypeUrl: resource.ClusterType}); err != nil {
+		cancel()
+		conn.Close()
+		return nil, err
+	}
+	return &fanoutNode{conn: conn, stream: st, cancel: cancel}, nil
+}
+
+// run ACKs every response, asking for listeners after the first clusters.
+func (nd *fanoutNode) run() {
+	askedListeners := false
+	for {
+		r, err := nd.stream.Recv()
+		if err != nil {
+			return
+		}
+		if err := nd.stream.Send(&discovery.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}); err != nil {
+			return
+		}
+		if !askedListeners && r.GetTypeUrl() == resource.ClusterType {
+			askedListeners = true
+			if err := nd.stream.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType}); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (nd *fanoutNode) close() {
+	nd.cancel()
+	nd.conn.Close()
 }
