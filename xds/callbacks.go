@@ -1,0 +1,270 @@
+package xds
+
+import (
+	"context"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// This file is the tracker: go-control-plane's server calls the callbacks
+// below synchronously on each stream's goroutine, and they
+//
+//   - give a node its snapshot on the first request of its first stream and
+//     clear it when its last stream closes (see Server.join, Server.leave);
+//   - classify every request as initial, ACK or NACK by its response_nonce,
+//     against the last response sent on the same stream and type;
+//   - keep, per node and type URL, the versions sent and ACKed and the last
+//     NACK, for /debug/xds and the metrics;
+//   - queue the Events.
+//
+// Stream IDs are per go-control-plane server, and per protocol, so a stream
+// is keyed by the listener it came in on (each ServeListener has its own
+// go-control-plane server), the protocol and the ID.
+
+// streamKey names one ADS stream.
+type streamKey struct {
+	listener uint32
+	delta    bool
+	id       int64
+}
+
+// streamState is what the tracker knows about one stream.
+type streamState struct {
+	node string
+	sent map[string]sentResponse // by type URL: the last response sent
+}
+
+// sentResponse is the last response sent on a stream for one type.
+type sentResponse struct {
+	nonce, version string
+	answered       bool // an ACK or NACK for nonce has been counted
+}
+
+// nodeState is what the tracker knows about one node: its open streams
+// (SotW and delta together) and, per type URL, the state shown on
+// /debug/xds.
+type nodeState struct {
+	streams int
+	types   map[string]*typeState
+}
+
+// typeState is one node's state for one type URL.
+type typeState struct {
+	sent, acked string // versions
+	nack        *nackState
+}
+
+// nackState is a node's last NACK of one type.
+type nackState struct {
+	version, message string
+	at               time.Time
+}
+
+func (n *nodeState) typ(typeURL string) *typeState {
+	t := n.types[typeURL]
+	if t == nil {
+		t = &typeState{}
+		if n.types == nil {
+			n.types = make(map[string]*typeState, 2)
+		}
+		n.types[typeURL] = t
+	}
+	return t
+}
+
+// callbacks are the go-control-plane callbacks of one ServeListener.
+type callbacks struct {
+	s        *Server
+	listener uint32
+}
+
+var _ serverv3.Callbacks = callbacks{}
+
+func (c callbacks) key(delta bool, id int64) streamKey {
+	return streamKey{listener: c.listener, delta: delta, id: id}
+}
+
+// OnStreamOpen counts a new SotW stream.
+func (c callbacks) OnStreamOpen(context.Context, int64, string) error {
+	c.s.m.sotwActive.Inc()
+	return nil
+}
+
+// OnStreamClosed forgets a SotW stream.
+func (c callbacks) OnStreamClosed(id int64, _ *core.Node) {
+	c.s.m.sotwActive.Dec()
+	c.s.leave(c.key(false, id))
+}
+
+// OnStreamRequest tracks a SotW request. go-control-plane has filled in
+// req.Node from the stream's first request.
+func (c callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	return c.s.onRequest(c.key(false, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+}
+
+// OnStreamResponse records a SotW response about to be sent.
+func (c callbacks) OnStreamResponse(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	c.s.onResponse(c.key(false, id), resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+}
+
+// OnDeltaStreamOpen counts a new delta stream.
+func (c callbacks) OnDeltaStreamOpen(context.Context, int64, string) error {
+	c.s.m.deltaActv.Inc()
+	return nil
+}
+
+// OnDeltaStreamClosed forgets a delta stream.
+func (c callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
+	c.s.m.deltaActv.Dec()
+	c.s.leave(c.key(true, id))
+}
+
+// OnStreamDeltaRequest tracks a delta request. Unlike the SotW server,
+// go-control-plane's delta server calls it before filling in a missing
+// node, so only the stream's first request names the node; the tracker
+// remembers it.
+func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	return c.s.onRequest(c.key(true, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+}
+
+// OnStreamDeltaResponse records a delta response about to be sent; its
+// system_version_info is the snapshot version.
+func (c callbacks) OnStreamDeltaResponse(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+	c.s.onResponse(c.key(true, id), resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+}
+
+// OnFetchRequest refuses REST fetches (no REST endpoint is served).
+func (c callbacks) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error {
+	return status.Error(codes.Unimplemented, "xds: REST fetch is not served")
+}
+
+// OnFetchResponse is never called (see OnFetchRequest).
+func (c callbacks) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}
+
+// onRequest tracks one request. An error ends the stream.
+func (s *Server) onRequest(k streamKey, nodeID, typeURL, nonce string, errDetail *rpcstatus.Status) error {
+	tc := s.m.of(typeURL)
+	if tc == nil {
+		// Only the type URLs go-control-plane knows are served: this bounds
+		// the metrics' labels and the watches of a stream (one per type,
+		// which is what keeps go-control-plane's per-stream response
+		// channels from filling up).
+		return status.Errorf(codes.InvalidArgument, "xds: type_url %q is not an xDS resource type", typeURL)
+	}
+	s.mu.Lock()
+	st := s.streams[k]
+	if st == nil {
+		s.mu.Unlock()
+		if nodeID == "" {
+			return status.Error(codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
+		}
+		s.join(k, nodeID)
+		return nil // nothing was sent on this stream yet: no ACK or NACK
+	}
+	sent, ok := st.sent[typeURL]
+	if nonce == "" || !ok || nonce != sent.nonce || sent.answered {
+		// An initial request, a repeated one, or one with a stale nonce
+		// (go-control-plane ignores those).
+		s.mu.Unlock()
+		return nil
+	}
+	sent.answered = true
+	st.sent[typeURL] = sent
+	node := st.node
+	ts := s.nodes[node].typ(typeURL)
+	if errDetail != nil {
+		ts.nack = &nackState{version: sent.version, message: errDetail.GetMessage(), at: time.Now()}
+		s.mu.Unlock()
+		tc.nacks.Inc()
+		s.log.Warn("xds: node rejected resources (NACK); the version is not sent again until a new one exists",
+			"node", node, "type_url", typeURL, "version", sent.version, "error", errDetail.GetMessage())
+		return nil
+	}
+	ts.acked = sent.version
+	var evs []event
+	if typeURL == resource.ListenerType && s.events.ev != nil {
+		for _, p := range s.portsOf(sent.version) {
+			evs = append(evs, event{node: node, port: p})
+		}
+	}
+	s.mu.Unlock()
+	tc.acks.Inc()
+	s.events.push(evs...)
+	return nil
+}
+
+// onResponse records the response about to be sent on stream k.
+func (s *Server) onResponse(k streamKey, typeURL, nonce, version string) {
+	s.mu.Lock()
+	st := s.streams[k]
+	if st != nil {
+		if st.sent == nil {
+			st.sent = make(map[string]sentResponse, 2)
+		}
+		st.sent[typeURL] = sentResponse{nonce: nonce, version: version}
+		s.nodes[st.node].typ(typeURL).sent = version
+	}
+	s.mu.Unlock()
+	if tc := s.m.of(typeURL); tc != nil {
+		tc.responses.Inc()
+	}
+}
+
+// join registers stream k of node (its first request). The node's first
+// stream gives the node the current snapshot, so that go-control-plane's
+// watch, created right after this callback returns, is answered at once.
+func (s *Server) join(k streamKey, node string) {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.mu.Lock()
+	s.streams[k] = &streamState{node: node}
+	n := s.nodes[node]
+	if n == nil {
+		n = &nodeState{}
+		s.nodes[node] = n
+		s.m.nodes.Set(float64(len(s.nodes)))
+	}
+	n.streams++
+	first := n.streams == 1
+	snap := s.snap
+	s.mu.Unlock()
+	if first && snap != nil {
+		if err := s.cache.SetSnapshot(context.Background(), node, snap); err != nil {
+			s.log.Warn("xds: set snapshot", "node", node, "error", err)
+		}
+	}
+}
+
+// leave forgets stream k. When it was its node's last stream, the node's
+// snapshot and state are dropped, so a departed node costs nothing, and
+// NodeGone is queued.
+func (s *Server) leave(k streamKey) {
+	s.pubMu.Lock()
+	defer s.pubMu.Unlock()
+	s.mu.Lock()
+	st := s.streams[k]
+	if st == nil {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.streams, k)
+	n := s.nodes[st.node]
+	n.streams--
+	last := n.streams == 0
+	if last {
+		delete(s.nodes, st.node)
+		s.m.nodes.Set(float64(len(s.nodes)))
+	}
+	s.mu.Unlock()
+	if last {
+		s.cache.ClearSnapshot(st.node)
+		s.events.push(event{node: st.node, gone: true})
+	}
+}

@@ -1,0 +1,80 @@
+package xds
+
+import "sync"
+
+// Events receives what the other roles need to know about the nodes served:
+// that a node's Envoy has accepted a listener on a port (so traffic may be
+// steered to that port), and that a node is gone. cmd/realipd wires it.
+//
+// The methods are called one at a time and in order (a node's NodeGone comes
+// after its ListenerACKed calls, and a reconnecting node's ListenerACKed after
+// the NodeGone of its previous streams), from a goroutine of the Server's own:
+// never on an xDS stream and never while the Server holds a lock, so a slow
+// method delays only the events after it. Implementations must still be
+// quick and must not block: hand long work to a goroutine of your own.
+type Events interface {
+	// ListenerACKed reports that node has ACKed a listener version with a
+	// listener bound to port (the port of the listener's socket address or
+	// of one of its additional addresses). It is called for every port of
+	// the version, on every ACK of a new listener version, so the same
+	// (node, port) comes again with each version: implementations must be
+	// idempotent. An ACK means Envoy accepted the listener; it may still
+	// be warming.
+	ListenerACKed(node string, port uint32)
+	// NodeGone reports that the last ADS stream (SotW or delta) of node has
+	// closed; the Server has forgotten the node.
+	NodeGone(node string)
+}
+
+// event is one call of Events.
+type event struct {
+	node string
+	port uint32
+	gone bool // NodeGone; otherwise ListenerACKed(node, port)
+}
+
+// eventQueue delivers events to an Events in order from one goroutine,
+// started when events are queued and ended when the queue is empty, so
+// nothing runs while nothing happens. Pushing never blocks.
+type eventQueue struct {
+	ev Events // nil: events are dropped
+
+	mu      sync.Mutex
+	q       []event
+	running bool
+}
+
+func (e *eventQueue) push(evs ...event) {
+	if e.ev == nil || len(evs) == 0 {
+		return
+	}
+	e.mu.Lock()
+	e.q = append(e.q, evs...)
+	start := !e.running
+	e.running = true
+	e.mu.Unlock()
+	if start {
+		go e.run()
+	}
+}
+
+func (e *eventQueue) run() {
+	for {
+		e.mu.Lock()
+		batch := e.q
+		e.q = nil
+		if len(batch) == 0 {
+			e.running = false
+			e.mu.Unlock()
+			return
+		}
+		e.mu.Unlock()
+		for _, ev := range batch {
+			if ev.gone {
+				e.ev.NodeGone(ev.node)
+			} else {
+				e.ev.ListenerACKed(ev.node, ev.port)
+			}
+		}
+	}
+}
