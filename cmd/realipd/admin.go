@@ -11,16 +11,14 @@ import (
 )
 
 // adminRole builds the admin listener of cfg: /metrics serves reg (every
-// role's metrics), /config_dump the configuration in force, /readyz the
-// readiness checks the other roles register with the returned server.
-// current returns the configuration in force, which a reload replaces;
-// /config_dump shows it with the plugins' settings redacted.
-func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, current func() *config.Config) (role, *admin.Server, error) {
+// role's metrics), /config_dump what dump returns, /readyz the readiness
+// checks the other roles register with the returned server.
+func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, dump func() any) (role, *admin.Server, error) {
 	log := logger.With("role", "admin")
 	srv, err := admin.New(admin.Options{
 		Logger:       log,
 		Registry:     reg,
-		ConfigDump:   func() any { return current().Redacted() },
+		ConfigDump:   dump,
 		AllowedHosts: cfg.Admin.AllowedHosts,
 	})
 	if err != nil {
@@ -30,4 +28,24 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry
 		log.Info("role starting", "listen", cfg.Admin.Listen)
 		return srv.Run(ctx, cfg.Admin.Listen)
 	}}, srv, nil
+}
+
+// configDump is what /config_dump shows: the configuration in force (which
+// a reload replaces), the plugins' settings redacted, and the xDS version
+// served.
+type configDump struct {
+	Config *config.Config `json:"config"`
+	XDS    *xdsDump       `json:"xds,omitempty"`
+}
+
+type xdsDump struct {
+	Version string `json:"version"` // the snapshot version every node is sent
+}
+
+func (s *serving) configDump() any {
+	d := configDump{Config: s.current.Load().Redacted()}
+	if s.xdsVersion != nil {
+		d.XDS = &xdsDump{Version: s.xdsVersion()}
+	}
+	return d
 }

@@ -80,17 +80,20 @@ func TestConfigDumpRedactsPluginConfig(t *testing.T) {
 			t.Errorf("/config_dump shows the plugin config value %q:\n%s", s, body)
 		}
 	}
-	var dump struct {
-		Policies []struct {
-			Name   string         `json:"name"`
-			Path   string         `json:"path"`
-			SHA256 string         `json:"sha256"`
-			Config map[string]any `json:"config"`
-		} `json:"policies"`
+	var doc struct {
+		Config struct {
+			Policies []struct {
+				Name   string         `json:"name"`
+				Path   string         `json:"path"`
+				SHA256 string         `json:"sha256"`
+				Config map[string]any `json:"config"`
+			} `json:"policies"`
+		} `json:"config"`
 	}
-	if err := json.Unmarshal([]byte(body), &dump); err != nil {
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		t.Fatalf("/config_dump is not JSON: %v\n%s", err, body)
 	}
+	dump := doc.Config
 	const r = config.RedactedValue
 	want := map[string]any{
 		"token":    r,

@@ -25,7 +25,8 @@ var restartOnlyKeys = []string{
 	"extproc.enabled",
 	"extproc.listen",
 	"extproc.drain_timeout",
-	"xds",
+	"xds.enabled",
+	"xds.listen",
 	"origdst",
 	"admin",
 }
@@ -41,6 +42,9 @@ var errShuttingDown = errors.New("serve is shutting down")
 type reloadTarget struct {
 	name  string
 	stage func(cfg *config.Config) (staged, error)
+	// rejected, if set, hears of every rejected reload with its problems
+	// (a *config.ValidationError when they have key paths).
+	rejected func(err error)
 }
 
 // staged is one target's part of a reload, built and not yet in force.
@@ -118,7 +122,7 @@ func (r *reloader) reload(why string) bool {
 	}
 	if err != nil {
 		logProblems(log, err)
-		return r.reject(log)
+		return r.reject(log, err)
 	}
 	old := r.current.Load()
 	if reflect.DeepEqual(old, cfg) {
@@ -126,10 +130,12 @@ func (r *reloader) reload(why string) bool {
 		return r.applied()
 	}
 	if keys := changedKeys(old, cfg, restartOnlyKeys); len(keys) > 0 {
+		ve := &config.ValidationError{File: r.path}
 		for _, k := range keys {
 			log.Error("configuration rejected", "key", k, "reason", "changing it needs a restart")
+			ve.Errors = append(ve.Errors, config.FieldError{Path: k, Msg: "changing it needs a restart"})
 		}
-		return r.reject(log)
+		return r.reject(log, ve)
 	}
 
 	stages := make([]staged, 0, len(r.targets))
@@ -144,7 +150,7 @@ func (r *reloader) reload(why string) bool {
 				return false
 			}
 			logProblems(log.With("role", t.name), err)
-			return r.reject(log)
+			return r.reject(log, err)
 		}
 		stages = append(stages, s)
 	}
@@ -162,7 +168,7 @@ func (r *reloader) reload(why string) bool {
 				// Not expected: a commit fails only on what staging checks.
 				log.Error("configuration partly applied", "roles_updated", i)
 			}
-			return r.reject(log)
+			return r.reject(log, err)
 		}
 	}
 	r.current.Store(cfg)
@@ -179,7 +185,12 @@ func (r *reloader) applied() bool {
 	return true
 }
 
-func (r *reloader) reject(log *slog.Logger) bool {
+func (r *reloader) reject(log *slog.Logger, err error) bool {
+	for _, t := range r.targets {
+		if t.rejected != nil {
+			t.rejected(err)
+		}
+	}
 	r.m.rejected.Inc()
 	r.m.lastOK.Set(0)
 	log.Error("configuration reload rejected; the last good configuration keeps serving")

@@ -32,6 +32,9 @@ type serving struct {
 	targets []reloadTarget                // the roles' parts that take a reload, in role order
 	current atomic.Pointer[config.Config] // the configuration in force (/config_dump)
 	reloads *reloadMetrics
+	// xdsVersion returns the xDS version served (/config_dump); nil
+	// without the xDS role.
+	xdsVersion func() string
 }
 
 // buildRoles returns the roles cfg enables, in start order. Each role's
@@ -58,7 +61,7 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 	}
 	var adminSrv *admin.Server
 	if cfg.Admin.Enabled {
-		r, srv, err := adminRole(cfg, logger, reg, s.current.Load)
+		r, srv, err := adminRole(cfg, logger, reg, s.configDump)
 		if err != nil {
 			return nil, err
 		}
@@ -78,7 +81,17 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		s.targets = append(s.targets, reloadTarget{name: "extproc", stage: rt.reload})
 	}
 	if cfg.XDS.Enabled {
-		s.roles = append(s.roles, pendingRole("xds", logger, "listen", cfg.XDS.Listen, "extproc_address", cfg.ExtProcAddress()))
+		r, rt, err := xdsRole(cfg, logger, reg, nil)
+		if err != nil {
+			return nil, err
+		}
+		if adminSrv != nil {
+			adminSrv.AddReadinessCheck("xds", rt.srv.Ready)
+			adminSrv.Handle("GET /debug/xds", rt.debugHandler())
+		}
+		s.xdsVersion = rt.srv.Version
+		s.roles = append(s.roles, r)
+		s.targets = append(s.targets, reloadTarget{name: "xds", stage: rt.reload, rejected: rt.rejected})
 	}
 	if cfg.OrigDst.Enabled {
 		s.roles = append(s.roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))

@@ -21,7 +21,7 @@ defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin on
 
 With --config, the file is reloaded when it changes and on SIGHUP. An
 invalid file, or one that changes a key needing a restart (listen addresses,
-enabled flags, the admin, xds and origdst sections, extproc.drain_timeout),
+enabled flags, the admin and origdst sections, extproc.drain_timeout),
 is rejected with every problem logged with its key path, and the last good
 configuration keeps serving.`)
 	path := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")

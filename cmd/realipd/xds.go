@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/xds"
+)
+
+// xdsRuntime is the running xDS control plane: its server and what a
+// reload needs to publish a new version.
+type xdsRuntime struct {
+	srv *xds.Server
+	log *slog.Logger
+}
+
+// xdsRole builds the xDS control plane of cfg and publishes the resources
+// of cfg as its first version, so that an Envoy connecting at once gets
+// them. events (nil: none) hears of ACKed listeners and departed nodes.
+func xdsRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, events xds.Events) (role, *xdsRuntime, error) {
+	log := logger.With("role", "xds")
+	srv, err := xds.New(xds.Options{Logger: log, Registerer: reg, Events: events, DrainTimeout: cfg.ExtProc.DrainTimeout.Duration})
+	if err != nil {
+		return role{}, nil, err
+	}
+	rt := &xdsRuntime{srv: srv, log: log}
+	res, err := buildXDS(cfg)
+	if err != nil {
+		return role{}, nil, err
+	}
+	if err := srv.SetResources(res.Version(), res.ByType()); err != nil {
+		return role{}, nil, err
+	}
+	return role{name: "xds", run: func(ctx context.Context) error {
+		log.Info("role starting", "listen", cfg.XDS.Listen, "version", srv.Version())
+		return srv.Serve(ctx, cfg.XDS.Listen)
+	}}, rt, nil
+}
+
+// reload stages the resources of cfg: built and checked now, published on
+// commit. A configuration that does not translate is rejected, and counted
+// and shown on /debug/xds with its key path.
+func (rt *xdsRuntime) reload(cfg *config.Config) (staged, error) {
+	res, err := buildXDS(cfg)
+	if err != nil {
+		return staged{}, err // the reloader reports it (rejected)
+	}
+	return staged{
+		commit: func() error {
+			if err := rt.srv.SetResources(res.Version(), res.ByType()); err != nil {
+				return err
+			}
+			return nil
+		},
+		abort: func() {},
+	}, nil
+}
+
+// rejected records every problem of a rejected reload with the server (the
+// version served stays the last good one): /debug/xds shows the last, and
+// realipd_xds_config_rejected_total counts them.
+func (rt *xdsRuntime) rejected(err error) {
+	if ve, ok := errors.AsType[*config.ValidationError](err); ok {
+		for _, fe := range ve.Errors {
+			rt.srv.Rejected(fe.Path, fe.Msg)
+		}
+		return
+	}
+	rt.srv.Rejected("xds", err.Error())
+}
+
+// debugHandler serves /debug/xds.
+func (rt *xdsRuntime) debugHandler() http.Handler { return rt.srv.DebugHandler() }
