@@ -81,7 +81,7 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		s.targets = append(s.targets, reloadTarget{name: "extproc", stage: rt.reload})
 	}
 	if cfg.XDS.Enabled {
-		r, rt, err := xdsRole(cfg, logger, reg, nil)
+		r, rt, err := xdsRole(cfg, logger, reg, xdsEventLog{logger.With("role", "xds")})
 		if err != nil {
 			return nil, err
 		}

@@ -76,3 +76,18 @@ func (rt *xdsRuntime) rejected(err error) {
 
 // debugHandler serves /debug/xds.
 func (rt *xdsRuntime) debugHandler() http.Handler { return rt.srv.DebugHandler() }
+
+// xdsEventLog hears the control plane's events and logs them at debug
+// level. The native listener's fallback: auto will listen to the same
+// events (through an xds.Events of its own, composed here).
+type xdsEventLog struct{ log *slog.Logger }
+
+func (e xdsEventLog) ListenerACKed(node string, port uint32) {
+	e.log.Debug("xds: node ACKed a listener", "node", node, "port", port)
+}
+
+func (e xdsEventLog) NodeGone(node string) {
+	e.log.Debug("xds: node's last stream is gone", "node", node)
+}
+
+var _ xds.Events = xdsEventLog{}
