@@ -28,6 +28,7 @@ var restartOnlyKeys = []string{
 	"xds.enabled",
 	"xds.listen",
 	"origdst",
+	"intercept",
 	"admin",
 }
 

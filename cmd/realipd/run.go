@@ -65,6 +65,8 @@ func commands() []command {
 		{"resolve", "resolve the client IP of one request given on the command line", runResolve},
 		{"validate", "check a configuration file and list every error with its key path", runValidate},
 		{"bootstrap", "print the Envoy ADS bootstrap for realipd's xDS control plane", runBootstrap},
+		{"iptables", "render, apply or remove the iptables rules that steer traffic to the capture ports", runIPTables},
+		{"ebpf", "attach, detach or show the eBPF capture (no iptables needed)", runEBPF},
 		{"version", "print the version", runVersion},
 	}
 }

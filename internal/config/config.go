@@ -9,12 +9,13 @@ import (
 
 // Config is the whole file. Field tags are the YAML keys (README.md, "Configure it").
 type Config struct {
-	Trust    Trust    `json:"trust"`
-	ExtProc  ExtProc  `json:"extproc"`
-	XDS      XDS      `json:"xds"`
-	OrigDst  OrigDst  `json:"origdst"`
-	Admin    Admin    `json:"admin"`
-	Policies []Policy `json:"policies"`
+	Trust     Trust     `json:"trust"`
+	ExtProc   ExtProc   `json:"extproc"`
+	XDS       XDS       `json:"xds"`
+	OrigDst   OrigDst   `json:"origdst"`
+	Intercept Intercept `json:"intercept"`
+	Admin     Admin     `json:"admin"`
+	Policies  []Policy  `json:"policies"`
 }
 
 // Trust selects the client-IP resolution strategy.

@@ -53,6 +53,7 @@ func Default() Config {
 			IPFamilies:   []string{"ipv4"},
 			HTTPPorts:    []int{8080},
 		},
+		Intercept: defaultIntercept(),
 		OrigDst: OrigDst{
 			Enabled:    false,
 			Mode:       "redirect",

@@ -27,6 +27,7 @@ func (c *Config) Validate() error {
 	c.ExtProc.validate(&errs, "extproc")
 	c.XDS.validate(&errs, "xds", c)
 	c.OrigDst.validate(&errs, "origdst", c)
+	c.Intercept.validate(&errs, "intercept", c)
 	validateListen(&errs, "admin.listen", c.Admin.Listen, true)
 	validateAllowedHosts(&errs, "admin.allowed_hosts", c.Admin.AllowedHosts)
 	validatePolicies(&errs, c.Policies)
