@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -80,7 +81,7 @@ func TestLayering(t *testing.T) {
 	for _, p := range pkgs {
 		byPath[p.ImportPath] = p
 	}
-	roles := []string{"extproc", "xds", "origdst"}
+	roles := []string{"extproc", "xds", "origdst", "intercept"}
 	for _, p := range pkgs {
 		rel, _ := local(p.ImportPath)
 		top, _, _ := strings.Cut(rel, "/")
@@ -92,7 +93,7 @@ func TestLayering(t *testing.T) {
 					t.Errorf("clientip imports %s; it may import the standard library only", imp)
 				}
 			}
-		case top == "plugins" || top == "extproc" || top == "xds" || top == "origdst":
+		case top == "plugins" || slices.Contains(roles, top):
 			// The roles meet only in cmd/realipd and internal/; plugins
 			// serves them all and imports none.
 			for _, dep := range p.Deps {
@@ -103,7 +104,7 @@ func TestLayering(t *testing.T) {
 				dtop, _, _ := strings.Cut(drel, "/")
 				for _, r := range roles {
 					if dtop == r && top != r {
-						t.Errorf("%s depends on %s: %s, xds and origdst must not import each other, and plugins none of them", rel, drel, strings.Join(roles, ", "))
+						t.Errorf("%s depends on %s: %s must not import each other, and plugins none of them", rel, drel, strings.Join(roles, ", "))
 					}
 				}
 				if dtop == "internal" || dtop == "cmd" {
