@@ -11,6 +11,10 @@ import (
 
 var durationType = reflect.TypeFor[Duration]()
 
+// shaper is a type that accepts values of more than one kind and checks a
+// decoded value itself (PortOrAll: a number or "*").
+type shaper interface{ checkShape(v any) error }
+
 // checkShape compares a decoded JSON document (decoded with UseNumber) with
 // the Go type it will be decoded into, and records every unknown key and
 // every value of the wrong kind with its key path. Offending keys are
@@ -23,6 +27,13 @@ func checkShape(errs *errorList, path string, v any, t reflect.Type) bool {
 	}
 	if t == durationType {
 		if _, err := parseDuration(v); err != nil {
+			errs.add(path, "%s", err.Error())
+			return false
+		}
+		return true
+	}
+	if s, ok := reflect.Zero(t).Interface().(shaper); ok {
+		if err := s.checkShape(v); err != nil {
 			errs.add(path, "%s", err.Error())
 			return false
 		}

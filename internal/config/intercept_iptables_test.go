@@ -1,0 +1,64 @@
+package config
+
+import (
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+func TestIPTablesParsedForms(t *testing.T) {
+	d := Default()
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	it := d.Intercept.IPTables
+	if !it.IncludeAllOutbound() || !it.IncludeAllInbound() || len(it.IncludeOutboundPrefixes()) != 0 || len(it.InboundPorts()) != 0 {
+		t.Errorf("defaults: all outbound %v, all inbound %v, %v, %v", it.IncludeAllOutbound(), it.IncludeAllInbound(), it.IncludeOutboundPrefixes(), it.InboundPorts())
+	}
+	if !slices.Equal(it.ExcludeUIDs, []int{1337}) || it.RouteTable != 133 {
+		t.Errorf("defaults: %+v", it)
+	}
+
+	c, err := Load("testdata/good/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	it = c.Intercept.IPTables
+	wantInc := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("192.0.2.7/32")}
+	if it.IncludeAllOutbound() || !slices.Equal(it.IncludeOutboundPrefixes(), wantInc) {
+		t.Errorf("include_outbound_cidrs parsed as %v (all %v)", it.IncludeOutboundPrefixes(), it.IncludeAllOutbound())
+	}
+	if got := it.ExcludeOutboundPrefixes(); !slices.Equal(got, []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}) {
+		t.Errorf("exclude_outbound_cidrs parsed as %v", got)
+	}
+	if it.IncludeAllInbound() || !slices.Equal(it.InboundPorts(), []int{8080, 9090}) {
+		t.Errorf("include_inbound_ports: %v (all %v)", it.InboundPorts(), it.IncludeAllInbound())
+	}
+
+	none, err := Parse([]byte("intercept:\n  iptables:\n    include_outbound_cidrs: []\n    include_inbound_ports: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it := none.Intercept.IPTables; it.IncludeAllOutbound() || it.IncludeAllInbound() || len(it.InboundPorts()) != 0 {
+		t.Errorf("empty lists: %+v", it)
+	}
+}
+
+func TestPortOrAllJSON(t *testing.T) {
+	in := []PortOrAll{{All: true}, {Port: 8080}}
+	b, err := json.Marshal(in)
+	if err != nil || string(b) != `["*",8080]` {
+		t.Fatalf("Marshal = %s, %v", b, err)
+	}
+	var out []PortOrAll
+	if err := json.Unmarshal(b, &out); err != nil || !slices.Equal(out, in) {
+		t.Fatalf("Unmarshal = %v, %v", out, err)
+	}
+	for _, bad := range []string{`"all"`, `true`, `1.5`} {
+		var p PortOrAll
+		if err := json.Unmarshal([]byte(bad), &p); err == nil {
+			t.Errorf("Unmarshal(%s) accepted", bad)
+		}
+	}
+}
