@@ -255,10 +255,14 @@ func setupRouting(r *TProxyRouting) error {
 	}
 	defer h.Close()
 	cmds := r.Commands()
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("%s: the loopback interface is down: bring it up first (ip link set lo up)", cmds[1])
+	}
 	rules, err := findRules(h, r)
 	if err != nil {
 		return err
 	}
+	var added *netlink.Rule
 	if len(rules) == 0 {
 		rule := netlink.NewRule()
 		rule.Family = afFamily(r.Family)
@@ -267,12 +271,10 @@ func setupRouting(r *TProxyRouting) error {
 		if err := h.RuleAdd(rule); err != nil {
 			return fmt.Errorf("%s: %w%s", cmds[0], err, hint(err.Error()))
 		}
+		added = rule
 	}
 	routes, err := findRoutes(h, r, lo)
-	if err != nil {
-		return err
-	}
-	if len(routes) == 0 {
+	if err == nil && len(routes) == 0 {
 		route := &netlink.Route{
 			Family:    afFamily(r.Family),
 			Table:     int(r.Table),
@@ -282,11 +284,17 @@ func setupRouting(r *TProxyRouting) error {
 			Scope:     netlink.SCOPE_HOST,
 			Protocol:  unix.RTPROT_BOOT,
 		}
-		if err := h.RouteAdd(route); err != nil {
-			return fmt.Errorf("%s: %w%s", cmds[1], err, hint(err.Error()))
+		if err = h.RouteAdd(route); err != nil {
+			err = fmt.Errorf("%s: %w%s", cmds[1], err, hint(err.Error()))
 		}
 	}
-	return nil
+	if err != nil && added != nil {
+		// Leave nothing half done: the rule without its route.
+		if derr := h.RuleDel(added); derr != nil {
+			err = fmt.Errorf("%w (and the rule just added stays: %v)", err, derr)
+		}
+	}
+	return err
 }
 
 // removeRouting deletes the rule and the route setupRouting adds, if

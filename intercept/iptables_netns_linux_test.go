@@ -549,3 +549,18 @@ func TestApplyErrors(t *testing.T) {
 		t.Errorf("invalid options: %v", err)
 	}
 }
+
+// TestApplyLoopbackDownNetns: the IPv6 local route cannot be added while
+// lo is down; apply says so and leaves no policy rule behind.
+func TestApplyLoopbackDownNetns(t *testing.T) {
+	n := newNetns(t)
+	n.ip(t, "link", "set", "lo", "down")
+	before := routing(t, n, IPv6)
+	err := n.do(func() error { return ApplyIPTables(context.Background(), defaults(ModeTProxy), IPv6) })
+	if err == nil || !strings.Contains(err.Error(), "ip link set lo up") {
+		t.Errorf("apply with lo down: %v", err)
+	}
+	if after := routing(t, n, IPv6); after != before {
+		t.Errorf("a failed apply changed the routing:\n%s", after)
+	}
+}
