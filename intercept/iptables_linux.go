@@ -139,7 +139,7 @@ func (t tools) converge(ctx context.Context, rules *IPTablesRules) error {
 		if input == "" {
 			continue
 		}
-		if _, err := t.run(ctx, t.restore, []byte(input), "--noflush"); err != nil {
+		if _, err := t.run(ctx, t.restore, []byte(input), "--noflush", "--wait=10"); err != nil {
 			return fmt.Errorf("table %s: %w", table, err)
 		}
 	}

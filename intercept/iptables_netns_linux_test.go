@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -87,95 +90,124 @@ COMMIT
 
 func families() []Family { return []Family{IPv4, IPv6} }
 
+// legacyPath puts iptables-legacy-save and -restore (and ip6tables')
+// first on PATH under the plain names, for the rest of the test: Debian's
+// iptables package ships both backends, and realipd runs whichever PATH
+// finds.
+func legacyPath(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
+		legacy, err := exec.LookPath(strings.Replace(name, "tables-", "tables-legacy-", 1))
+		if err != nil {
+			netnsUnavailable(t, "needs the legacy iptables backend: "+err.Error())
+		}
+		if err := os.Symlink(legacy, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
 func TestApplyRemoveNetns(t *testing.T) {
 	requireNetns(t)
-	for _, mode := range []Mode{ModeRedirect, ModeTProxy} {
-		for _, f := range families() {
-			t.Run(fmt.Sprintf("%s-%v", mode, f), func(t *testing.T) {
-				n := newNetns(t)
-				restore := "iptables-restore"
-				if f == IPv6 {
-					restore = "ip6tables-restore"
-				}
-				n.run(t, foreignRules(f), restore, "--noflush")
-				opts := defaults(mode)
-				before := n.run(t, "", saveTool(f))
-				routesBefore := routing(t, n, f)
-
-				apply := func() {
-					t.Helper()
-					n.must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
-				}
-				apply()
-				once := normalize(n.run(t, "", saveTool(f)))
-				apply()
-				twice := normalize(n.run(t, "", saveTool(f)))
-				if once != twice {
-					t.Errorf("a second apply changed the tables:\nonce:\n%s\ntwice:\n%s", once, twice)
-				}
-
-				// What is installed is the rendering, jumps once each, and
-				// the foreign rules are still there.
-				rendered, err := RenderIPTables(opts, f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				saved, err := parseSave(twice)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, table := range []Table{TableNAT, TableMangle} {
-					want := rendered.Table(table)
-					st := saved[table]
-					if want == nil {
-						if len(st.ours()) > 0 || len(st.jumps()) > 0 {
-							t.Errorf("%s: realipd's chains in a table %s mode does not use", table, mode)
-						}
-						continue
+	for _, backend := range []string{"default", "legacy"} {
+		for _, mode := range []Mode{ModeRedirect, ModeTProxy} {
+			for _, f := range families() {
+				t.Run(fmt.Sprintf("%s-%s-%v", backend, mode, f), func(t *testing.T) {
+					if backend == "legacy" {
+						legacyPath(t)
 					}
-					ours := slices.Sorted(slices.Values(st.ours()))
-					if !slices.Equal(ours, want.Chains) {
-						t.Errorf("%s: chains %q, want %q", table, ours, want.Chains)
-					}
-					if got := st.rulesOf(ours); !slices.Equal(got, want.Rules) {
-						t.Errorf("%s: installed rules differ from the rendering:\n%s\nwant:\n%s", table, strings.Join(got, "\n"), strings.Join(want.Rules, "\n"))
-					}
-					for _, j := range want.Jumps {
-						if c := strings.Count(twice, j+"\n"); c != 1 {
-							t.Errorf("%s: jump %q appears %d times after two applies", table, j, c)
-						}
-					}
-				}
-				for _, l := range strings.Split(normalize(before), "\n") {
-					if l != "" && !strings.Contains(twice, l+"\n") {
-						t.Errorf("foreign line %q is gone after apply", l)
-					}
-				}
-				if mode == ModeTProxy {
-					r := routing(t, n, f)
-					if !strings.Contains(r, "fwmark 0x539 lookup 133") || !strings.Contains(r, "local default dev lo table 133") {
-						t.Errorf("TPROXY routing missing:\n%s", r)
-					}
-				}
-
-				remove := func() {
-					t.Helper()
-					n.must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
-				}
-				remove()
-				after := n.run(t, "", saveTool(f))
-				if normalize(after) != normalize(before) {
-					t.Errorf("remove did not restore the tables:\nbefore:\n%s\nafter:\n%s", normalize(before), normalize(after))
-				}
-				if got := routing(t, n, f); got != routesBefore {
-					t.Errorf("remove did not restore the routing:\nbefore:\n%s\nafter:\n%s", routesBefore, got)
-				}
-				remove() // nothing left to remove: no error, no change
-				if again := n.run(t, "", saveTool(f)); normalize(again) != normalize(before) {
-					t.Errorf("a second remove changed the tables:\n%s", again)
-				}
-			})
+					testApplyRemove(t, mode, f)
+				})
+			}
 		}
+	}
+}
+
+// testApplyRemove: apply twice equals once and installs the rendering;
+// remove restores iptables-save and the routing, next to foreign rules.
+func testApplyRemove(t *testing.T, mode Mode, f Family) {
+	n := newNetns(t)
+	restore := "iptables-restore"
+	if f == IPv6 {
+		restore = "ip6tables-restore"
+	}
+	n.run(t, foreignRules(f), restore, "--noflush")
+	opts := defaults(mode)
+	before := n.run(t, "", saveTool(f))
+	routesBefore := routing(t, n, f)
+
+	apply := func() {
+		t.Helper()
+		n.must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
+	}
+	apply()
+	once := normalize(n.run(t, "", saveTool(f)))
+	apply()
+	twice := normalize(n.run(t, "", saveTool(f)))
+	if once != twice {
+		t.Errorf("a second apply changed the tables:\nonce:\n%s\ntwice:\n%s", once, twice)
+	}
+
+	// What is installed is the rendering, jumps once each, and
+	// the foreign rules are still there.
+	rendered, err := RenderIPTables(opts, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved, err := parseSave(twice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []Table{TableNAT, TableMangle} {
+		want := rendered.Table(table)
+		st := saved[table]
+		if want == nil {
+			if len(st.ours()) > 0 || len(st.jumps()) > 0 {
+				t.Errorf("%s: realipd's chains in a table %s mode does not use", table, mode)
+			}
+			continue
+		}
+		ours := slices.Sorted(slices.Values(st.ours()))
+		if !slices.Equal(ours, want.Chains) {
+			t.Errorf("%s: chains %q, want %q", table, ours, want.Chains)
+		}
+		if got := st.rulesOf(ours); !slices.Equal(got, want.Rules) {
+			t.Errorf("%s: installed rules differ from the rendering:\n%s\nwant:\n%s", table, strings.Join(got, "\n"), strings.Join(want.Rules, "\n"))
+		}
+		for _, j := range want.Jumps {
+			if c := strings.Count(twice, j+"\n"); c != 1 {
+				t.Errorf("%s: jump %q appears %d times after two applies", table, j, c)
+			}
+		}
+	}
+	for _, l := range strings.Split(normalize(before), "\n") {
+		if l != "" && !strings.Contains(twice, l+"\n") {
+			t.Errorf("foreign line %q is gone after apply", l)
+		}
+	}
+	if mode == ModeTProxy {
+		r := routing(t, n, f)
+		if !strings.Contains(r, "fwmark 0x539 lookup 133") || !strings.Contains(r, "local default dev lo table 133") {
+			t.Errorf("TPROXY routing missing:\n%s", r)
+		}
+	}
+
+	remove := func() {
+		t.Helper()
+		n.must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
+	}
+	remove()
+	after := n.run(t, "", saveTool(f))
+	if normalize(after) != normalize(before) {
+		t.Errorf("remove did not restore the tables:\nbefore:\n%s\nafter:\n%s", normalize(before), normalize(after))
+	}
+	if got := routing(t, n, f); got != routesBefore {
+		t.Errorf("remove did not restore the routing:\nbefore:\n%s\nafter:\n%s", routesBefore, got)
+	}
+	remove() // nothing left to remove: no error, no change
+	if again := n.run(t, "", saveTool(f)); normalize(again) != normalize(before) {
+		t.Errorf("a second remove changed the tables:\n%s", again)
 	}
 }
 
