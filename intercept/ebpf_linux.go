@@ -359,6 +359,11 @@ func (c *EBPFCapture) SetInboundListener(l syscall.Conn) error {
 			putErr = err
 			return
 		}
+		proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		if err == nil && proto != unix.IPPROTO_TCP {
+			putErr = fmt.Errorf("the listener's protocol is %d, not TCP (Go listens with MPTCP by default since 1.24: use a net.ListenConfig with SetMultipathTCP(false))", proto)
+			return
+		}
 		slot := uint32(0)
 		if _, ok := sa.(*unix.SockaddrInet6); ok {
 			slot, family = 1, unix.AF_INET6
@@ -470,7 +475,7 @@ func EBPFStatus(dir string) (*EBPFState, error) {
 	st := &EBPFState{Pin: dir}
 	mount, _ := FindCgroup2Mount()
 	for _, name := range allLinks {
-		l, err := link.LoadPinnedLink(filepath.Join(dir, linkFilePrefix+name), &ebpf.LoadPinOptions{ReadOnly: true})
+		l, err := link.LoadPinnedLink(filepath.Join(dir, linkFilePrefix+name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
