@@ -87,10 +87,13 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("ebpf: raising RLIMIT_MEMLOCK for BPF maps (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", err)
-	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; a failure
+	// here matters only if loading fails too.
+	memlockErr := rlimit.RemoveMemlock()
 	if err := ProbeEBPF(len(opts.InboundPorts) > 0); err != nil {
+		if memlockErr != nil {
+			err = fmt.Errorf("%w (and raising RLIMIT_MEMLOCK, which kernels before 5.11 need, failed: %v)", err, memlockErr)
+		}
 		return nil, err
 	}
 	if opts.Pin != "" {
@@ -642,7 +645,7 @@ func ProbeEBPF(inbound bool) error {
 		case errors.Is(err, ebpf.ErrNotSupported):
 			return fmt.Errorf("ebpf: this kernel lacks %s: %w", r.what, err)
 		case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
-			return fmt.Errorf("ebpf: probing %s: %w", r.what, permissionHint(err))
+			return fmt.Errorf("ebpf: this process may not use BPF: the capture needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN on kernels before 5.8); run as root or grant them (probing %s: %w)", r.what, err)
 		default:
 			return fmt.Errorf("ebpf: probing %s: %w", r.what, err)
 		}
