@@ -20,7 +20,10 @@ import (
 // connection accepted on the capture port answers it, exactly as after an
 // iptables REDIRECT: Envoy's original_dst listener filter and realipd's
 // native listener need no change. The getsockopt hook is attached to
-// GetsockoptCgroup, which must contain the process that accepts.
+// GetsockoptCgroup, which must contain the capture listener's socket: a
+// socket belongs to the cgroup of the process that created it (for good,
+// even if the process moves), an accepted socket to its listener's, and
+// the hook runs for the socket's cgroup.
 //
 // Inbound: new TCP connections to one of InboundPorts (not to loopback) in
 // the network namespace NetNS are steered to the listener given to
@@ -33,8 +36,9 @@ type EBPFOptions struct {
 	// Cgroup is the captured cgroup, relative to Cgroup2Mount ("/" is the
 	// whole hierarchy).
 	Cgroup string
-	// GetsockoptCgroup is the cgroup of the process reading
-	// SO_ORIGINAL_DST, relative to Cgroup2Mount; "" means Cgroup.
+	// GetsockoptCgroup is the cgroup the capture listener was created in
+	// (the process reading SO_ORIGINAL_DST), relative to Cgroup2Mount, or
+	// one of its ancestors; "" means Cgroup.
 	GetsockoptCgroup string
 	// OutboundPort is the capture port on loopback (required).
 	OutboundPort uint16

@@ -131,10 +131,14 @@ const (
 	mapInSocks  = "inbound_sockets"
 )
 
-// MaxEntries bounds the two lookup maps: an entry that is never removed
-// (a captured connect that failed, a connection the capture listener never
-// accepted) is evicted, least recently used first, once this many exist.
-const ebpfMaxEntries = 65536
+// ebpfMaxEntries bounds the two lookup maps: an entry that is never
+// removed (a captured connect that failed, a connection the capture
+// listener never accepted) is evicted, least recently used first, once
+// this many exist. A record is needed only from the connect until the
+// capture listener's getsockopt right after accept, so the bound is on
+// connections waiting to be accepted, not on open ones. LRU maps are
+// preallocated: the two take about 3.5 MB of kernel memory.
+const ebpfMaxEntries = 16384
 
 // maxInboundPorts bounds intercept.ebpf.inbound_ports.
 const maxInboundPorts = 1024

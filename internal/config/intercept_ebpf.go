@@ -15,10 +15,11 @@ type EBPF struct {
 	// Cgroup is the cgroup v2 directory, relative to the cgroup2 mount,
 	// whose TCP connects are captured ("/" is the whole hierarchy).
 	Cgroup string `json:"cgroup"`
-	// GetsockoptCgroup is the cgroup v2 directory holding the process that
-	// reads SO_ORIGINAL_DST (Envoy or realipd's native listener); "" means
-	// Cgroup, which is right when that process runs in the captured
-	// cgroup, as in a pod.
+	// GetsockoptCgroup is the cgroup v2 directory (or an ancestor of it)
+	// where the process that reads SO_ORIGINAL_DST (Envoy or realipd's
+	// native listener) created its capture listener; "" means Cgroup,
+	// which is right when that process runs in the captured cgroup, as in
+	// a pod.
 	GetsockoptCgroup string `json:"getsockopt_cgroup"`
 	// ExcludeMark: connects from sockets with this SO_MARK are not
 	// captured (the upstream dials of Envoy and of the native listener).
