@@ -24,6 +24,9 @@ type EBPFCapture struct {
 	opts  EBPFOptions
 	maps  map[string]*ebpf.Map
 	links map[string]link.Link
+	// newPins are the files this AttachEBPF pinned, removed again if it
+	// fails.
+	newPins []string
 }
 
 // hook is one program and where it goes.
@@ -57,8 +60,8 @@ var allLinks = []string{linkGetsockopt, linkSockOps, linkSockOpsLookup, linkConn
 // getsockopt and sockops hooks, so that the first captured connection is
 // already answered, then the connect hooks, then (with InboundPorts) the
 // sk_lookup program. An error says which capability or kernel feature is
-// missing; nothing stays attached after an error, except what was pinned
-// before.
+// missing; nothing this call attached or pinned stays after an error (a
+// capture pinned before, and taken over, may have been updated in part).
 func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 	if opts.OutboundPort == 0 {
 		return nil, errors.New("ebpf: the outbound capture port is required")
@@ -105,7 +108,10 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 	c = &EBPFCapture{opts: opts, maps: map[string]*ebpf.Map{}, links: map[string]link.Link{}}
 	defer func() {
 		if err != nil {
-			c.closeFDs(opts.Pin == "")
+			for _, p := range c.newPins {
+				_ = os.Remove(p)
+			}
+			c.closeFDs(true)
 		}
 	}()
 	for name, spec := range ebpfMapSpecs() {
@@ -113,6 +119,9 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 		if opts.Pin != "" {
 			spec.Pinning = ebpf.PinByName
 			mopts.PinPath = opts.Pin
+			if _, err := os.Stat(filepath.Join(opts.Pin, name)); errors.Is(err, os.ErrNotExist) {
+				c.newPins = append(c.newPins, filepath.Join(opts.Pin, name))
+			}
 		}
 		m, err := ebpf.NewMapWithOptions(spec, mopts)
 		if err != nil {
@@ -238,6 +247,7 @@ func (c *EBPFCapture) attach(h hook) error {
 	}
 	c.links[h.name] = l
 	if c.opts.Pin != "" {
+		c.newPins = append(c.newPins, pinned)
 		if err := l.Pin(pinned); err != nil {
 			if errors.Is(err, ebpf.ErrNotSupported) {
 				return fmt.Errorf("ebpf: pinning %s needs BPF links for cgroups (Linux 5.7+): %w", h.name, err)

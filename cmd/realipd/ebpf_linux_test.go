@@ -358,7 +358,10 @@ intercept:
   ebpf: {enabled: true, cgroup: /realipd-no-such-cgroup-for-sure}
 `)
 	_, errOut, code := runCmd(t, "serve", "--config", cfg)
-	if code != 1 || !strings.Contains(errOut, "the ebpf role cannot start") || !strings.Contains(errOut, "realipd-no-such-cgroup-for-sure") {
+	if code != 1 || !strings.Contains(errOut, "the ebpf role cannot start") {
 		t.Errorf("exit %d, stderr:\n%s", code, errOut)
+	}
+	if _, err := intercept.FindCgroup2Mount(); err == nil && !strings.Contains(errOut, "realipd-no-such-cgroup-for-sure: no such file or directory") {
+		t.Errorf("the error does not name the missing cgroup:\n%s", errOut)
 	}
 }
