@@ -74,7 +74,7 @@ func BenchmarkConnectionSetup(b *testing.B) {
 			errc <- ns.Do(func() error {
 				b.ResetTimer()
 				for range b.N {
-					if err := setupOnce(dst); err != nil {
+					if err := ebpfSetupOnce(dst); err != nil {
 						return err
 					}
 				}
@@ -155,9 +155,9 @@ func BenchmarkConnectionSetup(b *testing.B) {
 	})
 }
 
-// setupOnce connects to dst, reads the listener's byte and resets the
+// ebpfSetupOnce connects to dst, reads the listener's byte and resets the
 // connection.
-func setupOnce(dst netip.AddrPort) error {
+func ebpfSetupOnce(dst netip.AddrPort) error {
 	c, err := net.DialTimeout("tcp4", dst.String(), 5*time.Second)
 	if err != nil {
 		return err

@@ -29,14 +29,14 @@ type EBPFCapture struct {
 	newPins []string
 }
 
-// hook is one program and where it goes.
-type hook struct {
+// ebpfHook is one program and where it goes.
+type ebpfHook struct {
 	name   string // also the pinned link's file name, with "link_"
 	typ    ebpf.ProgramType
 	attach ebpf.AttachType
 	label  string // for EBPFLink.Hook
 	insns  asm.Instructions
-	cgroup string // the absolute cgroup directory; "" for the netns hook
+	cgroup string // the absolute cgroup directory; "" for the netns ebpfHook
 }
 
 // Link names.
@@ -53,8 +53,8 @@ const (
 	defaultNetNSOfThread = "/proc/thread-self/ns/net"
 )
 
-// allLinks lists every link name, in attach order.
-var allLinks = []string{linkGetsockopt, linkSockOps, linkSockOpsLookup, linkConnect4, linkConnect6, linkSkLookup}
+// ebpfLinks lists every link name, in attach order.
+var ebpfLinks = []string{linkGetsockopt, linkSockOps, linkSockOpsLookup, linkConnect4, linkConnect6, linkSkLookup}
 
 // AttachEBPF loads the capture programs and attaches them: first the
 // getsockopt and sockops hooks, so that the first captured connection is
@@ -78,7 +78,7 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 			return nil, fmt.Errorf("ebpf: %w", err)
 		}
 	}
-	target, err := cgroupDir(mount, opts.Cgroup)
+	target, err := ebpfCgroupDir(mount, opts.Cgroup)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +86,7 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 	if lookupRel == "" {
 		lookupRel = opts.Cgroup
 	}
-	lookup, err := cgroupDir(mount, lookupRel)
+	lookup, err := ebpfCgroupDir(mount, lookupRel)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +100,7 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 		return nil, err
 	}
 	if opts.Pin != "" {
-		if err := ensureBPFFS(opts.Pin); err != nil {
+		if err := ebpfEnsureBPFFS(opts.Pin); err != nil {
 			return nil, err
 		}
 	}
@@ -128,7 +128,7 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 			if errors.Is(err, ebpf.ErrMapIncompatible) {
 				return nil, fmt.Errorf("ebpf: the map %s pinned in %s is of another layout (an older realipd?): run 'realipd ebpf detach' first: %w", name, opts.Pin, err)
 			}
-			return nil, fmt.Errorf("ebpf: creating the map %s: %w", name, permissionHint(err))
+			return nil, fmt.Errorf("ebpf: creating the map %s: %w", name, ebpfPermissionHint(err))
 		}
 		c.maps[name] = m
 	}
@@ -136,7 +136,7 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 		return nil, err
 	}
 
-	hooks := []hook{
+	hooks := []ebpfHook{
 		{name: linkGetsockopt, typ: ebpf.CGroupSockopt, attach: ebpf.AttachCGroupGetsockopt, label: "cgroup/getsockopt", insns: getsockoptProgram(), cgroup: lookup},
 	}
 	// The sockops program must see the captured client sockets (to record
@@ -144,23 +144,23 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 	// port (to delete the records when they close): one attachment when
 	// one cgroup contains the other, since a program attached to a cgroup
 	// runs for its descendants too, two otherwise.
-	sockops := func(name, cgroup string) hook {
-		return hook{name: name, typ: ebpf.SockOps, attach: ebpf.AttachCGroupSockOps, label: "sockops", insns: sockOpsProgram(opts.OutboundPort), cgroup: cgroup}
+	sockops := func(name, cgroup string) ebpfHook {
+		return ebpfHook{name: name, typ: ebpf.SockOps, attach: ebpf.AttachCGroupSockOps, label: "sockops", insns: sockOpsProgram(opts.OutboundPort), cgroup: cgroup}
 	}
 	switch {
-	case cgroupContains(lookup, target):
+	case ebpfCgroupContains(lookup, target):
 		hooks = append(hooks, sockops(linkSockOps, lookup))
-	case cgroupContains(target, lookup):
+	case ebpfCgroupContains(target, lookup):
 		hooks = append(hooks, sockops(linkSockOps, target))
 	default:
 		hooks = append(hooks, sockops(linkSockOps, target), sockops(linkSockOpsLookup, lookup))
 	}
 	hooks = append(hooks,
-		hook{name: linkConnect4, typ: ebpf.CGroupSockAddr, attach: ebpf.AttachCGroupInet4Connect, label: "cgroup/connect4", insns: connectProgram(false, opts.OutboundPort, opts.ExcludeMark), cgroup: target},
-		hook{name: linkConnect6, typ: ebpf.CGroupSockAddr, attach: ebpf.AttachCGroupInet6Connect, label: "cgroup/connect6", insns: connectProgram(true, opts.OutboundPort, opts.ExcludeMark), cgroup: target},
+		ebpfHook{name: linkConnect4, typ: ebpf.CGroupSockAddr, attach: ebpf.AttachCGroupInet4Connect, label: "cgroup/connect4", insns: connectProgram(false, opts.OutboundPort, opts.ExcludeMark), cgroup: target},
+		ebpfHook{name: linkConnect6, typ: ebpf.CGroupSockAddr, attach: ebpf.AttachCGroupInet6Connect, label: "cgroup/connect6", insns: connectProgram(true, opts.OutboundPort, opts.ExcludeMark), cgroup: target},
 	)
 	if len(opts.InboundPorts) > 0 {
-		hooks = append(hooks, hook{name: linkSkLookup, typ: ebpf.SkLookup, attach: ebpf.AttachSkLookup, label: "sk_lookup", insns: skLookupProgram()})
+		hooks = append(hooks, ebpfHook{name: linkSkLookup, typ: ebpf.SkLookup, attach: ebpf.AttachSkLookup, label: "sk_lookup", insns: skLookupProgram()})
 	}
 	for _, h := range hooks {
 		if err := c.attach(h); err != nil {
@@ -170,9 +170,9 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 	// A pinned capture taken over may have links this configuration does
 	// not want any more.
 	if opts.Pin != "" {
-		for _, name := range allLinks {
-			if !slices.ContainsFunc(hooks, func(h hook) bool { return h.name == name }) {
-				if err := removePinnedLink(opts.Pin, name); err != nil {
+		for _, name := range ebpfLinks {
+			if !slices.ContainsFunc(hooks, func(h ebpfHook) bool { return h.name == name }) {
+				if err := removePinnedEBPFLink(opts.Pin, name); err != nil {
 					return nil, err
 				}
 			}
@@ -183,7 +183,7 @@ func AttachEBPF(opts EBPFOptions) (c *EBPFCapture, err error) {
 
 // attach loads h's program and attaches it, or updates the pinned link
 // already in place for the same target.
-func (c *EBPFCapture) attach(h hook) error {
+func (c *EBPFCapture) attach(h ebpfHook) error {
 	insns := slices.Clone(h.insns)
 	for name, m := range c.maps {
 		if err := insns.AssociateMap(name, m); err != nil && !errors.Is(err, asm.ErrUnreferencedSymbol) {
@@ -198,7 +198,7 @@ func (c *EBPFCapture) attach(h hook) error {
 		License:      "Apache-2.0", // no GPL-only helper is called
 	})
 	if err != nil {
-		return fmt.Errorf("ebpf: loading the %s program: %w", h.name, permissionHint(err))
+		return fmt.Errorf("ebpf: loading the %s program: %w", h.name, ebpfPermissionHint(err))
 	}
 	defer prog.Close() // the link holds its own reference
 
@@ -219,7 +219,7 @@ func (c *EBPFCapture) attach(h hook) error {
 	}
 	if c.opts.Pin != "" {
 		if old, err := link.LoadPinnedLink(pinned, nil); err == nil {
-			if sameTarget(old, h, netns) {
+			if ebpfSameTarget(old, h, netns) {
 				if err := old.Update(prog); err != nil {
 					old.Close()
 					return fmt.Errorf("ebpf: replacing the program of the pinned link %s: %w", pinned, err)
@@ -237,12 +237,12 @@ func (c *EBPFCapture) attach(h hook) error {
 	if h.cgroup != "" {
 		l, err = link.AttachCgroup(link.CgroupOptions{Path: h.cgroup, Attach: h.attach, Program: prog})
 		if err != nil {
-			return fmt.Errorf("ebpf: attaching %s to the cgroup %s: %w", h.label, h.cgroup, permissionHint(err))
+			return fmt.Errorf("ebpf: attaching %s to the cgroup %s: %w", h.label, h.cgroup, ebpfPermissionHint(err))
 		}
 	} else {
 		l, err = link.AttachNetNs(int(netns.Fd()), prog)
 		if err != nil {
-			return fmt.Errorf("ebpf: attaching sk_lookup to the network namespace: %w", permissionHint(err))
+			return fmt.Errorf("ebpf: attaching sk_lookup to the network namespace: %w", ebpfPermissionHint(err))
 		}
 	}
 	c.links[h.name] = l
@@ -258,8 +258,8 @@ func (c *EBPFCapture) attach(h hook) error {
 	return nil
 }
 
-// sameTarget reports whether the pinned link l is attached where h goes.
-func sameTarget(l link.Link, h hook, netns *os.File) bool {
+// ebpfSameTarget reports whether the pinned link l is attached where h goes.
+func ebpfSameTarget(l link.Link, h ebpfHook, netns *os.File) bool {
 	info, err := l.Info()
 	if err != nil {
 		return false
@@ -269,7 +269,7 @@ func sameTarget(l link.Link, h hook, netns *os.File) bool {
 		if cg == nil || uint32(cg.AttachType) != uint32(h.attach) {
 			return false
 		}
-		id, err := cgroupID(h.cgroup)
+		id, err := ebpfCgroupID(h.cgroup)
 		return err == nil && id == cg.CgroupId
 	}
 	ns := info.NetNs()
@@ -280,8 +280,8 @@ func sameTarget(l link.Link, h hook, netns *os.File) bool {
 	return unix.Fstat(int(netns.Fd()), &st) == nil && uint64(ns.NetnsInode) == st.Ino
 }
 
-// cgroupID is the kernel's id of a cgroup v2 directory: its inode number.
-func cgroupID(dir string) (uint64, error) {
+// ebpfCgroupID is the kernel's id of a cgroup v2 directory: its inode number.
+func ebpfCgroupID(dir string) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
 		return 0, err
@@ -289,9 +289,9 @@ func cgroupID(dir string) (uint64, error) {
 	return st.Ino, nil
 }
 
-// cgroupDir joins mount and a cgroup path and checks that it is a cgroup v2
+// ebpfCgroupDir joins mount and a cgroup path and checks that it is a cgroup v2
 // directory.
-func cgroupDir(mount, rel string) (string, error) {
+func ebpfCgroupDir(mount, rel string) (string, error) {
 	dir := filepath.Join(mount, filepath.Clean("/"+rel))
 	var fs unix.Statfs_t
 	if err := unix.Statfs(dir, &fs); err != nil {
@@ -303,14 +303,14 @@ func cgroupDir(mount, rel string) (string, error) {
 	return dir, nil
 }
 
-// cgroupContains reports whether the cgroup directory outer is inner or
+// ebpfCgroupContains reports whether the cgroup directory outer is inner or
 // one of its ancestors.
-func cgroupContains(outer, inner string) bool {
+func ebpfCgroupContains(outer, inner string) bool {
 	return outer == inner || strings.HasPrefix(inner, strings.TrimSuffix(outer, "/")+"/")
 }
 
-// ensureBPFFS creates the pin directory and checks that it is on a bpffs.
-func ensureBPFFS(dir string) error {
+// ebpfEnsureBPFFS creates the pin directory and checks that it is on a bpffs.
+func ebpfEnsureBPFFS(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("ebpf: the pin directory: %w", err)
 	}
@@ -396,15 +396,15 @@ func (c *EBPFCapture) SetInboundListener(l syscall.Conn) error {
 
 // Counters reads the capture's counters.
 func (c *EBPFCapture) Counters() (EBPFCounters, error) {
-	return readCounters(c.maps[mapCounters])
+	return readEBPFCounters(c.maps[mapCounters])
 }
 
 // Links describes the attached programs.
 func (c *EBPFCapture) Links() []EBPFLink {
 	var out []EBPFLink
-	for _, name := range allLinks {
+	for _, name := range ebpfLinks {
 		if l, ok := c.links[name]; ok {
-			out = append(out, describeLink(name, l, c.opts.Cgroup2Mount))
+			out = append(out, describeEBPFLink(name, l, c.opts.Cgroup2Mount))
 		}
 	}
 	return out
@@ -422,7 +422,7 @@ func (c *EBPFCapture) Close() error {
 
 func (c *EBPFCapture) closeFDs(detach bool) error {
 	var errs []error
-	for _, name := range slices.Backward(allLinks) {
+	for _, name := range slices.Backward(ebpfLinks) {
 		if l, ok := c.links[name]; ok {
 			if err := l.Close(); err != nil && detach {
 				errs = append(errs, fmt.Errorf("detaching %s: %w", name, err))
@@ -443,13 +443,13 @@ func (c *EBPFCapture) closeFDs(detach bool) error {
 func DetachEBPF(dir string) error {
 	found := false
 	var errs []error
-	for _, name := range slices.Backward(allLinks) {
+	for _, name := range slices.Backward(ebpfLinks) {
 		path := filepath.Join(dir, linkFilePrefix+name)
 		if _, err := os.Stat(path); err != nil {
 			continue
 		}
 		found = true
-		if err := removePinnedLink(dir, name); err != nil {
+		if err := removePinnedEBPFLink(dir, name); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -469,7 +469,7 @@ func DetachEBPF(dir string) error {
 	return errors.Join(errs...)
 }
 
-func removePinnedLink(dir, name string) error {
+func removePinnedEBPFLink(dir, name string) error {
 	path := filepath.Join(dir, linkFilePrefix+name)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -487,26 +487,26 @@ func removePinnedLink(dir, name string) error {
 func EBPFStatus(dir string) (*EBPFState, error) {
 	st := &EBPFState{Pin: dir}
 	mount, _ := FindCgroup2Mount()
-	for _, name := range allLinks {
+	for _, name := range ebpfLinks {
 		l, err := link.LoadPinnedLink(filepath.Join(dir, linkFilePrefix+name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("ebpf: loading the pinned link %s: %w", name, permissionHint(err))
+			return nil, fmt.Errorf("ebpf: loading the pinned link %s: %w", name, ebpfPermissionHint(err))
 		}
-		st.Links = append(st.Links, describeLink(name, l, mount))
+		st.Links = append(st.Links, describeEBPFLink(name, l, mount))
 		l.Close()
 	}
 	counters, err := ebpf.LoadPinnedMap(filepath.Join(dir, mapCounters), &ebpf.LoadPinOptions{ReadOnly: true})
 	if err == nil {
-		st.Counters, err = readCounters(counters)
+		st.Counters, err = readEBPFCounters(counters)
 		counters.Close()
 		if err != nil {
 			return nil, err
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("ebpf: loading the pinned counters: %w", permissionHint(err))
+		return nil, fmt.Errorf("ebpf: loading the pinned counters: %w", ebpfPermissionHint(err))
 	}
 	if ports, err := ebpf.LoadPinnedMap(filepath.Join(dir, mapInPorts), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
 		var key, val uint32
@@ -523,8 +523,8 @@ func EBPFStatus(dir string) (*EBPFState, error) {
 	return st, nil
 }
 
-func describeLink(name string, l link.Link, mount string) EBPFLink {
-	out := EBPFLink{Name: name, Hook: hookLabel(name)}
+func describeEBPFLink(name string, l link.Link, mount string) EBPFLink {
+	out := EBPFLink{Name: name, Hook: ebpfHookLabel(name)}
 	info, err := l.Info()
 	if err != nil {
 		return out
@@ -532,7 +532,7 @@ func describeLink(name string, l link.Link, mount string) EBPFLink {
 	out.LinkID, out.ProgramID = uint32(info.ID), uint32(info.Program)
 	if cg := info.Cgroup(); cg != nil {
 		out.Target = "cgroup id " + strconv.FormatUint(cg.CgroupId, 10)
-		if p := cgroupPathByID(mount, cg.CgroupId); p != "" {
+		if p := ebpfCgroupPathByID(mount, cg.CgroupId); p != "" {
 			out.Target = p
 		}
 	} else if ns := info.NetNs(); ns != nil {
@@ -541,7 +541,7 @@ func describeLink(name string, l link.Link, mount string) EBPFLink {
 	return out
 }
 
-func hookLabel(name string) string {
+func ebpfHookLabel(name string) string {
 	switch name {
 	case linkGetsockopt:
 		return "cgroup/getsockopt"
@@ -557,9 +557,9 @@ func hookLabel(name string) string {
 	return name
 }
 
-// cgroupPathByID finds the cgroup with the given id (inode) under mount,
+// ebpfCgroupPathByID finds the cgroup with the given id (inode) under mount,
 // relative to it; "" when not found. The walk stops early at the match.
-func cgroupPathByID(mount string, id uint64) string {
+func ebpfCgroupPathByID(mount string, id uint64) string {
 	if mount == "" {
 		return ""
 	}
@@ -568,7 +568,7 @@ func cgroupPathByID(mount string, id uint64) string {
 		if err != nil || !d.IsDir() {
 			return nil
 		}
-		if cid, err := cgroupID(path); err == nil && cid == id {
+		if cid, err := ebpfCgroupID(path); err == nil && cid == id {
 			rel, _ := filepath.Rel(mount, path)
 			found = filepath.Clean("/" + rel)
 			return filepath.SkipAll
@@ -578,7 +578,7 @@ func cgroupPathByID(mount string, id uint64) string {
 	return found
 }
 
-func readCounters(m *ebpf.Map) (EBPFCounters, error) {
+func readEBPFCounters(m *ebpf.Map) (EBPFCounters, error) {
 	var sums [numCounters]uint64
 	for i := range sums {
 		var perCPU []uint64
@@ -599,25 +599,25 @@ func readCounters(m *ebpf.Map) (EBPFCounters, error) {
 	}, nil
 }
 
-// permissionHint adds the capabilities needed to an EPERM or EACCES.
-func permissionHint(err error) error {
+// ebpfPermissionHint adds the capabilities needed to an EPERM or EACCES.
+func ebpfPermissionHint(err error) error {
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
 		return fmt.Errorf("%w (loading and attaching the capture needs CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN on kernels before 5.8; run as root or grant them)", err)
 	}
 	return err
 }
 
-// requirement is one kernel feature the capture needs.
-type requirement struct {
+// ebpfRequirement is one kernel feature the capture needs.
+type ebpfRequirement struct {
 	what  string
 	probe func() error
 }
 
-func outboundRequirements() []requirement {
+func ebpfOutboundRequirements() []ebpfRequirement {
 	helper := func(pt ebpf.ProgramType, fn asm.BuiltinFunc) func() error {
 		return func() error { return features.HaveProgramHelper(pt, fn) }
 	}
-	return []requirement{
+	return []ebpfRequirement{
 		{"LRU hash maps (Linux 4.10)", func() error { return features.HaveMapType(ebpf.LRUHash) }},
 		{"per-CPU arrays (Linux 4.6)", func() error { return features.HaveMapType(ebpf.PerCPUArray) }},
 		{"cgroup connect hooks, BPF_PROG_TYPE_CGROUP_SOCK_ADDR (Linux 4.17)", func() error { return features.HaveProgramType(ebpf.CGroupSockAddr) }},
@@ -632,8 +632,8 @@ func outboundRequirements() []requirement {
 	}
 }
 
-func inboundRequirements() []requirement {
-	return []requirement{
+func ebpfInboundRequirements() []ebpfRequirement {
+	return []ebpfRequirement{
 		{"sockmaps (Linux 4.14)", func() error { return features.HaveMapType(ebpf.SockMap) }},
 		{"sk_lookup programs, BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9)", func() error { return features.HaveProgramType(ebpf.SkLookup) }},
 		{"bpf_sk_assign in sk_lookup (Linux 5.9)", func() error { return features.HaveProgramHelper(ebpf.SkLookup, asm.FnSkAssign) }},
@@ -644,9 +644,9 @@ func inboundRequirements() []requirement {
 // every feature the capture uses (inbound: also the sk_lookup steering).
 // The error names the first one missing, or the capabilities needed.
 func ProbeEBPF(inbound bool) error {
-	reqs := outboundRequirements()
+	reqs := ebpfOutboundRequirements()
 	if inbound {
-		reqs = append(reqs, inboundRequirements()...)
+		reqs = append(reqs, ebpfInboundRequirements()...)
 	}
 	for _, r := range reqs {
 		err := r.probe()

@@ -72,16 +72,16 @@ func TestEBPFContextLayout(t *testing.T) {
 	check("bpf_sk_lookup", map[string]uint32{"family": slFamily, "protocol": slProtocol, "local_ip4": slLocalIP4, "local_ip6": slLocalIP6, "local_port": slLocalPort})
 }
 
-// server is a TCP listener in the test namespace that answers each
+// ebpfServer is a TCP listener in the test namespace that answers each
 // connection with one line.
-type server struct {
+type ebpfServer struct {
 	ln   net.Listener
 	wg   sync.WaitGroup
 	line func(net.Conn) string
 }
 
-func serve(ln net.Listener, line func(net.Conn) string) *server {
-	s := &server{ln: ln, line: line}
+func ebpfServe(ln net.Listener, line func(net.Conn) string) *ebpfServer {
+	s := &ebpfServer{ln: ln, line: line}
 	s.wg.Go(func() {
 		for {
 			c, err := ln.Accept()
@@ -97,11 +97,11 @@ func serve(ln net.Listener, line func(net.Conn) string) *server {
 	return s
 }
 
-func (s *server) close() { s.ln.Close(); s.wg.Wait() }
+func (s *ebpfServer) close() { s.ln.Close(); s.wg.Wait() }
 
-// captureLine is the capture listener's answer: the original destination
+// ebpfCaptureLine is the capture listener's answer: the original destination
 // that a plain getsockopt(SO_ORIGINAL_DST) returns.
-func captureLine(c net.Conn) string {
+func ebpfCaptureLine(c net.Conn) string {
 	dst, err := ebpftest.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		return "captured, no original destination: " + err.Error()
@@ -109,34 +109,34 @@ func captureLine(c net.Conn) string {
 	return "captured " + dst.String()
 }
 
-// testNet is the network the outbound tests use: a namespace with
+// ebpfNet is the network the outbound tests use: a namespace with
 // 192.0.2.10 and 2001:db8::10 on lo, servers on port 8080 of both that
 // answer "direct ADDR", one on 127.0.0.1:8081, and capture listeners on
 // 127.0.0.1:P and [::1]:P that answer "captured ORIGINAL-DESTINATION".
-type testNet struct {
+type ebpfNet struct {
 	ns      *ebpftest.Netns
 	port    uint16 // P
-	servers []*server
+	servers []*ebpfServer
 }
 
 var (
-	dst4   = netip.MustParseAddrPort("192.0.2.10:8080")
-	dst6   = netip.MustParseAddrPort("[2001:db8::10]:8080")
-	dst4in = netip.MustParseAddrPort("[::ffff:192.0.2.10]:8080")
-	local4 = netip.MustParseAddrPort("127.0.0.1:8081")
+	ebpfDst4   = netip.MustParseAddrPort("192.0.2.10:8080")
+	ebpfDst6   = netip.MustParseAddrPort("[2001:db8::10]:8080")
+	ebpfDst4in = netip.MustParseAddrPort("[::ffff:192.0.2.10]:8080")
+	ebpfLocal4 = netip.MustParseAddrPort("127.0.0.1:8081")
 )
 
-func newTestNet(t *testing.T) *testNet {
+func newEBPFNet(t *testing.T) *ebpfNet {
 	t.Helper()
-	n := &testNet{ns: ebpftest.NewNetns(t, "192.0.2.10/32", "2001:db8::10/128")}
+	n := &ebpfNet{ns: ebpftest.NewNetns(t, "192.0.2.10/32", "2001:db8::10/128")}
 	err := n.ns.Do(func() error {
-		for _, a := range []netip.AddrPort{dst4, dst6, local4} {
+		for _, a := range []netip.AddrPort{ebpfDst4, ebpfDst6, ebpfLocal4} {
 			ln, err := net.Listen("tcp", a.String())
 			if err != nil {
 				return err
 			}
 			line := "direct " + a.String()
-			n.servers = append(n.servers, serve(ln, func(net.Conn) string { return line }))
+			n.servers = append(n.servers, ebpfServe(ln, func(net.Conn) string { return line }))
 		}
 		ln4, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
@@ -148,7 +148,7 @@ func newTestNet(t *testing.T) *testNet {
 			ln4.Close()
 			return err
 		}
-		n.servers = append(n.servers, serve(ln4, captureLine), serve(ln6, captureLine))
+		n.servers = append(n.servers, ebpfServe(ln4, ebpfCaptureLine), ebpfServe(ln6, ebpfCaptureLine))
 		return nil
 	})
 	t.Cleanup(func() {
@@ -164,7 +164,7 @@ func newTestNet(t *testing.T) *testNet {
 
 // dialFromTest dials from the test process (outside the captured cgroup),
 // inside the namespace, and returns the server's line.
-func (n *testNet) dialFromTest(t *testing.T, addr netip.AddrPort) string {
+func (n *ebpfNet) dialFromTest(t *testing.T, addr netip.AddrPort) string {
 	t.Helper()
 	var line string
 	err := n.ns.Do(func() error {
@@ -184,9 +184,9 @@ func (n *testNet) dialFromTest(t *testing.T, addr netip.AddrPort) string {
 	return line
 }
 
-// assertNoIPTables checks that the namespace has no iptables rule at all
+// ebpfAssertNoIPTables checks that the namespace has no iptables rule at all
 // (the capture must not need one).
-func assertNoIPTables(t *testing.T, ns *ebpftest.Netns) {
+func ebpfAssertNoIPTables(t *testing.T, ns *ebpftest.Netns) {
 	t.Helper()
 	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -211,7 +211,7 @@ func TestEBPFOutbound(t *testing.T) {
 	if err != nil {
 		ebpftest.Skip(t, "this process is in no cgroup v2: %v", err)
 	}
-	n := newTestNet(t)
+	n := newEBPFNet(t)
 	rel, dir := ebpftest.NewCgroup(t, mount)
 
 	c, err := AttachEBPF(EBPFOptions{
@@ -224,22 +224,22 @@ func TestEBPFOutbound(t *testing.T) {
 		t.Fatalf("AttachEBPF: %v", err)
 	}
 	defer c.Close()
-	assertNoIPTables(t, n.ns)
+	ebpfAssertNoIPTables(t, n.ns)
 
 	captured := func(a netip.AddrPort) string { return "captured " + a.String() }
 	direct := func(a netip.AddrPort) string { return "direct " + a.String() }
 	dials := []ebpftest.Dial{
-		{Family: 4, Addr: dst4},
-		{Family: 6, Addr: dst6},
-		{Family: 6, Addr: dst4in},           // an IPv4-mapped destination from an AF_INET6 socket
-		{Family: 4, Addr: dst4, Mark: 1338}, // the exclusion mark: Envoy's and realipd's upstream dials
-		{Family: 6, Addr: dst6, Mark: 1338},
-		{Family: 6, Addr: dst4in, Mark: 1338},
-		{Family: 4, Addr: dst4, Mark: 7},                                      // another mark is captured
-		{Family: 4, Addr: local4},                                             // loopback is never captured
+		{Family: 4, Addr: ebpfDst4},
+		{Family: 6, Addr: ebpfDst6},
+		{Family: 6, Addr: ebpfDst4in},           // an IPv4-mapped destination from an AF_INET6 socket
+		{Family: 4, Addr: ebpfDst4, Mark: 1338}, // the exclusion mark: Envoy's and realipd's upstream dials
+		{Family: 6, Addr: ebpfDst6, Mark: 1338},
+		{Family: 6, Addr: ebpfDst4in, Mark: 1338},
+		{Family: 4, Addr: ebpfDst4, Mark: 7},                                  // another mark is captured
+		{Family: 4, Addr: ebpfLocal4},                                         // loopback is never captured
 		{Family: 6, Addr: netip.MustParseAddrPort("[::ffff:127.0.0.1]:8081")}, // nor mapped loopback
 	}
-	want := []string{captured(dst4), captured(dst6), captured(dst4), direct(dst4), direct(dst6), direct(dst4), captured(dst4), direct(local4), direct(local4)}
+	want := []string{captured(ebpfDst4), captured(ebpfDst6), captured(ebpfDst4), direct(ebpfDst4), direct(ebpfDst6), direct(ebpfDst4), captured(ebpfDst4), direct(ebpfLocal4), direct(ebpfLocal4)}
 	got := ebpftest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials)
 	for i := range dials {
 		if got[i].Err != "" || got[i].Reply != want[i] {
@@ -247,8 +247,8 @@ func TestEBPFOutbound(t *testing.T) {
 		}
 	}
 	// This process is outside the captured cgroup.
-	if line := n.dialFromTest(t, dst4); line != direct(dst4) {
-		t.Errorf("a dial from outside the cgroup got %q, want %q", line, direct(dst4))
+	if line := n.dialFromTest(t, ebpfDst4); line != direct(ebpfDst4) {
+		t.Errorf("a dial from outside the cgroup got %q, want %q", line, direct(ebpfDst4))
 	}
 
 	cnt, err := c.Counters()
@@ -260,10 +260,10 @@ func TestEBPFOutbound(t *testing.T) {
 		t.Errorf("counters %+v, want 4 captured, recorded and answered, 3 excluded", cnt)
 	}
 	// The records go when the accepted connections close.
-	if n := waitEmpty(c.maps[mapPair], 2*time.Second); n != 0 {
+	if n := ebpfWaitEmpty(c.maps[mapPair], 2*time.Second); n != 0 {
 		t.Errorf("%d connection records left after every connection closed", n)
 	}
-	if n := waitEmpty(c.maps[mapCookie], 0); n != 0 {
+	if n := ebpfWaitEmpty(c.maps[mapCookie], 0); n != 0 {
 		t.Errorf("%d socket-cookie records left after every connection was established", n)
 	}
 	links := c.Links()
@@ -280,12 +280,12 @@ func TestEBPFOutbound(t *testing.T) {
 			t.Errorf("after Close, dial %+v: got %+v, want %q", d, got[i], w)
 		}
 	}
-	assertNoIPTables(t, n.ns)
+	ebpfAssertNoIPTables(t, n.ns)
 }
 
-// waitEmpty waits up to d for the hash map m to have no entry and returns
+// ebpfWaitEmpty waits up to d for the hash map m to have no entry and returns
 // how many it has.
-func waitEmpty(m *ebpf.Map, d time.Duration) int {
+func ebpfWaitEmpty(m *ebpf.Map, d time.Duration) int {
 	deadline := time.Now().Add(d)
 	for {
 		n := 0

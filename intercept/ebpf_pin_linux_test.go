@@ -16,8 +16,8 @@ import (
 	"github.com/realipd/realipd/internal/ebpftest"
 )
 
-// newBPFFS mounts a bpffs of the test's own and returns a directory on it.
-func newBPFFS(t *testing.T) string {
+// newEBPFBPFFS mounts a bpffs of the test's own and returns a directory on it.
+func newEBPFBPFFS(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
@@ -31,7 +31,7 @@ func newBPFFS(t *testing.T) string {
 	return filepath.Join(dir, "realipd")
 }
 
-func linkNames(links []EBPFLink) []string {
+func ebpfLinkNames(links []EBPFLink) []string {
 	var names []string
 	for _, l := range links {
 		names = append(names, l.Name)
@@ -47,12 +47,12 @@ func TestEBPFPinned(t *testing.T) {
 	if err != nil {
 		ebpftest.Skip(t, "this process is in no cgroup v2: %v", err)
 	}
-	pin := newBPFFS(t)
-	n := newTestNet(t)
+	pin := newEBPFBPFFS(t)
+	n := newEBPFNet(t)
 	rel, dir := ebpftest.NewCgroup(t, mount)
 	opts := EBPFOptions{Cgroup: rel, GetsockoptCgroup: self, OutboundPort: n.port, ExcludeMark: 1338, Pin: pin}
-	dials := []ebpftest.Dial{{Family: 4, Addr: dst4}}
-	captured, direct := "captured "+dst4.String(), "direct "+dst4.String()
+	dials := []ebpftest.Dial{{Family: 4, Addr: ebpfDst4}}
+	captured, direct := "captured "+ebpfDst4.String(), "direct "+ebpfDst4.String()
 
 	c, err := AttachEBPF(opts)
 	if err != nil {
@@ -73,7 +73,7 @@ func TestEBPFPinned(t *testing.T) {
 	if err != nil {
 		t.Fatalf("EBPFStatus: %v", err)
 	}
-	if names := linkNames(st.Links); !slices.Equal(names, []string{"getsockopt", "sockops", "connect4", "connect6"}) {
+	if names := ebpfLinkNames(st.Links); !slices.Equal(names, []string{"getsockopt", "sockops", "connect4", "connect6"}) {
 		t.Errorf("EBPFStatus links %v", names)
 	}
 	for _, l := range st.Links {
@@ -131,7 +131,7 @@ func TestEBPFInbound(t *testing.T) {
 	ns := ebpftest.NewNetns(t, "192.0.2.20/32", "2001:db8::20/128")
 	rel, _ := ebpftest.NewCgroup(t, mount) // empty: nothing is captured outbound
 
-	var servers []*server
+	var servers []*ebpfServer
 	t.Cleanup(func() {
 		for _, s := range servers {
 			s.close()
@@ -144,7 +144,7 @@ func TestEBPFInbound(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			servers = append(servers, serve(ln, func(c net.Conn) string { return "app " + c.LocalAddr().String() }))
+			servers = append(servers, ebpfServe(ln, func(c net.Conn) string { return "app " + c.LocalAddr().String() }))
 		}
 		// A sockmap takes TCP sockets, and Go listens with MPTCP by default.
 		var lc net.ListenConfig
@@ -160,7 +160,7 @@ func TestEBPFInbound(t *testing.T) {
 			mptcp = mp
 		}
 		inbound := func(c net.Conn) string { return "inbound " + c.LocalAddr().String() }
-		servers = append(servers, serve(in4, inbound), serve(in6, inbound))
+		servers = append(servers, ebpfServe(in4, inbound), ebpfServe(in6, inbound))
 		return nil
 	})
 	if err != nil {
@@ -172,7 +172,7 @@ func TestEBPFInbound(t *testing.T) {
 		t.Fatalf("AttachEBPF: %v", err)
 	}
 	defer c.Close()
-	n := &testNet{ns: ns}
+	n := &ebpfNet{ns: ns}
 	// No listener in the sockmap yet: nothing is steered.
 	if got := n.dialFromTest(t, netip.MustParseAddrPort("192.0.2.20:9090")); got != "app 192.0.2.20:9090" {
 		t.Errorf("before SetInboundListener: %q", got)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 )
 
 // The BPF programs of the eBPF capture, written with cilium/ebpf's asm
@@ -56,23 +57,10 @@ const (
 	numCounters
 )
 
-// Kernel constants (uapi).
+// Kernel constants not in x/sys/unix.
 const (
-	afInet      = 2
-	afInet6     = 10
-	sockStream  = 1
-	ipprotoTCP  = 6
-	solIP       = 0
-	solIPv6     = 41
-	soOrigDst   = 80 // SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST
-	tcpClose    = 7
-	skPass      = 1
-	pageSizeMin = 4096
-
-	sockOpsActiveEstablished  = 4
-	sockOpsPassiveEstablished = 5
-	sockOpsState              = 10
-	sockOpsStateCbFlag        = 1 << 2
+	skPass      = 1    // SK_PASS, the sk_lookup verdict that lets the lookup go on
+	pageSizeMin = 4096 // the smallest page: a getsockopt buffer above it is not all seen
 )
 
 // Offsets in the program contexts (include/uapi/linux/bpf.h; checked
@@ -160,10 +148,10 @@ func nativeWord(b0, b1, b2, b3 byte) int32 {
 }
 
 var (
-	littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
-	mappedWord   = nativeWord(0, 0, 0xff, 0xff) // the third word of ::ffff:0:0/96
-	loopback4    = nativeWord(127, 0, 0, 1)
-	loopback6w3  = nativeWord(0, 0, 0, 1) // the last word of ::1
+	bpfLittleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+	mappedWord      = nativeWord(0, 0, 0xff, 0xff) // the third word of ::ffff:0:0/96
+	loopback4       = nativeWord(127, 0, 0, 1)
+	loopback6w3     = nativeWord(0, 0, 0, 1) // the last word of ::1
 )
 
 // nativePort is the value a 4-byte load of a be16 port field yields.
@@ -171,14 +159,14 @@ func nativePort(port uint16) int32 {
 	return int32(binary.NativeEndian.Uint16([]byte{byte(port >> 8), byte(port)}))
 }
 
-// builder collects instructions; label names the next instruction added.
-type builder struct {
+// bpfBuilder collects instructions; label names the next instruction added.
+type bpfBuilder struct {
 	insns   asm.Instructions
 	pending string
 	n       int
 }
 
-func (b *builder) add(ins ...asm.Instruction) {
+func (b *bpfBuilder) add(ins ...asm.Instruction) {
 	for _, in := range ins {
 		if b.pending != "" {
 			in = in.WithSymbol(b.pending)
@@ -188,7 +176,7 @@ func (b *builder) add(ins ...asm.Instruction) {
 	}
 }
 
-func (b *builder) label(name string) {
+func (b *bpfBuilder) label(name string) {
 	if b.pending != "" {
 		b.add(asm.Ja.Label(name)) // two labels on one spot: a jump to the next
 	}
@@ -196,14 +184,14 @@ func (b *builder) label(name string) {
 }
 
 // uniq returns a label name not used before.
-func (b *builder) uniq(prefix string) string {
+func (b *bpfBuilder) uniq(prefix string) string {
 	b.n++
 	return fmt.Sprintf("%s_%d", prefix, b.n)
 }
 
 // count adds 1 to counter idx. It clobbers R0-R5 and the stack slot at
 // fp-60.
-func (b *builder) count(idx int32) {
+func (b *bpfBuilder) count(idx int32) {
 	done := b.uniq("counted")
 	b.add(
 		asm.StoreImm(asm.RFP, -60, int64(idx), asm.Word),
@@ -220,7 +208,7 @@ func (b *builder) count(idx int32) {
 
 // mapped stores the IPv4 address in src (a register holding the 4 bytes
 // as loaded) as ::ffff:a.b.c.d at fp+off.
-func (b *builder) mapped(off int16, src asm.Register) {
+func (b *bpfBuilder) mapped(off int16, src asm.Register) {
 	b.add(
 		asm.StoreImm(asm.RFP, off, 0, asm.Word),
 		asm.StoreImm(asm.RFP, off+4, 0, asm.Word),
@@ -230,7 +218,7 @@ func (b *builder) mapped(off int16, src asm.Register) {
 }
 
 // copy16 copies 16 bytes from src+soff to fp+doff, through R2.
-func (b *builder) copy16(doff int16, src asm.Register, soff int16) {
+func (b *bpfBuilder) copy16(doff int16, src asm.Register, soff int16) {
 	for i := int16(0); i < 16; i += 4 {
 		b.add(
 			asm.LoadMem(asm.R2, src, soff+i, asm.Word),
@@ -239,7 +227,7 @@ func (b *builder) copy16(doff int16, src asm.Register, soff int16) {
 	}
 }
 
-func (b *builder) pass() {
+func (b *bpfBuilder) pass() {
 	b.add(asm.Mov.Imm(asm.R0, 1), asm.Return())
 }
 
@@ -255,13 +243,13 @@ const (
 // destination under the socket's cookie. Loopback destinations and sockets
 // carrying excludeMark are left alone.
 func connectProgram(v6 bool, port uint16, excludeMark uint32) asm.Instructions {
-	b := &builder{}
+	b := &bpfBuilder{}
 	b.add(
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, saType, asm.Word),
-		asm.JNE.Imm(asm.R2, sockStream, "pass"),
+		asm.JNE.Imm(asm.R2, unix.SOCK_STREAM, "pass"),
 		asm.LoadMem(asm.R2, asm.R6, saProtocol, asm.Word),
-		asm.JNE.Imm(asm.R2, ipprotoTCP, "pass"),
+		asm.JNE.Imm(asm.R2, unix.IPPROTO_TCP, "pass"),
 	)
 	if !v6 {
 		// 127.0.0.0/8 is never captured: the capture listener and the
@@ -367,20 +355,20 @@ func connectProgram(v6 bool, port uint16, excludeMark uint32) asm.Instructions {
 // addresses (as the capture listener's accepted socket sees them, reversed),
 // and deletes it when the accepted socket on the capture port closes.
 func sockOpsProgram(port uint16) asm.Instructions {
-	b := &builder{}
+	b := &bpfBuilder{}
 	b.add(
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, soOp, asm.Word),
-		asm.JEq.Imm(asm.R2, sockOpsActiveEstablished, "active"),
-		asm.JEq.Imm(asm.R2, sockOpsPassiveEstablished, "passive"),
-		asm.JEq.Imm(asm.R2, sockOpsState, "state"),
+		asm.JEq.Imm(asm.R2, unix.BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, "active"),
+		asm.JEq.Imm(asm.R2, unix.BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, "passive"),
+		asm.JEq.Imm(asm.R2, unix.BPF_SOCK_OPS_STATE_CB, "state"),
 	)
 	b.pass()
 
 	// remotePort loads the be16 remote port into R2.
 	remotePort := func() {
 		b.add(asm.LoadMem(asm.R2, asm.R6, soRemotePrt, asm.Word))
-		if littleEndian {
+		if bpfLittleEndian {
 			b.add(asm.RSh.Imm(asm.R2, 16))
 		}
 	}
@@ -394,7 +382,7 @@ func sockOpsProgram(port uint16) asm.Instructions {
 		v6, done := b.uniq("v6"), b.uniq("addrs")
 		b.add(
 			asm.LoadMem(asm.R2, asm.R6, soFamily, asm.Word),
-			asm.JEq.Imm(asm.R2, afInet6, v6),
+			asm.JEq.Imm(asm.R2, unix.AF_INET6, v6),
 			asm.LoadMem(asm.R3, asm.R6, clientIP4, asm.Word),
 		)
 		b.mapped(stKey+keyClient, asm.R3)
@@ -455,7 +443,7 @@ func sockOpsProgram(port uint16) asm.Instructions {
 		asm.LoadMem(asm.R2, asm.R6, soLocalPort, asm.Word),
 		asm.JNE.Imm(asm.R2, int32(port), "pass"),
 		asm.LoadMem(asm.R2, asm.R6, soCbFlags, asm.Word),
-		asm.Or.Imm(asm.R2, sockOpsStateCbFlag),
+		asm.Or.Imm(asm.R2, unix.BPF_SOCK_OPS_STATE_CB_FLAG),
 		asm.Mov.Reg(asm.R1, asm.R6),
 		asm.FnSockOpsCbFlagsSet.Call(),
 	)
@@ -464,7 +452,7 @@ func sockOpsProgram(port uint16) asm.Instructions {
 	b.label("state")
 	b.add(
 		asm.LoadMem(asm.R2, asm.R6, soArgs1, asm.Word),
-		asm.JNE.Imm(asm.R2, tcpClose, "pass"),
+		asm.JNE.Imm(asm.R2, unix.BPF_TCP_CLOSE, "pass"),
 		asm.LoadMem(asm.R2, asm.R6, soLocalPort, asm.Word),
 		asm.JNE.Imm(asm.R2, int32(port), "pass"),
 	)
@@ -493,25 +481,25 @@ func sockOpsProgram(port uint16) asm.Instructions {
 // the recorded original destination. Every other call keeps the kernel's
 // answer.
 func getsockoptProgram() asm.Instructions {
-	b := &builder{}
+	b := &bpfBuilder{}
 	b.add(
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, sopOptlen, asm.Word),
 		asm.JSGT.Imm32(asm.R2, pageSizeMin, "large"),
 		asm.LoadMem(asm.R2, asm.R6, sopOptname, asm.Word),
-		asm.JNE.Imm(asm.R2, soOrigDst, "pass"),
+		asm.JNE.Imm(asm.R2, unix.SO_ORIGINAL_DST, "pass"),
 		asm.LoadMem(asm.R7, asm.R6, sopLevel, asm.Word),
-		asm.JEq.Imm(asm.R7, solIP, "asked"),
-		asm.JNE.Imm(asm.R7, solIPv6, "pass"),
+		asm.JEq.Imm(asm.R7, unix.SOL_IP, "asked"),
+		asm.JNE.Imm(asm.R7, unix.SOL_IPV6, "pass"),
 	)
 	b.label("asked")
 	b.add(
 		asm.LoadMem(asm.R8, asm.R6, sopSk, asm.DWord),
 		asm.JEq.Imm(asm.R8, 0, "pass"),
 		asm.LoadMem(asm.R2, asm.R8, skProtocol, asm.Word),
-		asm.JNE.Imm(asm.R2, ipprotoTCP, "pass"),
+		asm.JNE.Imm(asm.R2, unix.IPPROTO_TCP, "pass"),
 		asm.LoadMem(asm.R2, asm.R8, skFamily, asm.Word),
-		asm.JEq.Imm(asm.R2, afInet6, "key6"),
+		asm.JEq.Imm(asm.R2, unix.AF_INET6, "key6"),
 		asm.LoadMem(asm.R3, asm.R8, skDstIP4, asm.Word),
 	)
 	b.mapped(stKey+keyClient, asm.R3)
@@ -541,7 +529,7 @@ func getsockoptProgram() asm.Instructions {
 		// R2 = optval, R3 = optval_end.
 		asm.LoadMem(asm.R2, asm.R6, sopOptval, asm.DWord),
 		asm.LoadMem(asm.R3, asm.R6, sopOptvalEnd, asm.DWord),
-		asm.JEq.Imm(asm.R7, solIPv6, "answer6"),
+		asm.JEq.Imm(asm.R7, unix.SOL_IPV6, "answer6"),
 		// SOL_IP: a struct sockaddr_in, for an IPv4 original destination.
 		asm.LoadMem(asm.R4, asm.R9, valAddr, asm.Word),
 		asm.JNE.Imm(asm.R4, 0, "missed"),
@@ -552,7 +540,7 @@ func getsockoptProgram() asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 16),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"), // the caller's buffer is too small: the kernel's answer stands
-		asm.Mov.Imm(asm.R4, afInet),
+		asm.Mov.Imm(asm.R4, unix.AF_INET),
 		asm.StoreMem(asm.R2, 0, asm.R4, asm.Half),
 		asm.LoadMem(asm.R4, asm.R9, valPort, asm.Half),
 		asm.StoreMem(asm.R2, 2, asm.R4, asm.Half),
@@ -570,7 +558,7 @@ func getsockoptProgram() asm.Instructions {
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 28),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.Mov.Imm(asm.R4, afInet6),
+		asm.Mov.Imm(asm.R4, unix.AF_INET6),
 		asm.StoreMem(asm.R2, 0, asm.R4, asm.Half),
 		asm.LoadMem(asm.R4, asm.R9, valPort, asm.Half),
 		asm.StoreMem(asm.R2, 2, asm.R4, asm.Half),
@@ -615,11 +603,11 @@ func getsockoptProgram() asm.Instructions {
 // left alone, so that the capture process can hand a connection on to the
 // local service on the same port.
 func skLookupProgram() asm.Instructions {
-	b := &builder{}
+	b := &bpfBuilder{}
 	b.add(
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, slProtocol, asm.Word),
-		asm.JNE.Imm(asm.R2, ipprotoTCP, "pass"),
+		asm.JNE.Imm(asm.R2, unix.IPPROTO_TCP, "pass"),
 		asm.LoadMem(asm.R2, asm.R6, slLocalPort, asm.Word),
 		asm.StoreMem(asm.RFP, -4, asm.R2, asm.Word),
 		asm.LoadMapPtr(asm.R1, 0).WithReference(mapInPorts),
@@ -629,7 +617,7 @@ func skLookupProgram() asm.Instructions {
 		asm.JEq.Imm(asm.R0, 0, "pass"),
 		asm.Mov.Imm(asm.R7, 1), // the sockmap slot: 1 (IPv6) ...
 		asm.LoadMem(asm.R2, asm.R6, slFamily, asm.Word),
-		asm.JEq.Imm(asm.R2, afInet6, "family6"),
+		asm.JEq.Imm(asm.R2, unix.AF_INET6, "family6"),
 		asm.Mov.Imm(asm.R7, 0), // ... or 0 (IPv4)
 		asm.LoadMem(asm.R2, asm.R6, slLocalIP4, asm.Byte),
 		asm.JEq.Imm(asm.R2, 127, "pass"),

@@ -47,7 +47,7 @@ type ebpfWorld struct {
 	lastDst   atomic.Value // netip.AddrPort
 }
 
-var upstream = netip.MustParseAddrPort("192.0.2.30:8080")
+var ebpfUpstream = netip.MustParseAddrPort("192.0.2.30:8080")
 
 func newEBPFWorld(t *testing.T) *ebpfWorld {
 	t.Helper()
@@ -60,7 +60,7 @@ func newEBPFWorld(t *testing.T) *ebpfWorld {
 	if err != nil {
 		ebpftest.Skip(t, "this process is in no cgroup v2: %v", err)
 	}
-	w := &ebpfWorld{ns: ebpftest.NewNetns(t, upstream.Addr().String()+"/32"), self: self}
+	w := &ebpfWorld{ns: ebpftest.NewNetns(t, ebpfUpstream.Addr().String()+"/32"), self: self}
 	w.cgroupRel, w.cgroupDir = ebpftest.NewCgroup(t, mount)
 
 	var wg sync.WaitGroup
@@ -78,7 +78,7 @@ func newEBPFWorld(t *testing.T) *ebpfWorld {
 	ready := make(chan error, 1)
 	go func() {
 		_ = w.ns.Do(func() error {
-			up, err := net.Listen("tcp", upstream.String())
+			up, err := net.Listen("tcp", ebpfUpstream.String())
 			if err != nil {
 				ready <- err
 				return err
@@ -97,11 +97,11 @@ func newEBPFWorld(t *testing.T) *ebpfWorld {
 					if err != nil {
 						return
 					}
-					fmt.Fprintf(c, "upstream %s\n", upstream)
+					fmt.Fprintf(c, "upstream %s\n", ebpfUpstream)
 					c.Close()
 				}
 			})
-			dials := make(chan proxyDial)
+			dials := make(chan ebpfProxyDial)
 			wg.Go(func() {
 				for {
 					c, err := proxy.Accept()
@@ -115,7 +115,7 @@ func newEBPFWorld(t *testing.T) *ebpfWorld {
 			for {
 				select {
 				case d := <-dials:
-					d.reply <- dialMarked(d.dst)
+					d.reply <- ebpfDialMarked(d.dst)
 				case <-w.stop:
 					return nil
 				}
@@ -128,18 +128,18 @@ func newEBPFWorld(t *testing.T) *ebpfWorld {
 	return w
 }
 
-// proxyDial asks the namespace thread for an upstream connection.
-type proxyDial struct {
+// ebpfProxyDial asks the namespace thread for an upstream connection.
+type ebpfProxyDial struct {
 	dst   netip.AddrPort
-	reply chan dialResult
+	reply chan ebpfDialResult
 }
 
-type dialResult struct {
+type ebpfDialResult struct {
 	c   net.Conn
 	err error
 }
 
-func dialMarked(dst netip.AddrPort) dialResult {
+func ebpfDialMarked(dst netip.AddrPort) ebpfDialResult {
 	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var err error
 		if cerr := rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, 1338) }); cerr != nil {
@@ -148,11 +148,11 @@ func dialMarked(dst netip.AddrPort) dialResult {
 		return err
 	}}
 	c, err := d.Dial("tcp", dst.String())
-	return dialResult{c, err}
+	return ebpfDialResult{c, err}
 }
 
 // forward is the whole transparent proxy: SO_ORIGINAL_DST, dial, copy.
-func (w *ebpfWorld) forward(c net.Conn, dials chan<- proxyDial) {
+func (w *ebpfWorld) forward(c net.Conn, dials chan<- ebpfProxyDial) {
 	defer c.Close()
 	dst, err := ebpftest.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
@@ -160,9 +160,9 @@ func (w *ebpfWorld) forward(c net.Conn, dials chan<- proxyDial) {
 		return
 	}
 	w.lastDst.Store(dst)
-	reply := make(chan dialResult, 1)
+	reply := make(chan ebpfDialResult, 1)
 	select {
-	case dials <- proxyDial{dst, reply}:
+	case dials <- ebpfProxyDial{dst, reply}:
 	case <-w.stop:
 		return
 	}
@@ -197,7 +197,7 @@ intercept:
 // dial runs a client in the captured cgroup and returns its reply.
 func (w *ebpfWorld) dial(t *testing.T) string {
 	t.Helper()
-	r := ebpftest.RunClient(t, "TestEBPFClientProcess", w.cgroupDir, w.ns, []ebpftest.Dial{{Family: 4, Addr: upstream}})[0]
+	r := ebpftest.RunClient(t, "TestEBPFClientProcess", w.cgroupDir, w.ns, []ebpftest.Dial{{Family: 4, Addr: ebpfUpstream}})[0]
 	if r.Err != "" {
 		t.Fatalf("client: %s", r.Err)
 	}
@@ -231,7 +231,7 @@ func startServeEBPF(t *testing.T, cfg string) (admin string, stop func() error) 
 	}
 }
 
-func scrape(t *testing.T, admin string) string {
+func ebpfScrape(t *testing.T, admin string) string {
 	t.Helper()
 	res, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
@@ -245,7 +245,7 @@ func scrape(t *testing.T, admin string) string {
 	return string(b)
 }
 
-func metricLines(all string, prefix string) []string {
+func ebpfMetricLines(all string, prefix string) []string {
 	var out []string
 	sc := bufio.NewScanner(strings.NewReader(all))
 	for sc.Scan() {
@@ -262,7 +262,7 @@ func metricLines(all string, prefix string) []string {
 // ctx) detaches it.
 func TestServeEBPF(t *testing.T) {
 	w := newEBPFWorld(t)
-	want := "upstream " + upstream.String()
+	want := "upstream " + ebpfUpstream.String()
 	if got := w.dial(t); got != want || w.proxied.Load() != 0 {
 		t.Fatalf("before serve: %q (proxied %d)", got, w.proxied.Load())
 	}
@@ -270,10 +270,10 @@ func TestServeEBPF(t *testing.T) {
 	if got := w.dial(t); got != want || w.proxied.Load() != 1 {
 		t.Errorf("with serve: %q, proxied %d; want %q through the proxy", got, w.proxied.Load(), want)
 	}
-	if dst, _ := w.lastDst.Load().(netip.AddrPort); dst != upstream {
-		t.Errorf("the proxy's SO_ORIGINAL_DST = %v, want %v", dst, upstream)
+	if dst, _ := w.lastDst.Load().(netip.AddrPort); dst != ebpfUpstream {
+		t.Errorf("the proxy's SO_ORIGINAL_DST = %v, want %v", dst, ebpfUpstream)
 	}
-	m := scrape(t, admin)
+	m := ebpfScrape(t, admin)
 	for _, line := range []string{
 		"realipd_ebpf_attached 1",
 		"realipd_ebpf_captured_connections_total 1",
@@ -281,7 +281,7 @@ func TestServeEBPF(t *testing.T) {
 		"realipd_ebpf_excluded_connections_total 0",
 	} {
 		if !strings.Contains(m, line+"\n") {
-			t.Errorf("metrics lack %q:\n%s", line, strings.Join(metricLines(m, "realipd_ebpf"), "\n"))
+			t.Errorf("metrics lack %q:\n%s", line, strings.Join(ebpfMetricLines(m, "realipd_ebpf"), "\n"))
 		}
 	}
 	if err := stop(); err != nil {
@@ -314,7 +314,7 @@ func TestServeEBPFPinned(t *testing.T) {
 			t.Errorf("after serve stopped, the pinned %s: %v", name, err)
 		}
 	}
-	want := "upstream " + upstream.String()
+	want := "upstream " + ebpfUpstream.String()
 	if got := w.dial(t); got != want || w.proxied.Load() != 1 {
 		t.Errorf("after serve stopped, pinned: %q, proxied %d; want it through the proxy", got, w.proxied.Load())
 	}
