@@ -93,6 +93,14 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		s.roles = append(s.roles, r)
 		s.targets = append(s.targets, reloadTarget{name: "xds", stage: rt.reload, rejected: rt.rejected})
 	}
+	if cfg.Intercept.EBPF.Enabled {
+		r, closeCapture, err := ebpfRole(cfg, logger, reg)
+		if err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, closeCapture)
+		s.roles = append(s.roles, r)
+	}
 	if cfg.OrigDst.Enabled {
 		s.roles = append(s.roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))
 	}
