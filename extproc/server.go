@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -24,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/listenaddr"
 	"github.com/realipd/realipd/plugins"
 )
 
@@ -173,50 +173,11 @@ func (srv *Server) Update(s Settings) error {
 // or "unix:///path". A stale unix socket file (one nobody accepts on) is
 // removed first; a live one is an error.
 func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
-		if path == "" || !strings.HasPrefix(path, "/") {
-			return nil, fmt.Errorf("extproc: listen %q: want unix:///absolute/path", addr)
-		}
-		if err := removeStaleSocket(path); err != nil {
-			return nil, err
-		}
-		ln, err := net.Listen("unix", path)
-		if err != nil {
-			return nil, fmt.Errorf("extproc: listen %q: %w", addr, err)
-		}
-		return ln, nil
-	}
-	if strings.Contains(addr, "://") {
-		return nil, fmt.Errorf("extproc: listen %q: want host:port or unix:///path", addr)
-	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenaddr.Listen(addr)
 	if err != nil {
-		return nil, fmt.Errorf("extproc: listen %q: %w", addr, err)
+		return nil, fmt.Errorf("extproc: %w", err)
 	}
 	return ln, nil
-}
-
-// removeStaleSocket removes path if it is a unix socket no one listens on.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("extproc: stat %s: %w", path, err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("extproc: listen unix://%s: the path exists and is not a socket", path)
-	}
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("extproc: listen unix://%s: another process is listening there", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("extproc: remove stale socket %s: %w", path, err)
-	}
-	return nil
 }
 
 // Serve listens on addr (see Listen) and serves until ctx ends, then drains
@@ -301,13 +262,7 @@ func (srv *Server) Ready(context.Context) error {
 	return nil
 }
 
-func addrString(ln net.Listener) string {
-	a := ln.Addr()
-	if a.Network() == "unix" {
-		return "unix://" + a.String()
-	}
-	return a.String()
-}
+func addrString(ln net.Listener) string { return listenaddr.String(ln) }
 
 // processor is the handler type of serviceDesc.
 type processor interface {
