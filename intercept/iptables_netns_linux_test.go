@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/realipd/realipd/internal/netnstest"
 )
 
 // ip6tSOOriginalDst is IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h),
@@ -53,12 +55,12 @@ func normalize(save string) string {
 }
 
 // routing is the policy rules and every route, as ip(8) lists them.
-func routing(t *testing.T, n *netns, f Family) string {
+func routing(t *testing.T, n *netnstest.Netns, f Family) string {
 	fl := "-4"
 	if f == IPv6 {
 		fl = "-6"
 	}
-	return n.ip(t, fl, "rule", "list") + n.ip(t, fl, "route", "show", "table", "all")
+	return n.IP(t, fl, "rule", "list") + n.IP(t, fl, "route", "show", "table", "all")
 }
 
 // foreignRules are someone else's rules in every table, which realipd
@@ -99,7 +101,7 @@ func legacyPath(t *testing.T) {
 	for _, name := range []string{"iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
 		legacy, err := exec.LookPath(strings.Replace(name, "tables-", "tables-legacy-", 1))
 		if err != nil {
-			netnsUnavailable(t, "needs the legacy iptables backend: "+err.Error())
+			netnstest.Unavailable(t, "needs the legacy iptables backend: "+err.Error())
 		}
 		if err := os.Symlink(legacy, filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
@@ -109,7 +111,7 @@ func legacyPath(t *testing.T) {
 }
 
 func TestApplyRemoveNetns(t *testing.T) {
-	requireNetns(t)
+	netnstest.Require(t)
 	for _, backend := range []string{"default", "legacy"} {
 		for _, mode := range []Mode{ModeRedirect, ModeTProxy} {
 			for _, f := range families() {
@@ -127,24 +129,24 @@ func TestApplyRemoveNetns(t *testing.T) {
 // testApplyRemove: apply twice equals once and installs the rendering;
 // remove restores iptables-save and the routing, next to foreign rules.
 func testApplyRemove(t *testing.T, mode Mode, f Family) {
-	n := newNetns(t)
+	n := netnstest.New(t)
 	restore := "iptables-restore"
 	if f == IPv6 {
 		restore = "ip6tables-restore"
 	}
-	n.run(t, foreignRules(f), restore, "--noflush")
+	n.Run(t, foreignRules(f), restore, "--noflush")
 	opts := defaults(mode)
-	before := n.run(t, "", saveTool(f))
+	before := n.Run(t, "", saveTool(f))
 	routesBefore := routing(t, n, f)
 
 	apply := func() {
 		t.Helper()
-		n.must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
+		n.Must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
 	}
 	apply()
-	once := normalize(n.run(t, "", saveTool(f)))
+	once := normalize(n.Run(t, "", saveTool(f)))
 	apply()
-	twice := normalize(n.run(t, "", saveTool(f)))
+	twice := normalize(n.Run(t, "", saveTool(f)))
 	if once != twice {
 		t.Errorf("a second apply changed the tables:\nonce:\n%s\ntwice:\n%s", once, twice)
 	}
@@ -195,10 +197,10 @@ func testApplyRemove(t *testing.T, mode Mode, f Family) {
 
 	remove := func() {
 		t.Helper()
-		n.must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
+		n.Must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
 	}
 	remove()
-	after := n.run(t, "", saveTool(f))
+	after := n.Run(t, "", saveTool(f))
 	if normalize(after) != normalize(before) {
 		t.Errorf("remove did not restore the tables:\nbefore:\n%s\nafter:\n%s", normalize(before), normalize(after))
 	}
@@ -206,7 +208,7 @@ func testApplyRemove(t *testing.T, mode Mode, f Family) {
 		t.Errorf("remove did not restore the routing:\nbefore:\n%s\nafter:\n%s", routesBefore, got)
 	}
 	remove() // nothing left to remove: no error, no change
-	if again := n.run(t, "", saveTool(f)); normalize(again) != normalize(before) {
+	if again := n.Run(t, "", saveTool(f)); normalize(again) != normalize(before) {
 		t.Errorf("a second remove changed the tables:\n%s", again)
 	}
 }
@@ -214,13 +216,13 @@ func testApplyRemove(t *testing.T, mode Mode, f Family) {
 // TestApplyModeSwitchNetns: applying the other mode converges, without a
 // remove in between: no jump or chain of the old mode is left behind.
 func TestApplyModeSwitchNetns(t *testing.T) {
-	n := newNetns(t)
-	n.run(t, foreignRules(IPv4), "iptables-restore", "--noflush")
-	before := normalize(n.run(t, "", "iptables-save"))
+	n := netnstest.New(t)
+	n.Run(t, foreignRules(IPv4), "iptables-restore", "--noflush")
+	before := normalize(n.Run(t, "", "iptables-save"))
 	for _, mode := range []Mode{ModeRedirect, ModeTProxy, ModeRedirect} {
 		opts := defaults(mode)
-		n.must(t, func() error { return ApplyIPTables(context.Background(), opts, IPv4) })
-		saved, err := parseSave(n.run(t, "", "iptables-save"))
+		n.Must(t, func() error { return ApplyIPTables(context.Background(), opts, IPv4) })
+		saved, err := parseSave(n.Run(t, "", "iptables-save"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,8 +244,8 @@ func TestApplyModeSwitchNetns(t *testing.T) {
 			}
 		}
 	}
-	n.must(t, func() error { return RemoveIPTables(context.Background(), defaults(ModeTProxy), IPv4) })
-	if after := normalize(n.run(t, "", "iptables-save")); after != before {
+	n.Must(t, func() error { return RemoveIPTables(context.Background(), defaults(ModeTProxy), IPv4) })
+	if after := normalize(n.Run(t, "", "iptables-save")); after != before {
 		t.Errorf("remove after the switches:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
@@ -253,15 +255,15 @@ func TestApplyModeSwitchNetns(t *testing.T) {
 // no way to delete one), holding nothing but empty built-in chains.
 func TestRemoveFreshNetns(t *testing.T) {
 	for _, f := range families() {
-		n := newNetns(t)
-		before, err := parseSave(n.run(t, "", saveTool(f)))
+		n := netnstest.New(t)
+		before, err := parseSave(n.Run(t, "", saveTool(f)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		opts := defaults(ModeTProxy)
-		n.must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
-		n.must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
-		after, err := parseSave(n.run(t, "", saveTool(f)))
+		n.Must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
+		n.Must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
+		after, err := parseSave(n.Run(t, "", saveTool(f)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -344,10 +346,10 @@ func capture(name string) func(*net.TCPConn) string {
 
 func fixed(s string) func(*net.TCPConn) string { return func(*net.TCPConn) string { return s } }
 
-func listen(t *testing.T, n *netns, network, addr string, lc net.ListenConfig) net.Listener {
+func listen(t *testing.T, n *netnstest.Netns, network, addr string, lc net.ListenConfig) net.Listener {
 	t.Helper()
 	var ln net.Listener
-	n.must(t, func() error {
+	n.Must(t, func() error {
 		var err error
 		ln, err = lc.Listen(context.Background(), network, addr)
 		return err
@@ -357,11 +359,11 @@ func listen(t *testing.T, n *netns, network, addr string, lc net.ListenConfig) n
 
 // dial connects from the namespace and returns the line the other side
 // sends first.
-func dial(t *testing.T, n *netns, d net.Dialer, addr string) string {
+func dial(t *testing.T, n *netnstest.Netns, d net.Dialer, addr string) string {
 	t.Helper()
 	d.Timeout = 5 * time.Second
 	var line string
-	n.must(t, func() error {
+	n.Must(t, func() error {
 		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return err
@@ -390,19 +392,19 @@ func markDialer(mark int) net.Dialer {
 // topology is two namespaces on a veth pair: a, where the rules are
 // applied (the pod), and b, a peer on its network.
 type topology struct {
-	a, b         *netns
+	a, b         *netnstest.Netns
 	aIP, bIP     string
 	network, any string // tcp4 or tcp6, and the wildcard listen address
 }
 
 func newTopology(t *testing.T, f Family) *topology {
-	tp := &topology{a: newNetns(t), b: newNetns(t)}
+	tp := &topology{a: netnstest.New(t), b: netnstest.New(t)}
 	if f == IPv4 {
 		tp.aIP, tp.bIP, tp.network, tp.any = "10.77.0.1", "10.77.0.2", "tcp4", "0.0.0.0"
-		veth(t, tp.a, tp.b, []string{"10.77.0.1/24"}, []string{"10.77.0.2/24"})
+		netnstest.Veth(t, tp.a, tp.b, []string{"10.77.0.1/24"}, []string{"10.77.0.2/24"})
 	} else {
 		tp.aIP, tp.bIP, tp.network, tp.any = "fd77::1", "fd77::2", "tcp6", "::"
-		veth(t, tp.a, tp.b, []string{"fd77::1/64"}, []string{"fd77::2/64"})
+		netnstest.Veth(t, tp.a, tp.b, []string{"fd77::1/64"}, []string{"fd77::2/64"})
 	}
 	return tp
 }
@@ -414,7 +416,7 @@ func hostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Spri
 // exclusions by mark, port and owner, and the hairpin of Envoy's own
 // connections to the pod's address.
 func TestRedirectTrafficNetns(t *testing.T) {
-	requireNetns(t)
+	netnstest.Require(t)
 	for _, f := range families() {
 		t.Run(f.String(), func(t *testing.T) {
 			tp := newTopology(t, f)
@@ -427,9 +429,9 @@ func TestRedirectTrafficNetns(t *testing.T) {
 
 			opts := defaults(ModeRedirect)
 			opts.ExcludeInboundPorts = []uint16{8081}
-			a.must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
+			a.Must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
 
-			check := func(what string, from *netns, d net.Dialer, addr, want string) {
+			check := func(what string, from *netnstest.Netns, d net.Dialer, addr, want string) {
 				t.Helper()
 				if got := dial(t, from, d, addr); got != want {
 					t.Errorf("%s: %s answered %q, want %q", what, addr, got, want)
@@ -448,20 +450,20 @@ func TestRedirectTrafficNetns(t *testing.T) {
 			// captured as inbound.
 			envoy := opts
 			envoy.ExcludeUIDs = []uint32{0}
-			a.must(t, func() error { return ApplyIPTables(context.Background(), envoy, f) })
+			a.Must(t, func() error { return ApplyIPTables(context.Background(), envoy, f) })
 			check("Envoy outbound", a, net.Dialer{}, peer80, "peer")
 			check("Envoy to the pod's address", a, net.Dialer{}, app8080, "inbound "+app8080)
 			check("Envoy to an excluded inbound port", a, net.Dialer{}, app8081, "app-8081")
 			bind := "127.0.0.6"
 			if f == IPv6 {
 				bind = "::6"
-				a.ip(t, "-6", "addr", "add", "::6/128", "dev", "lo") // as Envoy's inbound passthrough needs it
+				a.IP(t, "-6", "addr", "add", "::6/128", "dev", "lo") // as Envoy's inbound passthrough needs it
 			}
 			passthrough := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(bind)}}
 			check("Envoy's inbound passthrough (from "+bind+")", a, passthrough, app8080, "app")
 			check("inbound with Envoy's uid excluded", b, net.Dialer{}, app8080, "inbound "+app8080)
 
-			a.must(t, func() error { return RemoveIPTables(context.Background(), envoy, f) })
+			a.Must(t, func() error { return RemoveIPTables(context.Background(), envoy, f) })
 			check("outbound after remove", a, net.Dialer{}, peer80, "peer")
 			check("inbound after remove", b, net.Dialer{}, app8080, "app")
 		})
@@ -499,7 +501,7 @@ func transparent(f Family, mark int) func(network, address string, rc syscall.Ra
 // back to the proxy (CONNMARK restore + the policy routing), not go to
 // the peer.
 func TestTProxyTrafficNetns(t *testing.T) {
-	requireNetns(t)
+	netnstest.Require(t)
 	for _, f := range families() {
 		t.Run(f.String(), func(t *testing.T) {
 			tp := newTopology(t, f)
@@ -519,7 +521,7 @@ func TestTProxyTrafficNetns(t *testing.T) {
 					Control:   transparent(f, int(opts.TProxyMark)),
 				}
 				var answer string
-				err := a.do(func() error {
+				err := a.Do(func() error {
 					d.Timeout = 3 * time.Second
 					up, err := d.Dial(tp.network, local.String())
 					if err != nil {
@@ -541,19 +543,19 @@ func TestTProxyTrafficNetns(t *testing.T) {
 			// application's (local) address from being captured again.
 			envoy := opts
 			envoy.ExcludeUIDs = []uint32{0}
-			a.must(t, func() error { return ApplyIPTables(context.Background(), envoy, f) })
+			a.Must(t, func() error { return ApplyIPTables(context.Background(), envoy, f) })
 			app := hostPort(tp.aIP, 8080)
 			for i := range 3 { // more than one connection: the established ones must not disturb the next
 				if got, want := dial(t, b, net.Dialer{}, app), "proxied "+app+": app sees "+tp.bIP; got != want {
 					t.Errorf("connection %d: %q, want %q", i, got, want)
 				}
 			}
-			a.must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
+			a.Must(t, func() error { return ApplyIPTables(context.Background(), opts, f) })
 			peer80 := hostPort(tp.bIP, 80)
 			if got := dial(t, a, net.Dialer{}, peer80); got != "outbound "+peer80 {
 				t.Errorf("outbound in TPROXY mode: %q", got)
 			}
-			a.must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
+			a.Must(t, func() error { return RemoveIPTables(context.Background(), opts, f) })
 			if got := dial(t, b, net.Dialer{}, app); got != "app sees "+tp.bIP {
 				t.Errorf("after remove: %q", got)
 			}
@@ -585,10 +587,10 @@ func TestApplyErrors(t *testing.T) {
 // TestApplyLoopbackDownNetns: the IPv6 local route cannot be added while
 // lo is down; apply says so and leaves no policy rule behind.
 func TestApplyLoopbackDownNetns(t *testing.T) {
-	n := newNetns(t)
-	n.ip(t, "link", "set", "lo", "down")
+	n := netnstest.New(t)
+	n.IP(t, "link", "set", "lo", "down")
 	before := routing(t, n, IPv6)
-	err := n.do(func() error { return ApplyIPTables(context.Background(), defaults(ModeTProxy), IPv6) })
+	err := n.Do(func() error { return ApplyIPTables(context.Background(), defaults(ModeTProxy), IPv6) })
 	if err == nil || !strings.Contains(err.Error(), "ip link set lo up") {
 		t.Errorf("apply with lo down: %v", err)
 	}

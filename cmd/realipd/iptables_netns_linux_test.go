@@ -5,78 +5,19 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/realipd/realipd/internal/netnstest"
 )
-
-// requireNetns skips the test, with the reason, unless it can make network
-// namespaces and run iptables in them; with REALIPD_REQUIRE_NETNS=1 (CI) it
-// fails instead. (intercept's tests have the same helper.)
-func requireNetns(t *testing.T) {
-	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	for _, bin := range []string{"ip", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			missing = append(missing, bin)
-		}
-	}
-	if len(missing) > 0 {
-		netnsUnavailable(t, "needs "+strings.Join(missing, ", "))
-	}
-}
-
-func netnsUnavailable(t *testing.T, reason string) {
-	t.Helper()
-	if os.Getenv("REALIPD_REQUIRE_NETNS") == "1" {
-		t.Fatalf("REALIPD_REQUIRE_NETNS=1, but this test %s", reason)
-	}
-	t.Skipf("network namespace test: %s (set REALIPD_REQUIRE_NETNS=1 to fail instead)", reason)
-}
 
 // inNetns makes a network namespace for the test and runs f on an OS
 // thread that joined it (never unlocked: the thread ends with f).
 func inNetns(t *testing.T, f func()) {
 	t.Helper()
-	requireNetns(t)
-	name := fmt.Sprintf("realipd-cmd%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		netnsUnavailable(t, fmt.Sprintf("cannot make a network namespace: %v: %s", err, out))
-	}
-	defer func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	}()
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %v: %s", err, out)
-	}
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err == nil {
-			err = unix.Setns(fd, unix.CLONE_NEWNET)
-			unix.Close(fd)
-		}
-		if err != nil {
-			done <- err
-			return
-		}
-		f()
-		done <- nil
-	}()
-	if err := <-done; err != nil {
-		t.Fatalf("join netns %s: %v", name, err)
-	}
+	n := netnstest.New(t)
+	n.Must(t, func() error { f(); return nil })
 }
 
 // save is iptables-save (or ip6tables-save) without its comments.

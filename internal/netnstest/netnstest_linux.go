@@ -1,0 +1,169 @@
+package netnstest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The tests that need a real kernel run in network namespaces of their
+// own. Code runs "inside" one on an OS thread that joined it with
+// setns(2) (Netns.Do): the sockets it creates, the binaries it starts and
+// the netlink sockets it opens belong to that namespace, while Go's
+// netpoller serves them from any thread. The thread is never unlocked, so
+// it ends with its goroutine and no other goroutine ever runs in the
+// namespace.
+
+// RequireEnv is the variable that turns the skips into failures (CI sets
+// it, where every test must run for real).
+const RequireEnv = "REALIPD_REQUIRE_NETNS"
+
+// Require skips the test, with the reason, unless it can make network
+// namespaces and run iptables in them: root, ip(8), iptables-save/-restore
+// and ip6tables-save/-restore on PATH. With REALIPD_REQUIRE_NETNS=1 it
+// fails instead, so that a machine that silently lacks them is noticed.
+func Require(t testing.TB) {
+	t.Helper()
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, bin := range []string{"ip", "iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, bin)
+		}
+	}
+	if len(missing) > 0 {
+		Unavailable(t, "needs "+strings.Join(missing, ", "))
+	}
+}
+
+// Unavailable skips the test because reason ("needs root", "cannot make a
+// network namespace: ..."), or fails it when REALIPD_REQUIRE_NETNS=1.
+func Unavailable(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("%s=1, but this test %s", RequireEnv, reason)
+	}
+	t.Skipf("network namespace test: %s (set %s=1 to fail instead)", reason, RequireEnv)
+}
+
+// Netns is a network namespace the test made.
+type Netns struct {
+	Name string
+}
+
+var seq atomic.Int32
+
+// New makes a namespace with lo up, deleted when the test ends. It calls
+// Require first.
+func New(t testing.TB) *Netns {
+	t.Helper()
+	Require(t)
+	n := &Netns{Name: fmt.Sprintf("realipd-t%d-%d", os.Getpid(), seq.Add(1))}
+	if out, err := exec.Command("ip", "netns", "add", n.Name).CombinedOutput(); err != nil {
+		Unavailable(t, fmt.Sprintf("cannot make a network namespace: ip netns add: %v: %s", err, out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
+		}
+	})
+	n.IP(t, "link", "set", "lo", "up")
+	return n
+}
+
+// Path is the namespace's file, /run/netns/NAME.
+func (n *Netns) Path() string { return "/run/netns/" + n.Name }
+
+// IP runs ip(8) in the namespace and returns its output.
+func (n *Netns) IP(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", n.Name}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -n %s %s: %v: %s", n.Name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Do runs f on a thread in the namespace and returns its error.
+func (n *Netns) Do(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		fd, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open netns %s: %w", n.Name, err)
+			return
+		}
+		err = unix.Setns(fd, unix.CLONE_NEWNET)
+		unix.Close(fd)
+		if err != nil {
+			errc <- fmt.Errorf("setns %s: %w", n.Name, err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// Must is Do that fails the test on an error.
+func (n *Netns) Must(t testing.TB, f func() error) {
+	t.Helper()
+	if err := n.Do(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Run runs a command in the namespace and returns its stdout; stdin, when
+// not empty, is its input.
+func (n *Netns) Run(t testing.TB, stdin string, name string, args ...string) string {
+	t.Helper()
+	var out []byte
+	n.Must(t, func() error {
+		cmd := exec.Command(name, args...)
+		if stdin != "" {
+			cmd.Stdin = strings.NewReader(stdin)
+		}
+		var err error
+		out, err = cmd.Output()
+		if err != nil {
+			if ee, ok := err.(*exec.ExitError); ok {
+				return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, ee.Stderr)
+			}
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	})
+	return string(out)
+}
+
+// Veth links a and b with a veth pair (veth-a in a, veth-b in b) and gives
+// each end its addresses (IPv6 ones without duplicate address detection,
+// so that they are usable at once).
+func Veth(t testing.TB, a, b *Netns, aAddrs, bAddrs []string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "link", "add", "veth-a", "netns", a.Name, "type", "veth", "peer", "name", "veth-b", "netns", b.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip link add veth: %v: %s", err, out)
+	}
+	for _, end := range []struct {
+		ns    *Netns
+		dev   string
+		addrs []string
+	}{{a, "veth-a", aAddrs}, {b, "veth-b", bAddrs}} {
+		for _, addr := range end.addrs {
+			args := []string{"addr", "add", addr, "dev", end.dev}
+			if strings.Contains(addr, ":") {
+				args = append(args, "nodad")
+			}
+			end.ns.IP(t, args...)
+		}
+		end.ns.IP(t, "link", "set", end.dev, "up")
+	}
+}
