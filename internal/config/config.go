@@ -55,14 +55,19 @@ type XDS struct {
 
 // OrigDst configures the native fallback listener.
 type OrigDst struct {
-	Enabled       bool     `json:"enabled"`
-	Mode          string   `json:"mode"`
-	Listen        []string `json:"listen"`
-	Mark          int      `json:"mark"`
-	TProxyMark    int      `json:"tproxy_mark"`
-	Fallback      string   `json:"fallback"`
-	HTTPPorts     []int    `json:"http_ports"`
-	ProxyProtocol bool     `json:"proxy_protocol"`
+	Enabled        bool     `json:"enabled"`
+	Mode           string   `json:"mode"`
+	Listen         []string `json:"listen"`
+	Mark           int      `json:"mark"`
+	TProxyMark     int      `json:"tproxy_mark"`
+	Fallback       string   `json:"fallback"`
+	FallbackGrace  Duration `json:"fallback_grace"` // fallback: auto: how long no Envoy may hold the capture ports before realipd binds them
+	HTTPPorts      []int    `json:"http_ports"`
+	ProxyProtocol  bool     `json:"proxy_protocol"`
+	DialTimeout    Duration `json:"dial_timeout"`    // connecting to the original destination
+	IdleTimeout    Duration `json:"idle_timeout"`    // a proxied connection with no byte either way for this long is closed; 0: never
+	DrainTimeout   Duration `json:"drain_timeout"`   // on SIGTERM, how long proxied connections may finish
+	MaxConnections int      `json:"max_connections"` // connections set up or proxied at once; more are refused
 
 	listen []netip.AddrPort // parsed by Validate
 }

@@ -42,6 +42,11 @@ func TestDefaultIsValid(t *testing.T) {
 		{"extproc.client_ip_header", c.ExtProc.ClientIPHeader, "x-real-ip"},
 		{"ExtProcAddress()", c.ExtProcAddress(), "127.0.0.1:9001"},
 		{"origdst.ListenAddrs()", c.OrigDst.ListenAddrs(), []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:15001")}},
+		{"origdst.fallback_grace", c.OrigDst.FallbackGrace.Duration, 5 * time.Second},
+		{"origdst.dial_timeout", c.OrigDst.DialTimeout.Duration, 5 * time.Second},
+		{"origdst.idle_timeout", c.OrigDst.IdleTimeout.Duration, time.Hour},
+		{"origdst.drain_timeout", c.OrigDst.DrainTimeout.Duration, 10 * time.Second},
+		{"origdst.max_connections", c.OrigDst.MaxConnections, 10000},
 	}
 	for _, ck := range checks {
 		if !reflect.DeepEqual(ck.got, ck.want) {
@@ -212,6 +217,10 @@ func TestValidate(t *testing.T) {
 			want: map[string]string{"origdst.listen[1]": "not an IP:port", "origdst.listen[2]": "listed twice", "origdst.listen[3]": "zones"}},
 		{name: "origdst marks equal", yaml: "origdst: {mark: 7, tproxy_mark: 7}",
 			want: map[string]string{"origdst.tproxy_mark": "must differ"}},
+		{name: "origdst timeouts and limit", yaml: "origdst: {dial_timeout: 0s, idle_timeout: -1s, drain_timeout: -1s, fallback_grace: -5s, max_connections: 0}",
+			want: map[string]string{"origdst.dial_timeout": "0s is not a positive duration", "origdst.idle_timeout": "negative",
+				"origdst.drain_timeout": "negative", "origdst.fallback_grace": "negative", "origdst.max_connections": "0 is not a positive"}},
+		{name: "origdst no idle timeout, no drain", yaml: "origdst: {idle_timeout: 0s, drain_timeout: 0s, fallback_grace: 0s}"},
 		{name: "policy type", yaml: "policies: [{name: a, type: foo}]",
 			want: map[string]string{"policies[0].type": `"foo" is not one of cidr, plugin`}},
 		{name: "policy names", yaml: "policies: [{type: cidr, deny: [10.0.0.0/8]}, {name: a, type: cidr, deny: [10.0.0.0/8]}, {name: a, type: cidr, allow: [10.0.0.0/8]}]",

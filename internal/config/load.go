@@ -62,6 +62,12 @@ func Default() Config {
 			TProxyMark: 1337,
 			Fallback:   "always",
 			HTTPPorts:  []int{},
+
+			FallbackGrace:  Duration{5 * time.Second},
+			DialTimeout:    Duration{5 * time.Second},
+			IdleTimeout:    Duration{time.Hour},
+			DrainTimeout:   Duration{10 * time.Second},
+			MaxConnections: 10000,
 		},
 		Admin: Admin{
 			Enabled:      true,

@@ -255,6 +255,20 @@ func (o *OrigDst) validate(errs *errorList, path string, c *Config) {
 		errs.add(path+".fallback", "auto needs xds.enabled (it watches for an Envoy that has ACKed)")
 	}
 	validatePorts(errs, path+".http_ports", o.HTTPPorts)
+	if o.DialTimeout.Duration <= 0 {
+		errs.add(path+".dial_timeout", "%v is not a positive duration", o.DialTimeout.Duration)
+	}
+	for _, d := range []struct {
+		key string
+		d   Duration
+	}{{"fallback_grace", o.FallbackGrace}, {"idle_timeout", o.IdleTimeout}, {"drain_timeout", o.DrainTimeout}} {
+		if d.d.Duration < 0 {
+			errs.add(path+"."+d.key, "%v is negative", d.d.Duration)
+		}
+	}
+	if o.MaxConnections < 1 {
+		errs.add(path+".max_connections", "%d is not a positive number of connections", o.MaxConnections)
+	}
 	if o.ProxyProtocol && len(c.Trust.TrustedCIDRs) == 0 {
 		errs.add(path+".proxy_protocol", "needs trust.trusted_cidrs: PROXY headers are accepted only from trusted peers")
 	}
