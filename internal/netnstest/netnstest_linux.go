@@ -167,3 +167,48 @@ func Veth(t testing.TB, a, b *Netns, aAddrs, bAddrs []string) {
 		end.ns.IP(t, "link", "set", end.dev, "up")
 	}
 }
+
+// Pool starts size threads in the namespace and returns run, which runs
+// a function on one of them and returns when it has: the sockets the
+// function creates belong to the namespace (a server's upstream dials, in
+// tests where the server's goroutines are not inside it). The threads end
+// with the test.
+func (n *Netns) Pool(t testing.TB, size int) (run func(func())) {
+	t.Helper()
+	type job struct {
+		f    func()
+		done chan struct{}
+	}
+	jobs := make(chan job)
+	ready := make(chan error, size)
+	for range size {
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+			fd, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err == nil {
+				err = unix.Setns(fd, unix.CLONE_NEWNET)
+				unix.Close(fd)
+			}
+			ready <- err
+			if err != nil {
+				return
+			}
+			for j := range jobs {
+				j.f()
+				close(j.done)
+			}
+		}()
+	}
+	for range size {
+		if err := <-ready; err != nil {
+			close(jobs)
+			t.Fatalf("joining %s: %v", n.Name, err)
+		}
+	}
+	t.Cleanup(func() { close(jobs) })
+	return func(f func()) {
+		j := job{f, make(chan struct{})}
+		jobs <- j
+		<-j.done
+	}
+}
