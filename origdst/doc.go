@@ -1,0 +1,38 @@
+// Package origdst is realipd's native listener: capture listeners that
+// take the TCP connections iptables (REDIRECT, TPROXY) or the eBPF capture
+// steered to them, read each one's original destination, and a
+// transparent TCP proxy that lets the policy chain decide on the client
+// and copies the bytes to that destination.
+//
+// A Listener wraps one capture socket. In ModeRedirect the original
+// destination is read with getsockopt(SO_ORIGINAL_DST) at SOL_IP (IPv4,
+// IPv4-mapped peers of an IPv6 socket included) or IP6T_SO_ORIGINAL_DST at
+// SOL_IPV6; in ModeTProxy the socket is transparent (IP_TRANSPARENT, set
+// before bind) and the original destination is the accepted socket's
+// local address. A connection whose original destination is a capture
+// address was not redirected (a direct connection, or a loop): it is reset
+// at once (ErrNotRedirected).
+//
+// A Server binds the capture addresses (Bind, separable from serving so
+// that a caller can fail early or bind later) and serves them
+// (ServeListeners; Serve does both). For each connection: with
+// Options.ProxyProtocol, a peer in Settings.TrustedCIDRs must send a PROXY
+// v1 or v2 header, which names the client, and a header from any other
+// peer resets the connection; otherwise the client is the peer. The
+// policies decide (Settings.Chain, held per connection like the ext_proc
+// server's requests; an unresolved client follows
+// Settings.PassUnresolved) before anything is dialled: a deny resets the
+// connection, and no upstream ever sees it. The original destination is
+// then dialled with SO_MARK Options.Mark, which the interception rules
+// never capture, from the host's own address (also in ModeTProxy: the
+// upstream sees realipd, not the client), and the bytes are copied both
+// ways with half-close, spliced in the kernel. Connections are bounded in
+// number (MaxConnections), in setup time (DialTimeout,
+// ProxyHeaderTimeout) and in idleness (IdleTimeout, measured from TCP_INFO).
+// When Serve's context ends the listeners close, the connections have
+// DrainTimeout to finish and the rest are cut.
+//
+// The metrics are realipd_origdst_* (see README.md in this directory).
+// Capture listeners need Linux; elsewhere Listen fails with
+// errors.ErrUnsupported.
+package origdst

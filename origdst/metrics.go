@@ -1,0 +1,138 @@
+package origdst
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Why a connection was refused (the reason label of
+// realipd_origdst_connections_refused_total).
+type refusal uint8
+
+const (
+	refusedNotRedirected refusal = iota // ErrNotRedirected
+	refusedPolicyDeny                   // a policy, or trust.on_unresolved: deny
+	refusedProxyHeader                  // a PROXY header missing, malformed, or from an untrusted peer
+	refusedLimit                        // MaxConnections reached
+	refusedLookupError                  // the original destination could not be read
+	refusedDialError                    // the original destination could not be reached
+	numRefusals
+)
+
+var refusalNames = [numRefusals]string{"not_redirected", "policy_deny", "proxy_header", "limit", "lookup_error", "dial_error"}
+
+func (r refusal) String() string { return refusalNames[r] }
+
+// Why a proxied connection was cut (realipd_origdst_connections_cut_total).
+type cutReason uint8
+
+const (
+	cutIdle  cutReason = iota + 1 // IdleTimeout with no byte either way
+	cutDrain                      // still open at the end of the drain
+)
+
+func (c cutReason) String() string {
+	if c == cutIdle {
+		return "idle_timeout"
+	}
+	return "drain"
+}
+
+type metrics struct {
+	accepted     prometheus.Counter
+	refused      [numRefusals]prometheus.Counter
+	active       prometheus.Gauge
+	listeners    prometheus.Gauge
+	bytesUp      prometheus.Counter // client → upstream
+	bytesDown    prometheus.Counter // upstream → client
+	dialErrors   *prometheus.CounterVec
+	lookupErrors *prometheus.CounterVec
+	cut          *prometheus.CounterVec
+	policyErrors *prometheus.CounterVec
+	setup        prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	const ns, sub = "realipd", "origdst"
+	accepted := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_accepted_total",
+		Help: "TCP connections accepted on the capture listeners, refused ones included."})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_refused_total",
+		Help: "Connections closed without being proxied, by reason: not_redirected (the original destination is a capture address), policy_deny, proxy_header (a PROXY header missing from a trusted peer, malformed, or sent by an untrusted one), limit (max_connections), lookup_error (no original destination), dial_error (the original destination did not answer)."},
+		[]string{"reason"})
+	active := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "active_connections",
+		Help: "Connections being set up or proxied."})
+	listeners := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "listeners",
+		Help: "Capture listeners bound and accepting."})
+	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bytes_total",
+		Help: "Bytes proxied, by direction: upstream (client to original destination) or downstream; counted when a direction of a connection ends."},
+		[]string{"direction"})
+	dialErrors := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dial_errors_total",
+		Help: "Failed connections to original destinations, by reason: timeout (dial_timeout), refused, unreachable, other."},
+		[]string{"reason"})
+	lookupErrors := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "original_dst_lookup_errors_total",
+		Help: "Accepted connections whose original destination could not be read, by reason: no_conntrack (ENOENT), not_supported (ENOPROTOOPT), other."},
+		[]string{"reason"})
+	cut := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_cut_total",
+		Help: "Proxied connections closed by realipd, by reason: idle_timeout, or drain (still open at the end of drain_timeout)."},
+		[]string{"reason"})
+	policyErrors := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "policy_errors_total",
+		Help: "Policy errors settled by the policy's on_error, by policy."},
+		[]string{"policy"})
+	setup := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "connection_setup_seconds",
+		Help:    "From accept to the upstream connection established (PROXY header, policies and dial included).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
+	m := &metrics{
+		accepted: accepted, active: active, listeners: listeners,
+		bytesUp: bytes.WithLabelValues("upstream"), bytesDown: bytes.WithLabelValues("downstream"),
+		dialErrors: dialErrors, lookupErrors: lookupErrors, cut: cut, policyErrors: policyErrors, setup: setup,
+	}
+	for r := range numRefusals {
+		m.refused[r] = refused.WithLabelValues(r.String())
+	}
+	for _, l := range []string{"timeout", "refused", "unreachable", "other"} {
+		dialErrors.WithLabelValues(l)
+	}
+	for _, l := range []string{"no_conntrack", "not_supported", "other"} {
+		lookupErrors.WithLabelValues(l)
+	}
+	for _, c := range []cutReason{cutIdle, cutDrain} {
+		cut.WithLabelValues(c.String())
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{accepted, refused, active, listeners, bytes, dialErrors, lookupErrors, cut, policyErrors, setup} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("origdst: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// dialReason is the reason label of a dial error.
+func dialReason(err error) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	}
+	return "other"
+}
+
+// lookupReason is the reason label of a lookup error.
+func lookupReason(err error) string {
+	switch {
+	case errors.Is(err, syscall.ENOENT):
+		return "no_conntrack"
+	case errors.Is(err, syscall.ENOPROTOOPT):
+		return "not_supported"
+	}
+	return "other"
+}

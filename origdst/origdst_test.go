@@ -1,0 +1,180 @@
+package origdst
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realipd/realipd/clientip"
+)
+
+func aps(s ...string) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(s))
+	for i, a := range s {
+		out[i] = netip.MustParseAddrPort(a)
+	}
+	return out
+}
+
+func TestParseMode(t *testing.T) {
+	for _, s := range []string{"redirect", "tproxy"} {
+		if m, err := ParseMode(s); err != nil || string(m) != s {
+			t.Errorf("ParseMode(%q) = %q, %v", s, m, err)
+		}
+	}
+	if _, err := ParseMode("nat"); err == nil {
+		t.Error("ParseMode(nat) succeeded")
+	}
+}
+
+func TestNew(t *testing.T) {
+	bad := []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"mode", Options{Mode: "nat", Listen: aps("0.0.0.0:1")}, "want redirect or tproxy"},
+		{"no listen", Options{Mode: ModeRedirect}, "no capture address"},
+		{"twice", Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1", "0.0.0.0:1")}, "listen[1] 0.0.0.0:1: listed twice"},
+		{"mapped twice", Options{Mode: ModeRedirect, Listen: aps("10.0.0.1:1", "[::ffff:10.0.0.1]:1")}, "listed twice"},
+		{"zone", Options{Mode: ModeRedirect, Listen: aps("[fe80::1%eth0]:1")}, "without zone"},
+		{"negative", Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), IdleTimeout: -1}, "negative timeout"},
+		{"limit", Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), MaxConnections: -1}, "negative MaxConnections"},
+		{"proxy protocol", Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), ProxyProtocol: true}, "needs trusted CIDRs"},
+	}
+	for _, tt := range bad {
+		if _, err := New(tt.opts, Settings{}); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: New = %v, want an error containing %q", tt.name, err, tt.want)
+		}
+	}
+
+	srv, err := New(Options{Mode: ModeTProxy, Listen: aps("[::]:15001", "0.0.0.0:15001", "[::]:15002", "[::]:15003", "10.0.0.1:15003")}, Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(srv.v6only), "[true false false true false]"; got != want {
+		t.Errorf("v6only = %s, want %s", got, want)
+	}
+	if srv.opts.DialTimeout != DefaultDialTimeout || srv.opts.MaxConnections != DefaultMaxConnections || srv.opts.ProxyHeaderTimeout != DefaultProxyHeaderTimeout {
+		t.Errorf("defaults not applied: %+v", srv.opts)
+	}
+	if srv.opts.IdleTimeout != 0 || srv.opts.DrainTimeout != 0 {
+		t.Errorf("zero idle and drain timeouts changed: %+v", srv.opts)
+	}
+	if err := srv.Ready(t.Context()); err == nil {
+		t.Error("Ready before serving")
+	}
+
+	// Metrics register once per registry.
+	reg := prometheus.NewRegistry()
+	if _, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), Registerer: reg}, Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), Registerer: reg}, Settings{}); err == nil {
+		t.Error("a second server registered the same metrics")
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, n := range []string{"connections_accepted_total", "connections_refused_total", "active_connections", "listeners",
+		"dial_errors_total", "original_dst_lookup_errors_total", "connections_cut_total", "connection_setup_seconds"} {
+		if !names["realipd_origdst_"+n] {
+			t.Errorf("metric realipd_origdst_%s is not registered", n)
+		}
+	}
+}
+
+func TestErrorText(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want string
+	}{
+		{&LookupError{Err: syscall.ENOENT}, "conntrack has no entry"},
+		{&LookupError{Err: syscall.ENOPROTOOPT}, "does not answer SO_ORIGINAL_DST"},
+		{&LookupError{Err: syscall.EBADF}, "reading the original destination: bad file descriptor"},
+		{&ListenError{Addr: netip.MustParseAddrPort("0.0.0.0:15006"), Transparent: true, Err: syscall.EPERM}, "listen 0.0.0.0:15006: mode tproxy needs CAP_NET_ADMIN"},
+		{&ListenError{Addr: netip.MustParseAddrPort("0.0.0.0:1"), Err: &net.OpError{Op: "listen", Err: &net.AddrError{Err: "bad", Addr: "x"}}}, "listen 0.0.0.0:1: listen: address x: bad"},
+		{&BindError{Index: 2, ListenError: &ListenError{Addr: netip.MustParseAddrPort("127.0.0.1:1"), Err: fmt.Errorf("bind: %w", syscall.EADDRINUSE)}},
+			"origdst: listen[2] 127.0.0.1:1: the address is already in use"},
+		{&ListenError{Addr: netip.MustParseAddrPort("192.0.2.1:1"), Err: syscall.EADDRNOTAVAIL}, "not one of this host's"},
+	} {
+		if got := tt.err.Error(); !strings.Contains(got, tt.want) {
+			t.Errorf("%q does not contain %q", got, tt.want)
+		}
+	}
+	var le *LookupError
+	if !errors.As(error(&LookupError{Err: syscall.ENOENT}), &le) || !errors.Is(le, syscall.ENOENT) {
+		t.Error("LookupError does not unwrap to its errno")
+	}
+	if got := lookupReason(&LookupError{Err: syscall.ENOENT}); got != "no_conntrack" {
+		t.Errorf("lookupReason(ENOENT) = %q", got)
+	}
+	if got := dialReason(&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}); got != "refused" {
+		t.Errorf("dialReason(ECONNREFUSED) = %q", got)
+	}
+}
+
+func TestProxyResult(t *testing.T) {
+	tcp := func(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	for _, tt := range []struct {
+		name string
+		h    *proxyproto.Header
+		want clientip.Result
+	}{
+		{"v1 tcp4", &proxyproto.Header{Version: 1, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv4, SourceAddr: tcp("203.0.113.9:5555"), DestinationAddr: tcp("10.0.0.1:80")},
+			clientip.Result{IP: netip.MustParseAddr("203.0.113.9"), Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}},
+		{"v2 tcp6", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv6, SourceAddr: tcp("[2001:db8::9]:5555"), DestinationAddr: tcp("[2001:db8::1]:80")},
+			clientip.Result{IP: netip.MustParseAddr("2001:db8::9"), Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}},
+		{"v2 mapped", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv6, SourceAddr: tcp("[::ffff:203.0.113.9]:5555"), DestinationAddr: tcp("[2001:db8::1]:80")},
+			clientip.Result{IP: netip.MustParseAddr("203.0.113.9"), Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}},
+		{"local", &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}, clientip.Result{Reason: clientip.ReasonInvalidEntry}},
+		{"udp", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.UDPv4, SourceAddr: &net.UDPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 1}},
+			clientip.Result{Reason: clientip.ReasonInvalidEntry}},
+		{"none", nil, clientip.Result{Reason: clientip.ReasonInvalidEntry}},
+	} {
+		if got := proxyResult(tt.h); got != tt.want {
+			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestIsCapture(t *testing.T) {
+	l := &Listener{mode: ModeRedirect, captures: aps("0.0.0.0:15001", "10.0.0.1:15006")}
+	for dst, want := range map[string]bool{
+		"127.0.0.1:15001":    true, // a wildcard capture port on loopback
+		"[::1]:15001":        true,
+		"10.0.0.1:15006":     true,
+		"10.0.0.2:15006":     false,
+		"192.0.2.1:15001":    false, // another host's port 15001: redirected
+		"127.0.0.1:80":       false,
+		"[2001:db8::]:15006": false,
+	} {
+		if got := l.isCapture(netip.MustParseAddrPort(dst)); got != want {
+			t.Errorf("redirect: isCapture(%s) = %v, want %v", dst, got, want)
+		}
+	}
+	l.mode = ModeTProxy
+	if !l.isCapture(netip.MustParseAddrPort("192.0.2.1:15001")) {
+		t.Error("tproxy: a local address on a wildcard capture port is not a capture address")
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	r := rateLimit{every: time.Hour}
+	if !r.allow() || r.allow() {
+		t.Error("rateLimit lets more or less than one event through per period")
+	}
+}

@@ -1,0 +1,433 @@
+package origdst
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/plugins"
+)
+
+// Defaults of Options fields left zero.
+const (
+	DefaultDialTimeout        = 5 * time.Second
+	DefaultProxyHeaderTimeout = 5 * time.Second
+	DefaultMaxConnections     = 10000
+)
+
+// Options are the fixed parts of a Server.
+type Options struct {
+	// Mode says how connections reach the listeners (origdst.mode).
+	Mode Mode
+	// Listen are the capture addresses (origdst.listen): IP:port, wildcard
+	// addresses included, at least one. When 0.0.0.0:P and [::]:P are both
+	// listed the IPv6 socket is IPv6-only.
+	Listen []netip.AddrPort
+	// Mark is the SO_MARK of the upstream connections (origdst.mark), which
+	// the interception rules never capture; 0 sets none.
+	Mark uint32
+	// DialTimeout bounds the connection to the original destination
+	// (default DefaultDialTimeout).
+	DialTimeout time.Duration
+	// IdleTimeout closes a proxied connection that moved no byte either
+	// way for this long; 0: never.
+	IdleTimeout time.Duration
+	// DrainTimeout is how long, once Serve's ctx ends, proxied connections
+	// may finish before they are cut; 0 cuts them at once.
+	DrainTimeout time.Duration
+	// MaxConnections bounds the connections being set up or proxied at
+	// once; more are refused (default DefaultMaxConnections).
+	MaxConnections int
+	// ProxyProtocol reads a PROXY protocol header (v1 or v2) from the
+	// peers in Settings.TrustedCIDRs, which must send one, and refuses
+	// one from any other peer.
+	ProxyProtocol bool
+	// ProxyHeaderTimeout bounds the wait for a trusted peer's PROXY header
+	// (default DefaultProxyHeaderTimeout).
+	ProxyHeaderTimeout time.Duration
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the server's metrics; nil keeps them
+	// unregistered.
+	Registerer prometheus.Registerer
+}
+
+// Settings are the runtime settings of a Server. They can be replaced
+// while serving with Update (a configuration reload); each connection uses
+// the settings current when it is set up.
+type Settings struct {
+	// Chain holds the policies that decide on every connection before the
+	// upstream is dialled; nil allows every connection. A connection holds
+	// it (plugins.Chain.Acquire) while its policies decide, so the owner of
+	// a Chain replaced by Update retires it (plugins.Chain.Retire) only
+	// after Update has returned.
+	Chain *plugins.Chain
+	// PassUnresolved lets a connection whose client IP is unresolved (a
+	// PROXY header of a trusted peer that carries no client address: LOCAL
+	// or UNKNOWN) go on to the policies without an IP
+	// (trust.on_unresolved: pass); false refuses it.
+	PassUnresolved bool
+	// TrustedCIDRs are the peers whose PROXY header is honoured (with
+	// Options.ProxyProtocol; trust.trusted_cidrs).
+	TrustedCIDRs []netip.Prefix
+}
+
+// state is one immutable set of runtime settings; Update swaps it.
+type state struct {
+	chain          *plugins.Chain
+	holdChain      bool // chain has policies: connections acquire it
+	passUnresolved bool
+	trusted        clientip.PrefixSet
+}
+
+// Server is realipd's native listener: it accepts the connections steered
+// to its capture addresses, reads their original destination, lets the
+// policies decide on the client, and proxies the bytes to the original
+// destination. It is safe for concurrent use.
+type Server struct {
+	opts  Options
+	log   *slog.Logger
+	m     *metrics
+	state atomic.Pointer[state]
+	dial  net.Dialer
+	// dialOn, when set, runs each upstream dial (tests run it on a thread
+	// inside a network namespace, where the dialled socket must be made).
+	dialOn func(dial func())
+	// v6only[i] tells whether Listen[i] is an IPv6 wildcard that shares
+	// its port with an IPv4 listener.
+	v6only []bool
+
+	serving  atomic.Bool  // a ServeListeners call runs
+	active   atomic.Int64 // connections accepted and not yet closed
+	handlers sync.WaitGroup
+
+	mu        sync.Mutex
+	conns     map[*proxyConn]struct{} // the connections being set up or proxied
+	listening int                     // listeners accepting
+	draining  bool
+	connCtx   context.Context // the connections' context, cancelled when they are cut
+
+	warnLookup, warnAccept rateLimit
+}
+
+// New checks opts and builds a Server with its first settings. It
+// registers the metrics; it binds nothing (see Bind and Serve).
+func New(opts Options, s Settings) (*Server, error) {
+	if _, err := ParseMode(string(opts.Mode)); err != nil {
+		return nil, err
+	}
+	if len(opts.Listen) == 0 {
+		return nil, errors.New("origdst: no capture address to listen on")
+	}
+	listen := make([]netip.AddrPort, len(opts.Listen))
+	for i, a := range opts.Listen {
+		a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+		switch {
+		case !a.Addr().IsValid() || a.Addr().Zone() != "":
+			return nil, fmt.Errorf("origdst: listen[%d] %v: not an IP:port without zone", i, opts.Listen[i])
+		case slices.Contains(listen[:i], a):
+			return nil, fmt.Errorf("origdst: listen[%d] %v: listed twice", i, a)
+		}
+		listen[i] = a
+	}
+	opts.Listen = listen
+	switch {
+	case opts.DialTimeout < 0, opts.IdleTimeout < 0, opts.DrainTimeout < 0, opts.ProxyHeaderTimeout < 0:
+		return nil, errors.New("origdst: negative timeout")
+	case opts.MaxConnections < 0:
+		return nil, errors.New("origdst: negative MaxConnections")
+	}
+	if opts.DialTimeout == 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	if opts.ProxyHeaderTimeout == 0 {
+		opts.ProxyHeaderTimeout = DefaultProxyHeaderTimeout
+	}
+	if opts.MaxConnections == 0 {
+		opts.MaxConnections = DefaultMaxConnections
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	srv := &Server{
+		opts:       opts,
+		log:        log,
+		m:          m,
+		conns:      map[*proxyConn]struct{}{},
+		connCtx:    context.Background(),
+		warnLookup: rateLimit{every: 10 * time.Second},
+		warnAccept: rateLimit{every: 10 * time.Second},
+	}
+	srv.v6only = make([]bool, len(listen))
+	for i, a := range listen {
+		if a.Addr().Is6() && a.Addr().IsUnspecified() {
+			srv.v6only[i] = slices.ContainsFunc(listen, func(b netip.AddrPort) bool { return b.Addr().Is4() && b.Port() == a.Port() })
+		}
+	}
+	srv.dial = net.Dialer{Timeout: opts.DialTimeout}
+	srv.dial.SetMultipathTCP(false)
+	if mark := opts.Mark; mark != 0 {
+		srv.dial.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = setMark(int(fd), mark) }); err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("SO_MARK %d: %w", mark, serr)
+			}
+			return nil
+		}
+	}
+	if err := srv.Update(s); err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+// Update makes s the settings of every connection set up from now on. The
+// previous Chain is not closed: once Update has returned its owner retires
+// it (plugins.Chain.Retire), and it closes when the last connection
+// deciding on it is done.
+func (srv *Server) Update(s Settings) error {
+	if srv.opts.ProxyProtocol && len(s.TrustedCIDRs) == 0 {
+		return errors.New("origdst: settings: the PROXY protocol needs trusted CIDRs (trust.trusted_cidrs)")
+	}
+	srv.state.Store(&state{
+		chain:          s.Chain,
+		holdChain:      s.Chain.Len() > 0,
+		passUnresolved: s.PassUnresolved,
+		trusted:        clientip.NewPrefixSet(s.TrustedCIDRs),
+	})
+	return nil
+}
+
+// acquire returns the settings in force with their chain acquired when
+// held is true; the caller releases it once the policies have decided.
+// See the extproc server's acquire for why loading again after a failed
+// Acquire finds the replacement, and what an unheld chain means.
+func (srv *Server) acquire() (st *state, held bool) {
+	st = srv.state.Load()
+	if !st.holdChain {
+		return st, false
+	}
+	for !st.chain.Acquire() {
+		next := srv.state.Load()
+		if next == st {
+			return st, false
+		}
+		st = next
+		if !st.holdChain {
+			return st, false
+		}
+	}
+	return st, true
+}
+
+// Addresses returns the capture addresses, as checked by New (unmapped).
+func (srv *Server) Addresses() []netip.AddrPort { return slices.Clone(srv.opts.Listen) }
+
+// Bind opens a capture listener on every Options.Listen address, in order.
+// It opens all or none: after an error the ones already opened are closed.
+// The error is a *BindError naming the address. Bind is separate from
+// ServeListeners so that a caller can bind at start, to fail early, and
+// serve later, or bind and unbind while running.
+func (srv *Server) Bind(ctx context.Context) ([]*Listener, error) {
+	lns := make([]*Listener, 0, len(srv.opts.Listen))
+	for i, a := range srv.opts.Listen {
+		lc := ListenConfig{
+			Mode:     srv.opts.Mode,
+			V6Only:   srv.v6only[i],
+			Captures: srv.opts.Listen,
+			Refused:  srv.refusedInAccept,
+		}
+		ln, err := lc.Listen(ctx, a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			le, _ := errors.AsType[*ListenError](err)
+			return nil, &BindError{Index: i, ListenError: le}
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// BindError says which capture address could not be opened: Index is its
+// position in Options.Listen (origdst.listen[Index]).
+type BindError struct {
+	Index int
+	*ListenError
+}
+
+func (e *BindError) Error() string {
+	return fmt.Sprintf("origdst: listen[%d] %s: %s", e.Index, e.Addr, e.Reason())
+}
+
+func (e *BindError) Unwrap() error { return e.ListenError }
+
+// Serve binds every capture address (Bind) and serves them
+// (ServeListeners) until ctx ends, then drains.
+func (srv *Server) Serve(ctx context.Context) error {
+	lns, err := srv.Bind(ctx)
+	if err != nil {
+		return err
+	}
+	return srv.ServeListeners(ctx, lns)
+}
+
+// ServeListeners accepts and proxies the connections of lns until ctx
+// ends, then drains: it closes the listeners (new connections are refused
+// by the kernel), lets the connections in progress finish for at most
+// DrainTimeout, cuts the remaining ones and returns nil once every
+// connection is closed. It may be called again after it returned (to serve
+// new listeners), but calls must not overlap.
+func (srv *Server) ServeListeners(ctx context.Context, lns []*Listener) error {
+	if !srv.serving.CompareAndSwap(false, true) {
+		for _, l := range lns {
+			l.Close()
+		}
+		return errors.New("origdst: ServeListeners is already running")
+	}
+	defer srv.serving.Store(false)
+	connCtx, cutConns := context.WithCancel(context.WithoutCancel(ctx))
+	defer cutConns()
+	srv.mu.Lock()
+	srv.connCtx = connCtx
+	srv.draining = false
+	srv.listening = len(lns)
+	srv.mu.Unlock()
+	srv.m.listeners.Set(float64(len(lns)))
+
+	var accepting sync.WaitGroup
+	for _, ln := range lns {
+		srv.log.Info("origdst: serving", "address", ln.AddrPort().String(), "mode", string(ln.Mode()))
+		accepting.Go(func() { srv.acceptLoop(ln) })
+	}
+	stopIdle := srv.startIdleSweeps()
+	defer stopIdle()
+
+	<-ctx.Done()
+	srv.mu.Lock()
+	srv.draining = true
+	srv.listening = 0
+	srv.mu.Unlock()
+	srv.m.listeners.Set(0)
+	for _, ln := range lns {
+		ln.Close()
+	}
+	accepting.Wait()
+
+	done := make(chan struct{})
+	go func() { srv.handlers.Wait(); close(done) }()
+	n := srv.active.Load()
+	if n > 0 {
+		srv.log.Info("origdst: draining", "connections", n, "drain_timeout", srv.opts.DrainTimeout)
+	}
+	timer := time.NewTimer(srv.opts.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		cut := srv.cutAll(cutDrain)
+		cutConns()
+		if cut > 0 {
+			srv.log.Warn("origdst: connections still open at the end of the drain were cut", "connections", cut, "drain_timeout", srv.opts.DrainTimeout)
+		}
+		<-done
+	}
+	srv.log.Info("origdst: stopped")
+	return nil
+}
+
+// Ready reports nil while capture listeners accept, an error before the
+// first is bound and while draining.
+func (srv *Server) Ready(context.Context) error {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	switch {
+	case srv.draining:
+		return errors.New("origdst: draining")
+	case srv.listening == 0:
+		return errors.New("origdst: no capture listener is serving")
+	}
+	return nil
+}
+
+// acceptLoop accepts on ln until it is closed. Accept errors other than
+// the close are resource exhaustion (EMFILE, ENFILE, ENOBUFS): it waits a
+// little, longer each time, and goes on.
+func (srv *Server) acceptLoop(ln *Listener) {
+	name := ln.AddrPort().String()
+	var delay time.Duration
+	for {
+		c, err := ln.AcceptOrigDst()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			if srv.warnAccept.allow() {
+				srv.log.Warn("origdst: accept failed; retrying", "address", name, "error", err, "retry_in", delay)
+			}
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		srv.m.accepted.Inc()
+		if srv.active.Add(1) > int64(srv.opts.MaxConnections) {
+			srv.active.Add(-1)
+			abort(c.TCPConn)
+			srv.m.refused[refusedLimit].Inc()
+			srv.log.Debug("origdst: refused: max_connections reached", "peer", c.RemoteAddr().String(), "max_connections", srv.opts.MaxConnections)
+			continue
+		}
+		srv.m.active.Inc()
+		srv.handlers.Add(1)
+		go srv.serveConn(c, name)
+	}
+}
+
+// refusedInAccept counts and logs a connection a Listener closed in
+// Accept.
+func (srv *Server) refusedInAccept(peer netip.AddrPort, err error) {
+	srv.m.accepted.Inc()
+	if errors.Is(err, ErrNotRedirected) {
+		srv.m.refused[refusedNotRedirected].Inc()
+		srv.log.Debug("origdst: refused a connection that was not redirected", "peer", peer.String())
+		return
+	}
+	srv.m.refused[refusedLookupError].Inc()
+	srv.m.lookupErrors.WithLabelValues(lookupReason(err)).Inc()
+	if srv.warnLookup.allow() {
+		srv.log.Warn("origdst: refused a connection whose original destination could not be read", "peer", peer.String(), "error", err)
+	}
+}
+
+// rateLimit lets one event through per period.
+type rateLimit struct {
+	every time.Duration
+	next  atomic.Int64 // unix nanoseconds
+}
+
+func (r *rateLimit) allow() bool {
+	now := time.Now().UnixNano()
+	next := r.next.Load()
+	return now >= next && r.next.CompareAndSwap(next, now+int64(r.every))
+}

@@ -1,0 +1,98 @@
+package origdst
+
+import (
+	"net"
+	"net/netip"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ip6tSOOriginalDst is IP6T_SO_ORIGINAL_DST
+// (linux/netfilter_ipv6/ip6_tables.h), which x/sys/unix does not define; it
+// has the value of SO_ORIGINAL_DST, at SOL_IPV6.
+const ip6tSOOriginalDst = 80
+
+func listenSupported() error { return nil }
+
+// originalDst reads SO_ORIGINAL_DST of an accepted connection: at SOL_IP
+// when its local address is IPv4 (also an IPv4-mapped one on an IPv6
+// socket: the kernel keeps the IPv4 addresses of such a connection and
+// answers from the IPv4 conntrack), at SOL_IPV6 (IP6T_SO_ORIGINAL_DST)
+// otherwise. The kernel writes a sockaddr_in or a sockaddr_in6 whose port
+// is in network byte order; IPv6MTUInfo is only a 32-byte buffer that
+// holds either. It goes through SyscallConn().Control, so the socket stays
+// in Go's netpoller (conn.File would dup it and make it blocking).
+func originalDst(c *net.TCPConn, v4 bool) (netip.AddrPort, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	var (
+		ap   netip.AddrPort
+		serr error
+	)
+	err = rc.Control(func(fd uintptr) {
+		level, opt := unix.SOL_IPV6, ip6tSOOriginalDst
+		if v4 {
+			level, opt = unix.SOL_IP, unix.SO_ORIGINAL_DST
+		}
+		info, err := unix.GetsockoptIPv6MTUInfo(int(fd), level, opt)
+		if err != nil {
+			serr = err
+			return
+		}
+		raw := (*[unsafe.Sizeof(*info)]byte)(unsafe.Pointer(info))
+		port := uint16(raw[2])<<8 | uint16(raw[3])
+		switch info.Addr.Family {
+		case unix.AF_INET:
+			ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(raw[4:8])), port)
+		case unix.AF_INET6:
+			a := netip.AddrFrom16([16]byte(raw[8:24]))
+			ap = netip.AddrPortFrom(a.Unmap(), port)
+		default:
+			serr = unix.EAFNOSUPPORT
+		}
+	})
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	return ap, serr
+}
+
+// setTransparent sets IP_TRANSPARENT (IPV6_TRANSPARENT on an IPv6
+// socket), which lets the socket accept connections to addresses that are
+// not local (TPROXY) and needs CAP_NET_ADMIN.
+func setTransparent(fd int, v6 bool) error {
+	if v6 {
+		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+}
+
+// setMark sets SO_MARK (CAP_NET_ADMIN), which the interception rules use
+// to leave realipd's own upstream connections alone.
+func setMark(fd int, mark uint32) error {
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+}
+
+// sinceDataReceived is how long ago c last received data (TCP_INFO's
+// tcpi_last_data_recv, counted from the connection's establishment when
+// nothing came yet); ok is false when the kernel does not say. It works
+// while another goroutine splices on c, which is why the idle timeout uses
+// it rather than read deadlines.
+func sinceDataReceived(c *net.TCPConn) (d time.Duration, ok bool) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	err = rc.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return
+		}
+		d, ok = time.Duration(info.Last_data_recv)*time.Millisecond, true
+	})
+	return d, ok && err == nil
+}

@@ -1,0 +1,25 @@
+//go:build !linux
+
+package origdst
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// Capture listeners need Linux (SO_ORIGINAL_DST, IP_TRANSPARENT, SO_MARK):
+// elsewhere Listen fails with errors.ErrUnsupported.
+
+func listenSupported() error { return errors.ErrUnsupported }
+
+func originalDst(*net.TCPConn, bool) (netip.AddrPort, error) {
+	return netip.AddrPort{}, errors.ErrUnsupported
+}
+
+func setTransparent(int, bool) error { return errors.ErrUnsupported }
+
+func setMark(int, uint32) error { return errors.ErrUnsupported }
+
+func sinceDataReceived(*net.TCPConn) (time.Duration, bool) { return 0, false }
