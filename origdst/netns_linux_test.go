@@ -816,3 +816,15 @@ func TestIdleTimeoutNetns(t *testing.T) {
 		t.Errorf("cut (idle_timeout) = %v, want 1", n)
 	}
 }
+
+// TestCheckMarkNetns: as root the mark can be set.
+func TestCheckMarkNetns(t *testing.T) {
+	netnstest.Require(t)
+	srv, err := New(Options{Mode: ModeRedirect, Listen: both(outboundPort), Mark: upstreamMark}, Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.CheckMark(); err != nil {
+		t.Error(err)
+	}
+}

@@ -72,6 +72,9 @@ func TestNew(t *testing.T) {
 	if err := srv.Ready(t.Context()); err == nil {
 		t.Error("Ready before serving")
 	}
+	if err := srv.CheckMark(); err != nil {
+		t.Errorf("CheckMark without a mark: %v", err)
+	}
 
 	// Metrics register once per registry.
 	reg := prometheus.NewRegistry()

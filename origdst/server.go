@@ -239,6 +239,25 @@ func (srv *Server) acquire() (st *state, held bool) {
 	return st, true
 }
 
+// CheckMark reports whether the upstream dials can carry Options.Mark:
+// setting SO_MARK needs CAP_NET_ADMIN, and without it every connection
+// would fail at its dial. It is nil when Mark is 0.
+func (srv *Server) CheckMark() error {
+	if srv.opts.Mark == 0 {
+		return nil
+	}
+	err := probeMark(srv.opts.Mark)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("origdst: setting SO_MARK %d on the upstream dials needs CAP_NET_ADMIN: run realipd as root or grant it the capability", srv.opts.Mark)
+	case errors.Is(err, errors.ErrUnsupported):
+		return errors.New("origdst: SO_MARK needs Linux")
+	}
+	return fmt.Errorf("origdst: setting SO_MARK %d: %w", srv.opts.Mark, err)
+}
+
 // Addresses returns the capture addresses, as checked by New (unmapped).
 func (srv *Server) Addresses() []netip.AddrPort { return slices.Clone(srv.opts.Listen) }
 

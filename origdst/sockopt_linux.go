@@ -77,6 +77,20 @@ func setMark(fd int, mark uint32) error {
 	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(mark))
 }
 
+// probeMark sets SO_MARK on a socket of its own, to learn whether the
+// process may.
+func probeMark(mark uint32) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return setMark(fd, mark)
+}
+
 // sinceDataReceived is how long ago c last received data (TCP_INFO's
 // tcpi_last_data_recv, counted from the connection's establishment when
 // nothing came yet); ok is false when the kernel does not say. It works

@@ -22,4 +22,6 @@ func setTransparent(int, bool) error { return errors.ErrUnsupported }
 
 func setMark(int, uint32) error { return errors.ErrUnsupported }
 
+func probeMark(uint32) error { return errors.ErrUnsupported }
+
 func sinceDataReceived(*net.TCPConn) (time.Duration, bool) { return 0, false }
