@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -434,11 +435,19 @@ func TestServeRefusesBadConfig(t *testing.T) {
 // it, as it comes).
 func startMain(t *testing.T, args ...string) (*exec.Cmd, *logTail, <-chan error) {
 	t.Helper()
+	return startMainIn(t, nil, args...)
+}
+
+// startMainIn is startMain with the binary run by the command wrap (such
+// as ip netns exec NAME); nil runs it directly.
+func startMainIn(t *testing.T, wrap []string, args ...string) (*exec.Cmd, *logTail, <-chan error) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, args...)
+	argv := append(append(slices.Clone(wrap), exe), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "REALIPD_TEST_MAIN=1")
 	pipe, err := cmd.StderrPipe()
 	if err != nil {

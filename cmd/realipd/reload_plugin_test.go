@@ -200,16 +200,19 @@ func decideHeld(t *testing.T, c *plugins.Chain, p *heldPolicy) <-chan plugins.Ve
 	return v
 }
 
-// testRuntime is an extprocRuntime serving (without a listener) the chain
-// c, with the given shutdown wait.
-func testRuntime(t *testing.T, c *plugins.Chain, drain time.Duration) *extprocRuntime {
+// testRuntime is a chainRuntime whose chain in force is c, used by an
+// ext_proc server (without a listener), with the given shutdown wait.
+func testRuntime(t *testing.T, c *plugins.Chain, drain time.Duration) *chainRuntime {
 	t.Helper()
-	rt := &extprocRuntime{log: discardLogger(), drain: drain, retiring: map[*plugins.Chain]struct{}{}}
+	rt := &chainRuntime{log: discardLogger(), drain: drain, retiring: map[*plugins.Chain]struct{}{}, chain: c}
 	srv, err := extproc.New(testSettings(t, c), extproc.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt.srv, rt.chain = srv, c
+	rt.use(chainConsumer{name: "extproc", stage: func(_ *config.Config, chain *plugins.Chain) (func() error, error) {
+		s := testSettings(t, chain)
+		return func() error { return srv.Update(s) }, nil
+	}})
 	return rt
 }
 
@@ -223,9 +226,14 @@ func testSettings(t *testing.T, c *plugins.Chain) extproc.Settings {
 }
 
 // commit puts c in force in rt, as a reload does.
-func commit(t *testing.T, rt *extprocRuntime, c *plugins.Chain) {
+func commit(t *testing.T, rt *chainRuntime, c *plugins.Chain) {
 	t.Helper()
-	if err := rt.stage(testSettings(t, c), c).commit(); err != nil {
+	cfg := config.Default()
+	s, err := rt.stage(&cfg, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.commit(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -278,10 +286,10 @@ func TestReloadRetiresAfterHeldRequest(t *testing.T) {
 	}
 }
 
-// TestExtprocRuntimeClose: shutdown waits for the requests still deciding,
+// TestChainRuntimeClose: shutdown waits for the requests still deciding,
 // at most the drain timeout, then closes every chain; no reload is staged
 // after it.
-func TestExtprocRuntimeClose(t *testing.T) {
+func TestChainRuntimeClose(t *testing.T) {
 	t.Run("waits for holders", func(t *testing.T) {
 		retired, rp := heldChain(t)
 		rt := testRuntime(t, retired, time.Hour)
@@ -343,3 +351,38 @@ func TestExtprocRuntimeClose(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestChainRuntimeCommitsEveryConsumerFirst: a reload gives the new chain
+// to every role before it retires the old one, so that no role's request
+// finds its chain retired with no replacement in its settings.
+func TestChainRuntimeCommitsEveryConsumerFirst(t *testing.T) {
+	old, _ := heldChain(t)
+	rt := &chainRuntime{log: discardLogger(), drain: time.Second, retiring: map[*plugins.Chain]struct{}{}, chain: old}
+	var seen []bool
+	for _, name := range []string{"extproc", "origdst"} {
+		rt.use(chainConsumer{name: name, stage: func(*config.Config, *plugins.Chain) (func() error, error) {
+			return func() error {
+				ok := old.Acquire()
+				if ok {
+					old.Release()
+				}
+				seen = append(seen, ok)
+				return nil
+			}, nil
+		}})
+	}
+	next, _ := heldChain(t)
+	commit(t, rt, next)
+	if fmt.Sprint(seen) != "[true true]" {
+		t.Errorf("the old chain could be acquired during the consumers' commits: %v, want [true true]", seen)
+	}
+	if old.Acquire() {
+		t.Error("the old chain is not retired after the commit")
+	}
+	<-old.Done()
+	rt.done(time.Now())
+	rt.done(time.Now())
+	if !isClosed(next) {
+		t.Error("the chain in force is open after the last role is done")
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
 )
@@ -68,17 +69,25 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		adminSrv = srv
 		s.roles = append(s.roles, r)
 	}
+	// One policy chain serves the ext_proc server (and the native
+	// listener, next).
+	var chains *chainRuntime
 	if cfg.ExtProc.Enabled {
-		r, rt, err := extprocRole(cfg, logger, reg)
+		if chains, err = newChainRuntime(cfg, logger, reg, shutdownDrain(cfg)); err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, chains.close)
+		s.targets = append(s.targets, reloadTarget{name: "policies", stage: chains.reload})
+	}
+	if cfg.ExtProc.Enabled {
+		r, srv, err := extprocRole(cfg, logger, reg, chains)
 		if err != nil {
 			return nil, err
 		}
-		cleanups = append(cleanups, rt.close)
 		if adminSrv != nil {
-			adminSrv.AddReadinessCheck("extproc", rt.srv.Ready)
+			adminSrv.AddReadinessCheck("extproc", srv.Ready)
 		}
 		s.roles = append(s.roles, r)
-		s.targets = append(s.targets, reloadTarget{name: "extproc", stage: rt.reload})
 	}
 	if cfg.XDS.Enabled {
 		r, rt, err := xdsRole(cfg, logger, reg, xdsEventLog{logger.With("role", "xds")})
@@ -105,6 +114,20 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		s.roles = append(s.roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))
 	}
 	return s, nil
+}
+
+// shutdownDrain is the longest drain of the roles cfg enables
+// (extproc.drain_timeout): how long the requests in flight may take to
+// finish on SIGTERM.
+func shutdownDrain(cfg *config.Config) time.Duration {
+	var d time.Duration
+	if cfg.ExtProc.Enabled {
+		d = cfg.ExtProc.DrainTimeout.Duration
+		if d <= 0 {
+			d = extproc.DefaultDrainTimeout
+		}
+	}
+	return d
 }
 
 // reloader returns the reloader of the configuration file at path into s.

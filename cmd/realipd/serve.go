@@ -61,7 +61,7 @@ configuration keeps serving.`)
 	}
 	defer waitReloads()
 	defer stopReloads()
-	grace := cfg.ExtProc.DrainTimeout.Duration + 5*time.Second
+	grace := shutdownDrain(cfg) + 5*time.Second
 	return runRoles(ctx, logger, s.roles, grace)
 }
 
