@@ -69,10 +69,9 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		adminSrv = srv
 		s.roles = append(s.roles, r)
 	}
-	// One policy chain serves the ext_proc server (and the native
-	// listener, next).
+	// One policy chain serves the ext_proc server and the native listener.
 	var chains *chainRuntime
-	if cfg.ExtProc.Enabled {
+	if cfg.ExtProc.Enabled || cfg.OrigDst.Enabled {
 		if chains, err = newChainRuntime(cfg, logger, reg, shutdownDrain(cfg)); err != nil {
 			return nil, err
 		}
@@ -111,14 +110,22 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 		s.roles = append(s.roles, r)
 	}
 	if cfg.OrigDst.Enabled {
-		s.roles = append(s.roles, pendingRole("origdst", logger, "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode))
+		r, closeListeners, ready, err := origdstRole(cfg, logger, reg, chains)
+		if err != nil {
+			return nil, err
+		}
+		cleanups = append(cleanups, closeListeners)
+		if adminSrv != nil {
+			adminSrv.AddReadinessCheck("origdst", ready)
+		}
+		s.roles = append(s.roles, r)
 	}
 	return s, nil
 }
 
 // shutdownDrain is the longest drain of the roles cfg enables
-// (extproc.drain_timeout): how long the requests in flight may take to
-// finish on SIGTERM.
+// (extproc.drain_timeout, origdst.drain_timeout): how long the requests
+// and connections in flight may take to finish on SIGTERM.
 func shutdownDrain(cfg *config.Config) time.Duration {
 	var d time.Duration
 	if cfg.ExtProc.Enabled {
@@ -127,22 +134,15 @@ func shutdownDrain(cfg *config.Config) time.Duration {
 			d = extproc.DefaultDrainTimeout
 		}
 	}
+	if cfg.OrigDst.Enabled {
+		d = max(d, cfg.OrigDst.DrainTimeout.Duration)
+	}
 	return d
 }
 
 // reloader returns the reloader of the configuration file at path into s.
 func (s *serving) reloader(path string, logger *slog.Logger) *reloader {
 	return &reloader{path: path, log: logger, current: &s.current, targets: s.targets, m: s.reloads}
-}
-
-// pendingRole stands in for a role whose package is not written yet: it
-// says what it would serve and waits for shutdown.
-func pendingRole(name string, logger *slog.Logger, attrs ...any) role {
-	return role{name: name, run: func(ctx context.Context) error {
-		logger.Warn("role not implemented yet; it would serve here", append([]any{"role", name}, attrs...)...)
-		<-ctx.Done()
-		return nil
-	}}
 }
 
 // runRoles runs every role concurrently until ctx is cancelled (a signal)
