@@ -26,9 +26,11 @@
 // then dialled with SO_MARK Options.Mark, which the interception rules
 // never capture, from the host's own address (also in ModeTProxy: the
 // upstream sees realipd, not the client), and the bytes are copied both
-// ways with half-close, spliced in the kernel. Connections are bounded in
-// number (MaxConnections), in setup time (DialTimeout,
-// ProxyHeaderTimeout) and in idleness (IdleTimeout, measured from TCP_INFO).
+// ways with half-close, spliced in the kernel (only what has arrived,
+// so that an idle connection holds no splice pipe). Connections are
+// bounded in number (MaxConnections), in setup time (DialTimeout,
+// ProxyHeaderTimeout) and in idleness (IdleTimeout: no byte moved either
+// way).
 // When Serve's context ends the listeners close, the connections have
 // DrainTimeout to finish and the rest are cut.
 //

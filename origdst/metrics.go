@@ -68,7 +68,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	listeners := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "listeners",
 		Help: "Capture listeners bound and accepting."})
 	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bytes_total",
-		Help: "Bytes proxied, by direction: upstream (client to original destination) or downstream; counted when a direction of a connection ends."},
+		Help: "Bytes proxied, by direction: upstream (client to original destination) or downstream."},
 		[]string{"direction"})
 	dialErrors := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "dial_errors_total",
 		Help: "Failed connections to original destinations, by reason: timeout (dial_timeout), refused, unreachable, other."},

@@ -1,8 +1,10 @@
 package origdst
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -179,5 +181,49 @@ func TestRateLimit(t *testing.T) {
 	r := rateLimit{every: time.Hour}
 	if !r.allow() || r.allow() {
 		t.Error("rateLimit lets more or less than one event through per period")
+	}
+}
+
+func TestSignature(t *testing.T) {
+	v2, err := (&proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}).Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		first string
+		want  bool
+	}{
+		{"PING\r\n", false}, // shorter than a v2 signature: answered without waiting for more
+		{"POST", false},
+		{"GET / HTTP/1.1\r\n", false},
+		{"\r\n", false}, // could still be v2: waits, then EOF
+		{"PROXY TCP4 ", true},
+		{"PROXY", true},
+		{string(v2), true},
+	} {
+		// The reader gives the first bytes, then blocks until the test ends:
+		// signature must not need more than it has to.
+		pr, pw := io.Pipe()
+		go pw.Write([]byte(tt.first))
+		br := bufio.NewReaderSize(pr, 256)
+		type result struct {
+			ok  bool
+			err error
+		}
+		done := make(chan result, 1)
+		go func() { ok, err := signature(br); done <- result{ok, err} }()
+		select {
+		case r := <-done:
+			if r.err != nil || r.ok != tt.want {
+				t.Errorf("signature(%q) = %v, %v; want %v", tt.first, r.ok, r.err, tt.want)
+			}
+		case <-time.After(100 * time.Millisecond):
+			pw.Close()
+			r := <-done
+			if tt.first != "\r\n" {
+				t.Errorf("signature(%q) waited for more bytes (then %v, %v)", tt.first, r.ok, r.err)
+			}
+		}
+		pw.Close()
 	}
 }

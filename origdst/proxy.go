@@ -1,6 +1,8 @@
 package origdst
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,9 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/plugins"
@@ -25,7 +31,11 @@ type proxyConn struct {
 	client *net.TCPConn
 	up     *net.TCPConn // nil until dialled; guarded by Server.mu
 	cut    cutReason    // non-zero once realipd cut it; guarded by Server.mu
+	last   atomic.Int64 // when bytes last moved either way (Unix nanoseconds)
 }
+
+// touch records that bytes moved.
+func (pc *proxyConn) touch() { pc.last.Store(time.Now().UnixNano()) }
 
 // serveConn sets up one accepted connection (PROXY header, policies,
 // upstream dial) and proxies it. A connection refused on the way is
@@ -41,7 +51,7 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 	ctx := srv.track(pc)
 	defer srv.untrack(pc)
 
-	up, src, why, err := srv.setUp(ctx, c, listener)
+	up, pre, detect, why, err := srv.setUp(ctx, c, listener)
 	if err != nil {
 		abort(c.TCPConn)
 		if !srv.wasCut(pc) {
@@ -58,17 +68,18 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 		abort(c.TCPConn)
 		return
 	}
-	srv.pipe(pc, src, up)
+	pc.touch()
+	srv.pipe(pc, up, pre, detect)
 }
 
 // setUp reads the PROXY header of a trusted peer, lets the policies
-// decide, and dials the original destination. src is what the client's
-// bytes are read from (the connection, or the PROXY protocol reader over
-// it). On an error, why says which refusal it is.
-func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net.TCPConn, src io.Reader, why refusal, err error) {
+// decide, and dials the original destination. pre are the client's bytes
+// read past the header, to forward first; detect says that the first
+// bytes of an untrusted peer must be checked for a PROXY header. On an
+// error, why says which refusal it is.
+func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net.TCPConn, pre []byte, detect bool, why refusal, err error) {
 	client := c.TCPConn
 	peer := addrPortOf(client.RemoteAddr())
-	src = client
 	// Plain TCP has no forwarding header: the peer is the client, unless
 	// a trusted peer says otherwise in a PROXY header.
 	res := clientip.Result{IP: peer.Addr(), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer}
@@ -76,24 +87,20 @@ func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net
 		if srv.state.Load().trusted.Contains(peer.Addr()) {
 			// A trusted peer must send a header; it is read now, before
 			// anything is decided.
-			pp := proxyproto.NewConn(client, proxyproto.WithPolicy(proxyproto.REQUIRE), proxyproto.SetReadHeaderTimeout(srv.opts.ProxyHeaderTimeout))
-			// A zero-length Read processes the header and returns its
-			// error, without reading past it.
-			if _, err := pp.Read(nil); err != nil {
-				return nil, nil, refusedProxyHeader, fmt.Errorf("PROXY header of a trusted peer: %w", err)
+			h, rest, err := readProxyHeader(client, srv.opts.ProxyHeaderTimeout)
+			if err != nil {
+				return nil, nil, false, refusedProxyHeader, fmt.Errorf("PROXY header of a trusted peer: %w", err)
 			}
-			res = proxyResult(pp.ProxyHeader())
-			src = pp
+			res, pre = proxyResult(h), rest
 		} else {
-			// Any other peer must not send one. It is detected on the
+			// Any other peer must not send one. It is looked for on the
 			// first bytes the client sends, in the copy to the upstream,
-			// so that protocols where the server speaks first still work:
-			// the header is never forwarded, and the connection is reset.
-			src = proxyproto.NewConn(client, proxyproto.WithPolicy(proxyproto.REJECT), proxyproto.SetReadHeaderTimeout(srv.opts.ProxyHeaderTimeout))
+			// so that protocols where the server speaks first still work.
+			detect = true
 		}
 	}
 	if v, denied := srv.decide(ctx, c, peer, res, listener); denied {
-		return nil, nil, refusedPolicyDeny, fmt.Errorf("denied by %s", v.Policy)
+		return nil, nil, false, refusedPolicyDeny, fmt.Errorf("denied by %s", v.Policy)
 	}
 	var conn net.Conn
 	dial := func() { conn, err = srv.dial.DialContext(ctx, "tcp", c.OriginalDst().String()) }
@@ -104,9 +111,68 @@ func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net
 	}
 	if err != nil {
 		srv.m.dialErrors.WithLabelValues(dialReason(err)).Inc()
-		return nil, nil, refusedDialError, err
+		return nil, nil, false, refusedDialError, err
 	}
-	return conn.(*net.TCPConn), src, 0, nil
+	return conn.(*net.TCPConn), pre, detect, 0, nil
+}
+
+// readProxyHeader reads a PROXY protocol header (v1 or v2, parsed by
+// go-proxyproto) from the start of c, waiting at most timeout, and
+// returns the bytes read past it. Without a header the error is
+// proxyproto.ErrNoProxyProtocol (also when c reached EOF), or a timeout;
+// the bytes read are returned all the same.
+func readProxyHeader(c *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(c, 256)
+	var h *proxyproto.Header
+	signed, err := signature(br)
+	switch {
+	case err == nil && !signed:
+		err = proxyproto.ErrNoProxyProtocol
+	case err == nil:
+		h, err = proxyproto.Read(br)
+	}
+	if derr := c.SetReadDeadline(time.Time{}); err == nil {
+		err = derr
+	}
+	var rest []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		rest = bytes.Clone(b)
+	}
+	return h, rest, err
+}
+
+// signature reports whether br starts with a PROXY protocol signature
+// ("PROXY" for v1, the 12-byte v2 signature). It reads only as far as it
+// must: it answers false as soon as the bytes part from both signatures,
+// so that a client whose first message is shorter than a signature
+// ("PING\r\n") is not kept waiting for more (proxyproto.Read would wait
+// for 12 bytes whenever the first is 'P').
+func signature(br *bufio.Reader) (bool, error) {
+	for n := 1; ; n++ {
+		b, err := br.Peek(n)
+		if err != nil {
+			return false, err
+		}
+		v1 := bytes.HasPrefix(proxyproto.SIGV1, b) || bytes.HasPrefix(b, proxyproto.SIGV1)
+		v2 := bytes.HasPrefix(proxyproto.SIGV2, b) || bytes.HasPrefix(b, proxyproto.SIGV2)
+		switch {
+		case !v1 && !v2:
+			return false, nil
+		case n >= len(proxyproto.SIGV1) && v1, n >= len(proxyproto.SIGV2) && v2:
+			return true, nil
+		}
+	}
+}
+
+// noHeader reports whether readProxyHeader's error means that the peer
+// sent no PROXY header: its first bytes are something else, it sent
+// nothing before the timeout, or it closed.
+func noHeader(err error) bool {
+	return errors.Is(err, proxyproto.ErrNoProxyProtocol) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF)
 }
 
 // proxyResult is the client a trusted peer's PROXY header names: its
@@ -156,32 +222,48 @@ func (srv *Server) decide(ctx context.Context, c *Conn, peer netip.AddrPort, res
 	return v, v.Deny
 }
 
-// pipe copies both ways until both directions have ended. A direction
-// that reaches EOF half-closes the other side (CloseWrite), so that the
-// other direction can still answer; an error (a reset, a cut, a PROXY
-// header from an untrusted peer) resets both. Between two *net.TCPConn
-// io.Copy splices in the kernel.
-func (srv *Server) pipe(pc *proxyConn, src io.Reader, up *net.TCPConn) {
+// pipe copies both ways until both directions have ended: first pre to
+// the upstream (and, with detect, the check of the client's first bytes
+// for a PROXY header), then whatever arrives (relay). A direction that
+// reaches EOF half-closes the other side (CloseWrite), so that the other
+// direction can still answer; an error (a reset, a cut, a PROXY header
+// from an untrusted peer) resets both.
+func (srv *Server) pipe(pc *proxyConn, up *net.TCPConn, pre []byte, detect bool) {
 	client := pc.client
 	upDone := make(chan struct{})
 	go func() {
 		defer close(upDone)
-		n, err := io.Copy(up, src)
-		srv.m.bytesUp.Add(float64(n))
-		if err != nil {
-			if errors.Is(err, proxyproto.ErrSuperfluousProxyHeader) && !srv.wasCut(pc) {
-				srv.m.refused[refusedProxyHeader].Inc()
-				srv.log.Debug("origdst: refused a PROXY header from an untrusted peer", "peer", client.RemoteAddr().String())
+		if detect {
+			h, rest, err := readProxyHeader(client, srv.opts.ProxyHeaderTimeout)
+			if h != nil || err != nil && !noHeader(err) {
+				if !srv.wasCut(pc) && (h != nil || !isReset(err)) {
+					srv.m.refused[refusedProxyHeader].Inc()
+					srv.log.Debug("origdst: refused a PROXY header from an untrusted peer", "peer", client.RemoteAddr().String(), "error", err)
+				}
+				abort(client)
+				abort(up)
+				return
 			}
+			pre = rest
+		}
+		if len(pre) > 0 {
+			n, err := up.Write(pre)
+			srv.m.bytesUp.Add(float64(n))
+			pc.touch()
+			if err != nil {
+				abort(client)
+				abort(up)
+				return
+			}
+		}
+		if err := srv.relay(pc, up, client, srv.m.bytesUp); err != nil {
 			abort(client)
 			abort(up)
 			return
 		}
 		_ = up.CloseWrite()
 	}()
-	n, err := io.Copy(client, up)
-	srv.m.bytesDown.Add(float64(n))
-	if err != nil {
+	if err := srv.relay(pc, client, up, srv.m.bytesDown); err != nil {
 		abort(client)
 		abort(up)
 	} else {
@@ -190,6 +272,40 @@ func (srv *Server) pipe(pc *proxyConn, src io.Reader, up *net.TCPConn) {
 	<-upDone
 	_ = client.Close()
 	_ = up.Close()
+}
+
+// relay copies from src to dst until src's EOF. It waits for src to have
+// data without holding anything (waitData), then moves exactly what is
+// there with io.CopyN between the two *net.TCPConn, which splices in the
+// kernel. (A plain io.Copy splices too, but holds a pipe, two file
+// descriptors, for as long as it waits: an idle connection would keep two
+// pipes.)
+func (srv *Server) relay(pc *proxyConn, dst, src *net.TCPConn, moved prometheus.Counter) error {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for {
+		avail, err := waitData(rc)
+		if err != nil {
+			return err
+		}
+		if avail == 0 {
+			return nil // EOF
+		}
+		pc.touch()
+		n, err := io.CopyN(dst, src, int64(avail))
+		moved.Add(float64(n))
+		pc.touch()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// isReset reports whether err is the peer resetting the connection.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed)
 }
 
 // track registers pc and returns the connections' context.
@@ -259,16 +375,9 @@ func (srv *Server) cutAll(why cutReason) int {
 	return n
 }
 
-// idlePair is one proxied connection as an idle sweep sees it.
-type idlePair struct {
-	pc         *proxyConn
-	client, up *net.TCPConn
-}
-
 // startIdleSweeps checks the proxied connections every quarter of
-// IdleTimeout (at most every 30 s) and cuts those whose two sockets have
-// received no data for IdleTimeout (TCP_INFO, which a splice in progress
-// does not disturb). stop ends the sweeps.
+// IdleTimeout (at most every 30 s) and cuts those that moved no byte
+// either way for IdleTimeout. stop ends the sweeps.
 func (srv *Server) startIdleSweeps() (stop func()) {
 	idle := srv.opts.IdleTimeout
 	if idle <= 0 {
@@ -280,32 +389,32 @@ func (srv *Server) startIdleSweeps() (stop func()) {
 		defer close(done)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		var buf []idlePair
+		var buf []*proxyConn
 		for {
 			select {
 			case <-quit:
 				return
-			case <-t.C:
-				buf = srv.sweepIdle(buf[:0], idle)
+			case now := <-t.C:
+				buf = srv.sweepIdle(buf[:0], now.Add(-idle).UnixNano())
 			}
 		}
 	}()
 	return func() { close(quit); <-done }
 }
 
-func (srv *Server) sweepIdle(buf []idlePair, idle time.Duration) []idlePair {
+// sweepIdle cuts the proxied connections whose bytes last moved before
+// the time since (Unix nanoseconds).
+func (srv *Server) sweepIdle(buf []*proxyConn, since int64) []*proxyConn {
 	srv.mu.Lock()
 	for pc := range srv.conns {
-		if pc.up != nil && pc.cut == 0 {
-			buf = append(buf, idlePair{pc, pc.client, pc.up})
+		if pc.up != nil && pc.cut == 0 && pc.last.Load() < since {
+			buf = append(buf, pc)
 		}
 	}
 	srv.mu.Unlock()
-	for _, p := range buf {
-		a, okA := sinceDataReceived(p.client)
-		b, okB := sinceDataReceived(p.up)
-		if okA && okB && min(a, b) >= idle && srv.cut(p.pc, cutIdle) {
-			srv.log.Debug("origdst: idle connection closed", "peer", p.client.RemoteAddr().String(), "idle_timeout", idle)
+	for _, pc := range buf {
+		if pc.last.Load() < since && srv.cut(pc, cutIdle) {
+			srv.log.Debug("origdst: idle connection closed", "peer", pc.client.RemoteAddr().String(), "idle_timeout", srv.opts.IdleTimeout)
 		}
 	}
 	clear(buf) // drop the references until the next sweep

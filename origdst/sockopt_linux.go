@@ -3,7 +3,7 @@ package origdst
 import (
 	"net"
 	"net/netip"
-	"time"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -91,22 +91,41 @@ func probeMark(mark uint32) error {
 	return setMark(fd, mark)
 }
 
-// sinceDataReceived is how long ago c last received data (TCP_INFO's
-// tcpi_last_data_recv, counted from the connection's establishment when
-// nothing came yet); ok is false when the kernel does not say. It works
-// while another goroutine splices on c, which is why the idle timeout uses
-// it rather than read deadlines.
-func sinceDataReceived(c *net.TCPConn) (d time.Duration, ok bool) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	err = rc.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil {
-			return
+// waitData waits until the socket of rc has data or is at EOF, without
+// reading anything, and returns how many bytes it can read now: 0 at EOF.
+// It asks the kernel (SIOCINQ), and when that says 0, peeks at one byte to
+// tell "nothing yet" (wait: Go's netpoller parks the goroutine) from EOF.
+func waitData(rc syscall.RawConn) (avail int, err error) {
+	var serr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+			if err != nil {
+				serr = err
+				return true
+			}
+			if n > 0 {
+				avail = n
+				return true
+			}
+			var b [1]byte
+			m, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false // nothing yet: wait for readability
+			case err != nil:
+				serr = err
+				return true
+			case m == 0:
+				return true // EOF
+			}
+			// Data arrived between the two calls: ask again.
 		}
-		d, ok = time.Duration(info.Last_data_recv)*time.Millisecond, true
 	})
-	return d, ok && err == nil
+	if err == nil {
+		err = serr
+	}
+	return avail, err
 }

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"time"
+	"syscall"
 )
 
 // Capture listeners need Linux (SO_ORIGINAL_DST, IP_TRANSPARENT, SO_MARK):
@@ -24,4 +24,4 @@ func setMark(int, uint32) error { return errors.ErrUnsupported }
 
 func probeMark(uint32) error { return errors.ErrUnsupported }
 
-func sinceDataReceived(*net.TCPConn) (time.Duration, bool) { return 0, false }
+func waitData(syscall.RawConn) (int, error) { return 0, errors.ErrUnsupported }
