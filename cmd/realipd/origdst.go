@@ -82,9 +82,6 @@ func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		log.Warn("origdst: fallback auto is not built yet (binding only while no Envoy has ACKed the capture ports): binding the capture addresses now, as with always",
 			"fallback_grace", cfg.OrigDst.FallbackGrace.Duration)
 	}
-	if err := srv.CheckMark(); err != nil {
-		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: origdst.mark: %w", err)
-	}
 	lns, err := srv.Bind(context.Background())
 	if err != nil {
 		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: %s", bindProblem(cfg, err))
@@ -93,6 +90,10 @@ func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		for _, ln := range lns {
 			ln.Close()
 		}
+	}
+	if err := srv.CheckMark(); err != nil {
+		closeListeners()
+		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: origdst.mark: %w", err)
 	}
 	return role{name: "origdst", run: func(ctx context.Context) error {
 		began := drainClock(ctx)

@@ -2,49 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"os"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/realipd/realipd/internal/config"
 )
-
-// TestServeOrigDstCannotStart: a native listener that cannot start stops
-// serve with exit 1 and one line naming the role, the key and the reason:
-// as root, a capture address already in use; otherwise, the missing
-// privilege for SO_MARK.
-func TestServeOrigDstCannotStart(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("the native listener needs Linux")
-	}
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	cfg := writeFile(t, "origdst.yaml", fmt.Sprintf(`
-extproc: {listen: 127.0.0.1:0}
-xds: {enabled: false}
-admin: {enabled: false}
-origdst: {enabled: true, listen: ["0.0.0.0:0", %q]}
-`, taken.Addr().String()))
-	_, errOut, code := runCmd(t, "serve", "--config", cfg)
-	want := fmt.Sprintf("realipd: serve: the origdst role cannot start: origdst.listen[1] %s: the address is already in use", taken.Addr())
-	if os.Geteuid() != 0 {
-		want = "realipd: serve: the origdst role cannot start: origdst.mark: origdst: setting SO_MARK 1338 on the upstream dials needs CAP_NET_ADMIN"
-	}
-	lines := strings.Split(strings.TrimSpace(errOut), "\n")
-	if code != 1 || !strings.HasPrefix(lines[len(lines)-1], want) {
-		t.Errorf("exit %d, stderr:\n%s\nwant its last line to start with %q", code, errOut, want)
-	}
-	if strings.Contains(errOut, "errno") || strings.Contains(errOut, "bind: address already in use") {
-		t.Errorf("the error is the raw errno:\n%s", errOut)
-	}
-}
 
 // TestServeOrigDstFallbackNever: fallback never runs the role idle, ready,
 // without binding.
