@@ -8,7 +8,6 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/realipd/realipd/clientip"
@@ -57,16 +56,6 @@ var passThrough = func() [phaseResponseTrailers + 1][]byte {
 	}
 	return out
 }()
-
-// validDenyStatus reports whether Envoy accepts code as an ImmediateResponse
-// status: a defined type.v3.StatusCode of at least 200.
-func validDenyStatus(code int) bool {
-	if code < 200 || code > 599 {
-		return false
-	}
-	_, ok := typev3.StatusCode_name[int32(code)]
-	return ok
-}
 
 // state is one immutable set of runtime settings; Update swaps it atomically.
 type state struct {
@@ -233,10 +222,7 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 		fieldsBuf[4] = metaField{"decision", "deny"}
 		fieldsBuf[5] = metaField{"policy", verdict.Policy}
 		md.fields = fieldsBuf[:6]
-		status := st.denyStatus
-		if verdict.Status != 0 && validDenyStatus(verdict.Status) {
-			status = verdict.Status
-		}
+		status := plugins.DenyStatus(verdict.Decision, st.denyStatus)
 		body := verdict.Body
 		if body == "" {
 			body = denyBody

@@ -160,7 +160,7 @@ func (srv *Server) Update(s Settings) error {
 	if st.denyStatus == 0 {
 		st.denyStatus = DefaultDenyStatus
 	}
-	if !validDenyStatus(st.denyStatus) {
+	if !plugins.ValidDenyStatus(st.denyStatus) {
 		return fmt.Errorf("extproc: settings: deny_status %d is not an HTTP status Envoy can send (a defined status code from 200 to 599)", s.DenyStatus)
 	}
 	st.allowCount = srv.m.requests.WithLabelValues("allow", st.strategyName)

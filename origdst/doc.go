@@ -34,6 +34,15 @@
 // When Serve's context ends the listeners close, the connections have
 // DrainTimeout to finish and the rest are cut.
 //
+// Connections to the original-destination ports of Options.HTTPPorts are
+// served as HTTP/1.1 instead (net/http, keep-alive and upgrades included):
+// each request is resolved from its forwarding headers with
+// Settings.Resolver, decided on by the chain, and either answered with a
+// deny (Settings.DenyStatus) or forwarded to the original destination with
+// the client-IP header set (a client-sent one removed) and the peer
+// appended to X-Forwarded-For: what the ext_proc server answers Envoy for
+// the same peer and headers.
+//
 // The metrics are realipd_origdst_* (see README.md in this directory).
 // Capture listeners need Linux; elsewhere Listen fails with
 // errors.ErrUnsupported.

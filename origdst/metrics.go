@@ -54,6 +54,10 @@ type metrics struct {
 	cut          *prometheus.CounterVec
 	policyErrors *prometheus.CounterVec
 	setup        prometheus.Histogram
+
+	httpRequests       [2]prometheus.Counter // allow, deny
+	httpUnresolved     *prometheus.CounterVec
+	httpUpstreamErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -85,8 +89,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	setup := prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "connection_setup_seconds",
 		Help:    "From accept to the upstream connection established (PROXY header, policies and dial included).",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
+	httpRequests := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_requests_total",
+		Help: "Requests of the HTTP ports (origdst.http_ports) decided on, by decision: allow (forwarded) or deny (answered with the deny status)."},
+		[]string{"decision"})
+	httpUnresolved := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_unresolved_total",
+		Help: "Requests of the HTTP ports whose client IP is unresolved (trust.on_unresolved applies), by the resolution's reason."},
+		[]string{"reason"})
+	httpUpstreamErrors := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_upstream_errors_total",
+		Help: "Allowed requests of the HTTP ports that could not be forwarded to the original destination (answered 503 unless the client left)."})
 	m := &metrics{
-		accepted: accepted, active: active, listeners: listeners,
+		httpRequests:       [2]prometheus.Counter{httpRequests.WithLabelValues("allow"), httpRequests.WithLabelValues("deny")},
+		httpUnresolved:     httpUnresolved,
+		httpUpstreamErrors: httpUpstreamErrors,
+		accepted:           accepted, active: active, listeners: listeners,
 		bytesUp: bytes.WithLabelValues("upstream"), bytesDown: bytes.WithLabelValues("downstream"),
 		dialErrors: dialErrors, lookupErrors: lookupErrors, cut: cut, policyErrors: policyErrors, setup: setup,
 	}
@@ -103,7 +118,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		cut.WithLabelValues(c.String())
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{accepted, refused, active, listeners, bytes, dialErrors, lookupErrors, cut, policyErrors, setup} {
+		for _, c := range []prometheus.Collector{accepted, refused, active, listeners, bytes, dialErrors, lookupErrors, cut, policyErrors, setup, httpRequests, httpUnresolved, httpUpstreamErrors} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("origdst: register metrics: %w", err)
 			}

@@ -51,6 +51,20 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 	ctx := srv.track(pc)
 	defer srv.untrack(pc)
 
+	if srv.isHTTPPort(c.OriginalDst().Port()) {
+		pre, res, err := srv.setUpHTTP(c)
+		if err != nil {
+			abort(c.TCPConn)
+			if !srv.wasCut(pc) {
+				srv.m.refused[refusedProxyHeader].Inc()
+				srv.log.Debug("origdst: refused", "reason", refusedProxyHeader.String(), "peer", c.RemoteAddr().String(), "error", err)
+			}
+			return
+		}
+		srv.serveHTTP(pc, c, pre, res, listener)
+		return
+	}
+
 	up, pre, detect, why, err := srv.setUp(ctx, c, listener)
 	if err != nil {
 		abort(c.TCPConn)
@@ -320,6 +334,7 @@ func (srv *Server) untrack(pc *proxyConn) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	delete(srv.conns, pc)
+	delete(srv.httpServers, pc)
 }
 
 // setUpstream records pc's upstream connection; false when pc was cut

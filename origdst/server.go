@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"sync"
@@ -56,6 +58,16 @@ type Options struct {
 	// ProxyHeaderTimeout bounds the wait for a trusted peer's PROXY header
 	// (default DefaultProxyHeaderTimeout).
 	ProxyHeaderTimeout time.Duration
+	// HTTPPorts are the original-destination ports whose connections are
+	// served as HTTP/1.1 (origdst.http_ports): each request is resolved
+	// from its forwarding headers and decided on, gets the client-IP
+	// header, and is forwarded; a deny is answered with Settings.DenyStatus.
+	HTTPPorts []uint16
+	// RunDial, when set, runs each upstream dial (a function that dials
+	// and returns); nil dials on the connection's own goroutine. It lets
+	// a caller whose goroutines are outside the network namespace of the
+	// capture listeners dial from inside it (a thread that entered it).
+	RunDial func(dial func())
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics; nil keeps them
@@ -81,6 +93,18 @@ type Settings struct {
 	// TrustedCIDRs are the peers whose PROXY header is honoured (with
 	// Options.ProxyProtocol; trust.trusted_cidrs).
 	TrustedCIDRs []netip.Prefix
+	// Resolver resolves the client IP of the requests of the HTTP ports
+	// from their forwarding headers, as the ext_proc server does; required
+	// with Options.HTTPPorts.
+	Resolver *clientip.Resolver
+	// ClientIPHeader is the request header the HTTP mode sets to the
+	// client IP, a client-sent one removed (lower-case; default
+	// DefaultClientIPHeader; extproc.client_ip_header).
+	ClientIPHeader string
+	// DenyStatus is the HTTP status of a deny in the HTTP mode (default
+	// DefaultDenyStatus; extproc.deny_status); a policy's own status wins
+	// when it is valid (plugins.DenyStatus).
+	DenyStatus int
 }
 
 // state is one immutable set of runtime settings; Update swaps it.
@@ -89,6 +113,7 @@ type state struct {
 	holdChain      bool // chain has policies: connections acquire it
 	passUnresolved bool
 	trusted        clientip.PrefixSet
+	http           httpState
 }
 
 // Server is realipd's native listener: it accepts the connections steered
@@ -119,6 +144,11 @@ type Server struct {
 	connCtx   context.Context // the connections' context, cancelled when they are cut
 
 	warnLookup, warnAccept rateLimit
+
+	httpPorts          []uint16
+	reverseProxy       *httputil.ReverseProxy // the HTTP mode's forwarding
+	closeIdleUpstreams func()
+	httpServers        map[*proxyConn]*http.Server // the HTTP connections' servers; guarded by mu
 }
 
 // New checks opts and builds a Server with its first settings. It
@@ -157,6 +187,12 @@ func New(opts Options, s Settings) (*Server, error) {
 	if opts.MaxConnections == 0 {
 		opts.MaxConnections = DefaultMaxConnections
 	}
+	httpPorts := slices.Clone(opts.HTTPPorts)
+	slices.Sort(httpPorts)
+	if slices.Contains(httpPorts, 0) {
+		return nil, errors.New("origdst: HTTP port 0")
+	}
+	httpPorts = slices.Compact(httpPorts)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -166,14 +202,18 @@ func New(opts Options, s Settings) (*Server, error) {
 		return nil, err
 	}
 	srv := &Server{
-		opts:       opts,
-		log:        log,
-		m:          m,
-		conns:      map[*proxyConn]struct{}{},
-		connCtx:    context.Background(),
-		warnLookup: rateLimit{every: 10 * time.Second},
-		warnAccept: rateLimit{every: 10 * time.Second},
+		opts:        opts,
+		log:         log,
+		m:           m,
+		conns:       map[*proxyConn]struct{}{},
+		connCtx:     context.Background(),
+		warnLookup:  rateLimit{every: 10 * time.Second},
+		warnAccept:  rateLimit{every: 10 * time.Second},
+		httpPorts:   httpPorts,
+		httpServers: map[*proxyConn]*http.Server{},
 	}
+	srv.dialOn = opts.RunDial
+	srv.reverseProxy = srv.newReverseProxy()
 	srv.v6only = make([]bool, len(listen))
 	for i, a := range listen {
 		if a.Addr().Is6() && a.Addr().IsUnspecified() {
@@ -208,11 +248,16 @@ func (srv *Server) Update(s Settings) error {
 	if srv.opts.ProxyProtocol && len(s.TrustedCIDRs) == 0 {
 		return errors.New("origdst: settings: the PROXY protocol needs trusted CIDRs (trust.trusted_cidrs)")
 	}
+	hs, err := newHTTPState(s, len(srv.httpPorts) > 0)
+	if err != nil {
+		return err
+	}
 	srv.state.Store(&state{
 		chain:          s.Chain,
 		holdChain:      s.Chain.Len() > 0,
 		passUnresolved: s.PassUnresolved,
 		trusted:        clientip.NewPrefixSet(s.TrustedCIDRs),
+		http:           hs,
 	})
 	return nil
 }
@@ -352,6 +397,7 @@ func (srv *Server) ServeListeners(ctx context.Context, lns []*Listener) error {
 		ln.Close()
 	}
 	accepting.Wait()
+	srv.drainHTTP()
 
 	done := make(chan struct{})
 	go func() { srv.handlers.Wait(); close(done) }()

@@ -71,3 +71,36 @@ type Policy interface {
 type HeaderInputs interface {
 	RequestHeaders() (names []string, all bool)
 }
+
+// envoyStatuses are the HTTP statuses of at least 200 that Envoy's
+// type.v3.StatusCode enum defines: the ones an ext_proc ImmediateResponse
+// can carry, and so the only ones a deny may have on either path (ext_proc
+// or the native listener's HTTP mode), so that both answer alike.
+var envoyStatuses = func() (set [600]bool) {
+	for _, r := range [][2]int{
+		{200, 208}, {226, 226}, {300, 308}, {400, 417}, {421, 424}, {426, 426},
+		{428, 429}, {431, 431}, {500, 508}, {510, 511},
+	} {
+		for c := r[0]; c <= r[1]; c++ {
+			if c != 306 { // unused, so not in the enum
+				set[c] = true
+			}
+		}
+	}
+	return set
+}()
+
+// ValidDenyStatus reports whether code can be the HTTP status of a deny: a
+// status of at least 200 that Envoy's type.v3.StatusCode defines.
+func ValidDenyStatus(code int) bool {
+	return code >= 0 && code < len(envoyStatuses) && envoyStatuses[code]
+}
+
+// DenyStatus is the HTTP status of deny decision d: d.Status when it is a
+// valid one (ValidDenyStatus), otherwise configured.
+func DenyStatus(d Decision, configured int) int {
+	if d.Status != 0 && ValidDenyStatus(d.Status) {
+		return d.Status
+	}
+	return configured
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/origdst"
 	"github.com/realipd/realipd/plugins"
@@ -30,18 +31,37 @@ func origdstOptions(cfg *config.Config, logger *slog.Logger, reg prometheus.Regi
 		DrainTimeout:   o.DrainTimeout.Duration,
 		MaxConnections: o.MaxConnections,
 		ProxyProtocol:  o.ProxyProtocol,
+		HTTPPorts:      httpPorts(o.HTTPPorts),
 		Logger:         logger,
 		Registerer:     reg,
 	}, nil
 }
 
-// origdstSettings makes the native listener's settings of cfg with chain.
-func origdstSettings(cfg *config.Config, chain *plugins.Chain) origdst.Settings {
+// httpPorts converts validated ports.
+func httpPorts(ports []int) []uint16 {
+	out := make([]uint16, len(ports))
+	for i, p := range ports {
+		out[i] = uint16(p)
+	}
+	return out
+}
+
+// origdstSettings makes the native listener's settings of cfg with chain:
+// the HTTP mode resolves and answers as the ext_proc server does, with the
+// same trust settings, client-IP header and deny status.
+func origdstSettings(cfg *config.Config, chain *plugins.Chain) (origdst.Settings, error) {
+	resolver, err := clientip.New(cfg.Trust.ClientIP())
+	if err != nil {
+		return origdst.Settings{}, fmt.Errorf("origdst: %w", err)
+	}
 	return origdst.Settings{
 		Chain:          chain,
 		PassUnresolved: cfg.Trust.PassUnresolved(),
 		TrustedCIDRs:   cfg.Trust.ClientIP().TrustedCIDRs,
-	}
+		Resolver:       resolver,
+		ClientIPHeader: cfg.ExtProc.ClientIPHeader,
+		DenyStatus:     cfg.ExtProc.DenyStatus,
+	}, nil
 }
 
 // origdstRole builds the native listener of cfg on the chains of chains
@@ -58,12 +78,19 @@ func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 	if err != nil {
 		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: origdst.mode: %w", err)
 	}
-	srv, err := origdst.New(opts, origdstSettings(cfg, chains.current()))
+	settings, err := origdstSettings(cfg, chains.current())
+	if err != nil {
+		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: %w", err)
+	}
+	srv, err := origdst.New(opts, settings)
 	if err != nil {
 		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: %w", err)
 	}
 	chains.use(chainConsumer{name: "origdst", stage: func(cfg *config.Config, chain *plugins.Chain) (func() error, error) {
-		s := origdstSettings(cfg, chain)
+		s, err := origdstSettings(cfg, chain)
+		if err != nil {
+			return nil, err
+		}
 		return func() error { return srv.Update(s) }, nil
 	}})
 	// chains counts the role as a user from here on: its run tells when it

@@ -1,0 +1,467 @@
+package origdst
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/textproto"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/plugins"
+)
+
+// The HTTP mode: connections whose original destination port is one of
+// Options.HTTPPorts are served as HTTP/1.1 (keep-alive included) by the
+// standard library's server, one http.Server per connection. Every
+// request is resolved and decided on, as the ext_proc server does for
+// Envoy, and then forwarded to the original destination by an
+// httputil.ReverseProxy.
+
+// Defaults of the HTTP mode, Envoy's where Envoy has one.
+const (
+	// DefaultClientIPHeader is the request header set to the client IP.
+	DefaultClientIPHeader = "x-real-ip"
+	// DefaultDenyStatus is the HTTP status of a deny.
+	DefaultDenyStatus = 403
+	// maxRequestHeaderBytes is Envoy's default max_request_headers_kb (60
+	// KiB): a request with more header bytes is refused (431).
+	maxRequestHeaderBytes = 60 << 10
+	// requestHeaderTimeout bounds the wait for a request's headers.
+	requestHeaderTimeout = 30 * time.Second
+	// idleUpstreamTimeout is how long an upstream connection kept alive
+	// for later requests may stay unused.
+	idleUpstreamTimeout = 60 * time.Second
+)
+
+// Bodies of the answers the HTTP mode gives itself, those of the ext_proc
+// server where it has one.
+const (
+	denyBody          = "access denied\n"
+	unresolvedBody    = "client IP unresolved\n"
+	upstreamErrorBody = "upstream connect error\n"
+)
+
+// httpState is the part of the runtime settings the HTTP mode uses.
+type httpState struct {
+	resolver       *clientip.Resolver
+	header         string // canonical name of the header resolver reads; "" for none
+	clientIPHeader string // canonical
+	denyStatus     int
+}
+
+// newHTTPState checks the HTTP settings of s. A nil Resolver is allowed
+// only when no port is served as HTTP.
+func newHTTPState(s Settings, needed bool) (httpState, error) {
+	hs := httpState{resolver: s.Resolver, clientIPHeader: s.ClientIPHeader, denyStatus: s.DenyStatus}
+	if hs.resolver == nil {
+		if needed {
+			return httpState{}, errors.New("origdst: settings: the HTTP ports need a Resolver")
+		}
+		return hs, nil
+	}
+	if h := hs.resolver.Header(); h != "" {
+		hs.header = textproto.CanonicalMIMEHeaderKey(h)
+	}
+	if hs.clientIPHeader == "" {
+		hs.clientIPHeader = DefaultClientIPHeader
+	}
+	if !validHeaderName(hs.clientIPHeader) {
+		return httpState{}, errors.New("origdst: settings: client IP header " + hs.clientIPHeader + " is not a lower-case header name")
+	}
+	hs.clientIPHeader = textproto.CanonicalMIMEHeaderKey(hs.clientIPHeader)
+	if hs.denyStatus == 0 {
+		hs.denyStatus = DefaultDenyStatus
+	}
+	if !plugins.ValidDenyStatus(hs.denyStatus) {
+		return httpState{}, errors.New("origdst: settings: deny status is not an HTTP status from 200 to 599 that Envoy defines")
+	}
+	return hs, nil
+}
+
+// httpConn serves the requests of one connection.
+type httpConn struct {
+	srv      *Server
+	pc       *proxyConn
+	peer     string           // the peer as resolution sees it: the TCP peer, or a trusted PROXY header's source
+	peerIP   netip.Addr       // the IP Envoy would append to X-Forwarded-For: that peer's
+	fixed    *clientip.Result // set when a trusted PROXY header names no client: unresolved
+	dst      netip.AddrPort
+	listener string
+	handlers sync.WaitGroup // requests being served, upgraded ones included
+}
+
+// rewrite is what one allowed request's forwarding needs; it travels in
+// the request's context to the reverse proxy's Rewrite.
+type rewrite struct {
+	dst            netip.AddrPort
+	clientIPHeader string
+	clientIP       string // "" removes the header
+	peerIP         string
+	policy         []plugins.Header
+}
+
+type rewriteKey struct{}
+
+// serveHTTP serves conn, whose first bytes may be pre (read past a PROXY
+// header), as HTTP/1.1 until it closes. res is the client a trusted PROXY
+// header named (its Source is SourceHeader), or the peer's.
+func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Result, listener string) {
+	hc := &httpConn{srv: srv, pc: pc, dst: c.OriginalDst(), listener: listener}
+	peer := addrPortOf(c.RemoteAddr())
+	switch {
+	case res.Source == clientip.SourceHeader:
+		// A trusted proxy speaking PROXY protocol: its source is the
+		// peer, as for Envoy's proxy_protocol listener filter.
+		hc.peerIP = res.IP
+		hc.peer = netip.AddrPortFrom(res.IP, 0).String()
+	case !res.OK():
+		hc.fixed = &res
+		hc.peerIP = peer.Addr()
+		hc.peer = peer.String()
+	default:
+		hc.peerIP = peer.Addr()
+		hc.peer = peer.String()
+	}
+	done := make(chan struct{})
+	var closeDone sync.Once
+	hs := &http.Server{
+		Handler:           hc,
+		ReadHeaderTimeout: requestHeaderTimeout,
+		IdleTimeout:       srv.opts.IdleTimeout,
+		MaxHeaderBytes:    maxRequestHeaderBytes,
+		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateClosed || s == http.StateHijacked {
+				closeDone.Do(func() { close(done) })
+			}
+		},
+	}
+	if !srv.trackHTTP(pc, hs) { // the drain began meanwhile
+		abort(c.TCPConn)
+		return
+	}
+	_ = hs.Serve(&oneConnListener{conn: &prefixConn{TCPConn: c.TCPConn, pre: pre}, done: done})
+	// Serve returns once the connection is closed, or hijacked by an
+	// upgrade (WebSocket) that its handler still serves.
+	hc.handlers.Wait()
+	_ = c.TCPConn.Close()
+}
+
+// ServeHTTP resolves the client of r, lets the policies decide, and
+// answers a deny itself or forwards r to the original destination.
+func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hc.handlers.Add(1)
+	defer hc.handlers.Done()
+	srv := hc.srv
+	st, held := srv.acquire()
+	if held {
+		defer st.chain.Release()
+	}
+	h := &st.http
+	var res clientip.Result
+	switch {
+	case hc.fixed != nil:
+		res = *hc.fixed
+	case h.header == "":
+		res = h.resolver.Client(hc.peer, nil)
+	default:
+		res = h.resolver.Client(hc.peer, r.Header[h.header])
+	}
+	if !res.OK() {
+		srv.m.httpUnresolved.WithLabelValues(res.Reason.String()).Inc()
+	}
+	var v plugins.Verdict
+	switch {
+	case !res.OK() && !st.passUnresolved:
+		v = plugins.Verdict{Decision: plugins.Decision{Deny: true, Body: unresolvedBody}, Policy: policyUnresolved}
+	case st.chain.Len() > 0:
+		v = st.chain.Decide(r.Context(), &plugins.Request{
+			ClientIP:    res.IP,
+			Peer:        hc.peer,
+			OriginalDst: hc.dst,
+			Resolution:  res,
+			Strategy:    h.resolver.Strategy(),
+			Headers:     policyHeaders(st.chain, r),
+			Listener:    hc.listener,
+		})
+		if v.Err != nil {
+			srv.m.policyErrors.WithLabelValues(v.ErrPolicy).Inc()
+			srv.log.Debug("origdst: policy failed; on_error applied", "policy", v.ErrPolicy, "error", v.Err, "deny", v.Deny)
+		}
+	}
+	if v.Deny {
+		srv.m.httpRequests[1].Inc()
+		hdr := w.Header()
+		for _, ph := range v.Headers {
+			if validPolicyHeader(ph) && ph.Name != "content-type" {
+				hdr.Set(ph.Name, ph.Value)
+			}
+		}
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+		body := v.Body
+		if body == "" {
+			body = denyBody
+		}
+		w.WriteHeader(plugins.DenyStatus(v.Decision, h.denyStatus))
+		_, _ = io.WriteString(w, body)
+		return
+	}
+	srv.m.httpRequests[0].Inc()
+	rw := &rewrite{dst: hc.dst, clientIPHeader: h.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: v.Headers}
+	if res.OK() {
+		rw.clientIP = res.IP.String()
+	}
+	srv.reverseProxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), rewriteKey{}, rw)))
+}
+
+// policyHeaders are the headers of r the chain's policies read
+// (plugins.HeaderInputs), names lower-case, with the request's pseudo
+// headers as Envoy gives them (:authority, :method, :path, :scheme);
+// nil when no policy reads any. Names come sorted (net/http keeps no
+// order between names), repeated lines in order.
+func policyHeaders(chain *plugins.Chain, r *http.Request) []plugins.Header {
+	names, all := chain.RequestHeaders()
+	if !all && len(names) == 0 {
+		return nil
+	}
+	pseudo := []plugins.Header{
+		{Name: ":authority", Value: r.Host},
+		{Name: ":method", Value: r.Method},
+		{Name: ":path", Value: r.RequestURI},
+		{Name: ":scheme", Value: "http"},
+	}
+	var out []plugins.Header
+	for _, p := range pseudo {
+		if all || slices.Contains(names, p.Name) {
+			out = append(out, p)
+		}
+	}
+	if all {
+		keys := make([]string, 0, len(r.Header))
+		for k := range r.Header {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			for _, v := range r.Header[k] {
+				out = append(out, plugins.Header{Name: strings.ToLower(k), Value: v})
+			}
+		}
+		return out
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, ":") {
+			continue
+		}
+		for _, v := range r.Header[textproto.CanonicalMIMEHeaderKey(n)] {
+			out = append(out, plugins.Header{Name: n, Value: v})
+		}
+	}
+	return out
+}
+
+// newReverseProxy builds the proxy of the HTTP mode: it forwards each
+// request to its connection's original destination over the server's
+// upstream dials (SO_MARK), keeping upstream connections alive between
+// requests, and answers 503 when the upstream cannot be reached.
+func (srv *Server) newReverseProxy() *httputil.ReverseProxy {
+	transport := &http.Transport{
+		Proxy: nil, // never a proxy from the environment
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return srv.dialUpstream(ctx, addr)
+		},
+		MaxIdleConnsPerHost:    16,
+		IdleConnTimeout:        idleUpstreamTimeout,
+		DisableCompression:     true, // forward the body as the upstream sent it
+		MaxResponseHeaderBytes: 1 << 20,
+	}
+	srv.closeIdleUpstreams = transport.CloseIdleConnections
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			rw := pr.In.Context().Value(rewriteKey{}).(*rewrite)
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = rw.dst.String()
+			pr.Out.Host = pr.In.Host
+			hdr := pr.Out.Header
+			// A client-sent client-IP header never survives.
+			hdr.Del(rw.clientIPHeader)
+			if rw.clientIP != "" {
+				hdr.Set(rw.clientIPHeader, rw.clientIP)
+			}
+			// Envoy with use_remote_address: true appends the peer to
+			// X-Forwarded-For (one line, the client's lines joined).
+			xff := strings.Join(pr.In.Header["X-Forwarded-For"], ", ")
+			if xff != "" {
+				xff += ", "
+			}
+			hdr["X-Forwarded-For"] = []string{xff + rw.peerIP}
+			for _, ph := range rw.policy {
+				if validPolicyHeader(ph) && textproto.CanonicalMIMEHeaderKey(ph.Name) != rw.clientIPHeader {
+					hdr.Set(ph.Name, ph.Value)
+				}
+			}
+		},
+		Transport:     transport,
+		FlushInterval: -1, // stream responses as they come (server-sent events)
+		ErrorLog:      log.New(io.Discard, "", 0),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			srv.m.httpUpstreamErrors.Inc()
+			srv.log.Debug("origdst: HTTP request to the original destination failed", "original_dst", r.URL.Host, "error", err)
+			if errors.Is(err, context.Canceled) {
+				return // the client went away
+			}
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, upstreamErrorBody)
+		},
+	}
+}
+
+// dialUpstream connects to an original destination with the server's
+// dialer (SO_MARK, dial_timeout), counting failures.
+func (srv *Server) dialUpstream(ctx context.Context, addr string) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	dial := func() { conn, err = srv.dial.DialContext(ctx, "tcp", addr) }
+	if srv.dialOn != nil {
+		srv.dialOn(dial)
+	} else {
+		dial()
+	}
+	if err != nil {
+		srv.m.dialErrors.WithLabelValues(dialReason(err)).Inc()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// validPolicyHeader reports whether a policy's header may be written: a
+// lower-case token name, a value without NUL, CR or LF (the ext_proc
+// server's rule: Envoy rejects the others).
+func validPolicyHeader(h plugins.Header) bool {
+	return validHeaderName(h.Name) && !strings.ContainsAny(h.Value, "\x00\r\n")
+}
+
+// validHeaderName reports whether name is a lower-case HTTP token.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := range len(name) {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// oneConnListener hands one connection to an http.Server, then blocks
+// Accept until that connection is closed or hijacked (done), so that
+// Serve returns then.
+type oneConnListener struct {
+	conn net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.once.Do(func() { c = l.conn })
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// prefixConn is a TCP connection whose first bytes read are pre.
+type prefixConn struct {
+	*net.TCPConn
+	pre []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(b, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.TCPConn.Read(b)
+}
+
+// isHTTPPort reports whether connections to port are served as HTTP.
+func (srv *Server) isHTTPPort(port uint16) bool {
+	_, found := slices.BinarySearch(srv.httpPorts, port)
+	return found
+}
+
+// setUpHTTP reads the PROXY header of a trusted peer, which names the
+// client, and checks that no other peer sends one (an HTTP client speaks
+// first, so its first bytes are looked at before anything is served). pre
+// are the bytes read past the header.
+func (srv *Server) setUpHTTP(c *Conn) (pre []byte, res clientip.Result, err error) {
+	client := c.TCPConn
+	peer := addrPortOf(client.RemoteAddr())
+	res = clientip.Result{IP: peer.Addr(), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer}
+	if !srv.opts.ProxyProtocol {
+		return nil, res, nil
+	}
+	h, rest, err := readProxyHeader(client, srv.opts.ProxyHeaderTimeout)
+	if srv.state.Load().trusted.Contains(peer.Addr()) {
+		if err != nil {
+			return nil, res, errors.New("PROXY header of a trusted peer: " + err.Error())
+		}
+		return rest, proxyResult(h), nil
+	}
+	if h != nil || err != nil && !noHeader(err) {
+		return nil, res, errors.New("PROXY header from an untrusted peer")
+	}
+	return rest, res, nil
+}
+
+// trackHTTP records the server of an HTTP connection, so that a drain can
+// end its keep-alive; false when the drain has begun.
+func (srv *Server) trackHTTP(pc *proxyConn, hs *http.Server) bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.draining {
+		return false
+	}
+	srv.httpServers[pc] = hs
+	return true
+}
+
+// drainHTTP ends the keep-alive of every HTTP connection: idle ones close
+// now, the others after the response in progress (http.Server.Shutdown);
+// the drain timeout still cuts what is left.
+func (srv *Server) drainHTTP() {
+	srv.mu.Lock()
+	servers := make([]*http.Server, 0, len(srv.httpServers))
+	for _, hs := range srv.httpServers {
+		servers = append(servers, hs)
+	}
+	srv.mu.Unlock()
+	for _, hs := range servers {
+		hs.SetKeepAlivesEnabled(false)
+		go func() { _ = hs.Shutdown(context.Background()) }()
+	}
+	if srv.closeIdleUpstreams != nil {
+		srv.closeIdleUpstreams()
+	}
+}

@@ -1,0 +1,205 @@
+//go:build linux
+
+package origdst
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/intercept"
+)
+
+// httpApp serves HTTP in ns on addr, answering with the headers it got
+// as JSON; at /upgrade it switches protocols and echoes lines.
+func (w *world) httpApp(t testing.TB, addr netip.AddrPort) {
+	t.Helper()
+	var ln net.Listener
+	w.b.Must(t, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr.String())
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go http.Serve(ln, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/upgrade" {
+			c, brw, err := http.NewResponseController(rw).Hijack()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			brw.Flush()
+			for {
+				line, err := brw.ReadString('\n')
+				if err != nil {
+					return
+				}
+				brw.WriteString("echo " + line)
+				brw.Flush()
+			}
+		}
+		json.NewEncoder(rw).Encode(r.Header)
+	}))
+}
+
+func resolver(t testing.TB, cfg clientip.Config) *clientip.Resolver {
+	t.Helper()
+	r, err := clientip.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// roundTrip writes raw on c and reads one response.
+func roundTrip(t testing.TB, c net.Conn, br *bufio.Reader, raw string) (*http.Response, string) {
+	t.Helper()
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the answer to %q: %v", raw, err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+// TestHTTPModeNetns: connections to an HTTP port are served as HTTP/1.1
+// on outbound REDIRECT, IPv4 and IPv6. A trusted PROXY v1 or v2 header
+// names the peer that resolution and X-Forwarded-For see; one from an
+// untrusted peer resets the connection before any byte goes upstream; a
+// malformed request gets 400 and nothing goes upstream; an upgrade
+// (WebSocket's mechanism) is relayed both ways; an unreachable
+// destination gets 503.
+func TestHTTPModeNetns(t *testing.T) {
+	for _, f := range families() {
+		t.Run(f.String(), func(t *testing.T) {
+			w := newWorld(t)
+			w.rules(t, intercept.ModeRedirect, f)
+			target := netip.AddrPortFrom(w.bIP[f], 8080)
+			w.httpApp(t, target)
+			pod := w.aIP[f]
+			trustPod := []netip.Prefix{netip.PrefixFrom(pod, pod.BitLen())}
+			rec := &recorder{}
+			settings := Settings{
+				Chain:        rec.chain(t),
+				TrustedCIDRs: trustPod,
+				Resolver:     resolver(t, clientip.Config{Strategy: clientip.RightmostTrustedRange, TrustedCIDRs: trustPod}),
+			}
+			r := w.serve(t, Options{Mode: ModeRedirect, Listen: both(outboundPort), HTTPPorts: []uint16{8080, 8081}, ProxyProtocol: true}, settings)
+
+			src := netip.MustParseAddrPort("198.51.100.7:1")
+			if f == intercept.IPv6 {
+				src = netip.MustParseAddrPort("[2001:db8::7]:1")
+			}
+			request := "GET /x HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n"
+			for _, version := range []byte{1, 2} {
+				t.Run(fmt.Sprintf("trusted PROXY v%d", version), func(t *testing.T) {
+					client := netip.MustParseAddrPort("198.51.100.7:4444")
+					if f == intercept.IPv6 {
+						client = netip.MustParseAddrPort("[2001:db8::7]:4444")
+					}
+					c := dial(t, w.a, target)
+					c.Write(proxyHeader(t, version, client, target))
+					br := bufio.NewReader(c)
+					// Two requests on one connection, each resolved.
+					for i := range 2 {
+						resp, body := roundTrip(t, c, br, request)
+						var got http.Header
+						if err := json.Unmarshal([]byte(body), &got); resp.StatusCode != 200 || err != nil {
+							t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+						}
+						// The PROXY source is the peer: untrusted, so the
+						// client, whatever the headers say.
+						if ip := got.Get("X-Real-Ip"); ip != client.Addr().String() {
+							t.Errorf("x-real-ip %q, want %v", ip, client.Addr())
+						}
+						if xff := got.Values("X-Forwarded-For"); len(xff) != 1 || xff[0] != "6.6.6.6, "+client.Addr().String() {
+							t.Errorf("X-Forwarded-For %q", xff)
+						}
+						if req := rec.last(t); req.ClientIP != client.Addr() || req.OriginalDst != target || req.Strategy != clientip.RightmostTrustedRange {
+							t.Errorf("the policy saw %+v", req)
+						}
+					}
+				})
+			}
+
+			t.Run("untrusted PROXY header", func(t *testing.T) {
+				s := settings
+				s.TrustedCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+				if err := r.srv.Update(s); err != nil {
+					t.Fatal(err)
+				}
+				defer r.srv.Update(settings)
+				before := r.metric(t, "http_requests_total", "allow")
+				c := dial(t, w.a, target)
+				c.Write(append(proxyHeader(t, 2, src, target), request...))
+				refusedAfter(t, c)
+				r.waitMetric(t, "connections_refused_total", "proxy_header", 1)
+				if n := r.metric(t, "http_requests_total", "allow"); n != before {
+					t.Errorf("a request behind an untrusted PROXY header was forwarded")
+				}
+				// Without the header, the same peer is served, as the client.
+				c = dial(t, w.a, target)
+				resp, body := roundTrip(t, c, bufio.NewReader(c), request)
+				if resp.StatusCode != 200 || !strings.Contains(body, pod.String()) {
+					t.Errorf("without a PROXY header: %d %q", resp.StatusCode, body)
+				}
+			})
+
+			t.Run("malformed request", func(t *testing.T) {
+				c := dial(t, w.a, target)
+				c.Write(proxyHeader(t, 2, src, target))
+				before := r.metric(t, "http_requests_total", "allow")
+				resp, _ := roundTrip(t, c, bufio.NewReader(c), "GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Errorf("status %d, want 400", resp.StatusCode)
+				}
+				if r.metric(t, "http_requests_total", "allow") != before {
+					t.Error("a malformed request was forwarded")
+				}
+			})
+
+			t.Run("upgrade", func(t *testing.T) {
+				c := dial(t, w.a, target)
+				c.Write(proxyHeader(t, 1, src, target))
+				io.WriteString(c, "GET /upgrade HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+					t.Fatalf("upgrade: %v %v", resp, err)
+				}
+				for _, line := range []string{"one\n", "two\n"} {
+					io.WriteString(c, line)
+					if got, err := br.ReadString('\n'); err != nil || got != "echo "+line {
+						t.Fatalf("after the upgrade: %q %v", got, err)
+					}
+				}
+			})
+
+			t.Run("unreachable destination", func(t *testing.T) {
+				closed := netip.AddrPortFrom(w.bIP[f], 8081) // an HTTP port nobody listens on
+				c := dial(t, w.a, closed)
+				c.Write(proxyHeader(t, 1, src, closed))
+				resp, body := roundTrip(t, c, bufio.NewReader(c), "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+				if resp.StatusCode != http.StatusServiceUnavailable || body != upstreamErrorBody {
+					t.Errorf("%d %q, want 503", resp.StatusCode, body)
+				}
+				r.waitMetric(t, "http_upstream_errors_total", "", 1)
+			})
+		})
+	}
+}
