@@ -446,6 +446,13 @@ func startMainIn(t *testing.T, wrap []string, args ...string) (*exec.Cmd, *logTa
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startExeIn(t, wrap, exe, args...)
+}
+
+// startExeIn is startMainIn with the program exe (the test binary, or a
+// realipd binary built by the test).
+func startExeIn(t *testing.T, wrap []string, exe string, args ...string) (*exec.Cmd, *logTail, <-chan error) {
+	t.Helper()
 	argv := append(append(slices.Clone(wrap), exe), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "REALIPD_TEST_MAIN=1")
