@@ -4,8 +4,6 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
 )
@@ -13,7 +11,7 @@ import (
 // adminRole builds the admin listener of cfg: /metrics serves reg (every
 // role's metrics), /config_dump what dump returns, /readyz the readiness
 // checks the other roles register with the returned server.
-func adminRole(cfg *config.Config, logger *slog.Logger, reg *prometheus.Registry, dump func() any) (role, *admin.Server, error) {
+func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump func() any) (role, *admin.Server, error) {
 	log := logger.With("role", "admin")
 	srv, err := admin.New(admin.Options{
 		Logger:       log,

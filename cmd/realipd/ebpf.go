@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/realipd/realipd/intercept"
@@ -29,24 +31,41 @@ hierarchy (found in /proc/mounts) and a bpffs for the pin directory.
 'realipd serve' attaches the same capture itself when intercept.ebpf.enabled
 is true (and detaches it on exit unless it is pinned).`
 
+const ebpfExamples = `
+  sudo realipd ebpf attach --config /etc/realipd/realipd.yaml
+  sudo realipd ebpf status --pin /sys/fs/bpf/realipd
+  sudo realipd ebpf detach --config /etc/realipd/realipd.yaml`
+
+// ebpfVerbs are the subcommands of ebpf.
+var ebpfVerbs = []string{"attach", "detach", "status"}
+
+// ebpfFlagSet builds the FlagSet of 'ebpf VERB' ("" for ebpf alone, which
+// lists the same flags in its usage) without running it.
+func ebpfFlagSet(verb string) (fs *flag.FlagSet, path, pin *string) {
+	name := "ebpf"
+	if verb != "" {
+		name += " " + verb
+	}
+	fs = newFlagSet(name, ebpfSynopsis, ebpfDescription, ebpfExamples)
+	path = fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
+	pin = fs.String("pin", "", "pin `DIR` on a bpffs (default: intercept.ebpf.pin)")
+	return fs, path, pin
+}
+
 // runEBPF is `realipd ebpf attach|detach|status`.
 func runEBPF(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		fs := newFlagSet("ebpf", ebpfSynopsis, ebpfDescription)
+		fs, _, _ := ebpfFlagSet("")
 		if err := parseFlags(fs, args, stdout, stderr); err != nil {
 			return err
 		}
 		return usageError("ebpf: give attach, detach or status")
 	}
 	verb, rest := args[0], args[1:]
-	switch verb {
-	case "attach", "detach", "status":
-	default:
+	if !slices.Contains(ebpfVerbs, verb) {
 		return usageError("ebpf: unknown subcommand %q (attach, detach or status)", verb)
 	}
-	fs := newFlagSet("ebpf "+verb, ebpfSynopsis, ebpfDescription)
-	path := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
-	pin := fs.String("pin", "", "pin `DIR` on a bpffs (default: intercept.ebpf.pin)")
+	fs, path, pin := ebpfFlagSet(verb)
 	if err := parseFlags(fs, rest, stdout, stderr); err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ func ebpfRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer
 		return role{}, nil, fmt.Errorf("the ebpf role cannot start: %w", err)
 	}
 	rt.capture = c
-	if err := reg.Register(ebpfCollector{rt}); err != nil {
+	if err := registerEBPFMetrics(reg, rt); err != nil {
 		rt.close()
 		return role{}, nil, err
 	}
@@ -114,6 +114,13 @@ var (
 	ebpfSteeredDesc = prometheus.NewDesc("realipd_ebpf_inbound_steered_total",
 		"Inbound connections steered to the inbound capture socket by sk_lookup.", nil, nil)
 )
+
+// registerEBPFMetrics registers the ebpf role's metrics, read from rt, in
+// reg. Every metric of the role is registered here, so that
+// docs/metrics.md's test, which cannot attach a capture, sees them all.
+func registerEBPFMetrics(reg prometheus.Registerer, rt *ebpfRuntime) error {
+	return reg.Register(ebpfCollector{rt})
+}
 
 // ebpfCollector exports the capture's BPF counters, read at each scrape.
 // With a pinned capture they count since it was first attached.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -39,9 +40,9 @@ and iptables-save/iptables-restore on PATH; each run handles one family.
 (origdst.mark, origdst.tproxy_mark) and intercept.iptables from a file;
 flags given on the command line override it. Lists are comma-separated;
 '' is an empty list and '*' every destination or port. The CIDRs of a flag
-must be of the family rendered; those of the file are sorted by family.
+must be of the family rendered; those of the file are sorted by family.`
 
-Examples:
+const iptablesExamples = `
   realipd iptables --mode tproxy                       # print the IPv4 rules
   sudo realipd iptables --config /etc/realipd.yaml --apply
   sudo realipd iptables --config /etc/realipd.yaml --apply --ipv6
@@ -67,8 +68,17 @@ var iptablesSettings = []iptablesSetting{
 	{"exclude_inbound_ports", "exclude-inbound-ports", "intercept.iptables.exclude_inbound_ports"},
 }
 
-func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("iptables", iptablesSynopsis, iptablesDescription)
+// iptablesFlagValues are the flags of iptables: the actions, and the
+// settings (by flag name) that override the file, parsed by iptablesFlags.
+type iptablesFlagValues struct {
+	config, mode        *string
+	ipv6, apply, remove *bool
+	str                 map[string]*string
+}
+
+// iptablesFlagSet builds iptables' FlagSet without running it.
+func iptablesFlagSet() (*flag.FlagSet, iptablesFlagValues) {
+	fs := newFlagSet("iptables", iptablesSynopsis, iptablesDescription, iptablesExamples)
 	configPath := fs.String("config", "", "configuration `FILE` for the mode, ports, marks and intercept.iptables; flags override it")
 	mode := fs.String("mode", "", "`MODE` of the inbound side: redirect or tproxy (default: xds.mode, redirect)")
 	ipv6 := fs.Bool("ipv6", false, "render or apply the IPv6 rules (ip6tables) instead of the IPv4 ones")
@@ -91,6 +101,12 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	} {
 		str[s.flag] = fs.String(s.flag, "", s.usage)
 	}
+	return fs, iptablesFlagValues{config: configPath, mode: mode, ipv6: ipv6, apply: apply, remove: remove, str: str}
+}
+
+func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, f := iptablesFlagSet()
+	configPath, mode, ipv6, apply, remove, str := f.config, f.mode, f.ipv6, f.apply, f.remove, f.str
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}

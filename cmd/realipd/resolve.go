@@ -28,9 +28,9 @@ The request is the peer that connected (--remote-addr) and the header lines
 it sent (-H, repeatable, kept in order; names are case-insensitive). --config
 takes the trust section of a configuration file; flags given on the command
 line override it. A --strategy other than the file's discards the file's
-trust settings.
+trust settings.`
 
-Examples:
+const resolveExamples = `
   realipd resolve --strategy rightmost_trusted_range --trusted-cidrs 10.0.0.0/8 \
       --remote-addr 10.0.0.5:80 -H 'X-Forwarded-For: 203.0.113.9, 10.1.1.1'
   realipd resolve --config /etc/realipd.yaml --remote-addr 10.0.0.5:80 \
@@ -90,19 +90,36 @@ var trustFlags = map[string]string{
 	"use_remote_address": "use-remote-address",
 }
 
+// resolveFlags are the flags of resolve.
+type resolveFlags struct {
+	config, peer, strategy, header, cidrs *string
+	headers                               *headerLines
+	hops                                  *int
+	useRemote, asJSON                     *bool
+}
+
+// resolveFlagSet builds resolve's FlagSet without running it.
+func resolveFlagSet() (*flag.FlagSet, resolveFlags) {
+	def := config.Default().Trust
+	fs := newFlagSet("resolve", resolveSynopsis, resolveDescription, resolveExamples)
+	f := resolveFlags{headers: &headerLines{}}
+	f.config = fs.String("config", "", "configuration `FILE` whose trust section is used; flags override it")
+	f.peer = fs.String("remote-addr", "", "the peer that connected: `ADDR` as ip:port, [v6]:port or an IP; '' is a peer that is not an IP (required)")
+	fs.Var(f.headers, "H", "a request header line `'Name: value'`; repeatable, in order; 'Name:' is a line with an empty value")
+	f.strategy = fs.String("strategy", def.Strategy, "strategy `S`: "+strings.Join(clientip.StrategyNames(), ", "))
+	f.header = fs.String("header", def.Header, "header `H` to read (ignored by remote_addr)")
+	f.cidrs = fs.String("trusted-cidrs", "", "comma-separated trusted `CIDRs` (rightmost_trusted_range; envoy_xff: xff_trusted_cidrs)")
+	f.hops = fs.Int("trusted-hops", 0, "trusted hops `N` (rightmost_trusted_count, default 1; envoy_xff: xff_num_trusted_hops, default 0)")
+	f.useRemote = fs.Bool("use-remote-address", false, "envoy_xff: emulate the HTTP connection manager's use_remote_address: true")
+	f.asJSON = fs.Bool("json", false, "print the whole explanation as JSON on stdout")
+	return fs, f
+}
+
 func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	def := config.Default().Trust
-	fs := newFlagSet("resolve", resolveSynopsis, resolveDescription)
-	configPath := fs.String("config", "", "configuration `FILE` whose trust section is used; flags override it")
-	peer := fs.String("remote-addr", "", "the peer that connected: `ADDR` as ip:port, [v6]:port or an IP; '' is a peer that is not an IP (required)")
-	var headers headerLines
-	fs.Var(&headers, "H", "a request header line `'Name: value'`; repeatable, in order; 'Name:' is a line with an empty value")
-	strategy := fs.String("strategy", def.Strategy, "strategy `S`: "+strings.Join(clientip.StrategyNames(), ", "))
-	header := fs.String("header", def.Header, "header `H` to read (ignored by remote_addr)")
-	cidrs := fs.String("trusted-cidrs", "", "comma-separated trusted `CIDRs` (rightmost_trusted_range; envoy_xff: xff_trusted_cidrs)")
-	hops := fs.Int("trusted-hops", 0, "trusted hops `N` (rightmost_trusted_count, default 1; envoy_xff: xff_num_trusted_hops, default 0)")
-	useRemote := fs.Bool("use-remote-address", false, "envoy_xff: emulate the HTTP connection manager's use_remote_address: true")
-	asJSON := fs.Bool("json", false, "print the whole explanation as JSON on stdout")
+	fs, f := resolveFlagSet()
+	configPath, peer, strategy, header, cidrs := f.config, f.peer, f.strategy, f.header, f.cidrs
+	hops, useRemote, asJSON := f.hops, f.useRemote, f.asJSON
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
@@ -148,7 +165,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return failure(fmt.Errorf("resolve: %w", err))
 	}
-	res, expl := r.Explain(*peer, headers.lines(r.Header()))
+	res, expl := r.Explain(*peer, f.headers.lines(r.Header()))
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

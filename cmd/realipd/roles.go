@@ -45,7 +45,14 @@ type serving struct {
 // while serving also adds a reloadTarget. Roles share one metrics registry,
 // served by the admin role. When a constructor fails, what the earlier ones
 // started (plugin processes) is stopped before the error is returned.
-func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error) {
+func buildRoles(cfg *config.Config, logger *slog.Logger) (*serving, error) {
+	return buildRolesOn(cfg, logger, prometheus.NewRegistry())
+}
+
+// buildRolesOn is buildRoles with the metrics registry given: every role
+// registers its metrics in reg, and the admin role serves it. docs/metrics.md's
+// test passes a registry that records what is registered.
+func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (s *serving, err error) {
 	var cleanups []func()
 	defer func() {
 		if err != nil {
@@ -56,7 +63,6 @@ func buildRoles(cfg *config.Config, logger *slog.Logger) (s *serving, err error)
 	}()
 	s = &serving{}
 	s.current.Store(cfg)
-	reg := prometheus.NewRegistry()
 	if s.reloads, err = newReloadMetrics(reg); err != nil {
 		return nil, err
 	}

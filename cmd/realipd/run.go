@@ -56,18 +56,32 @@ func failure(err error) error { return &exitError{code: exitFailure, err: err} }
 type command struct {
 	name    string
 	summary string
-	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	// verbs are the words a command takes before its flags (ebpf
+	// attach|detach|status); nil for most.
+	verbs []string
+	// flags builds the command's FlagSet for verb ("" for the command
+	// alone) without running it, so that docs/cli.md's test can visit
+	// every flag. run builds its FlagSet with the same function.
+	flags func(verb string) *flag.FlagSet
+	run   func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func commands() []command {
 	return []command{
-		{"serve", "run every enabled role (ext_proc, xDS, admin, native listener) until SIGTERM", runServe},
-		{"resolve", "resolve the client IP of one request given on the command line", runResolve},
-		{"validate", "check a configuration file and list every error with its key path", runValidate},
-		{"bootstrap", "print the Envoy ADS bootstrap for realipd's xDS control plane", runBootstrap},
-		{"iptables", "render, apply or remove the iptables rules that steer traffic to the capture ports", runIPTables},
-		{"ebpf", "attach, detach or show the eBPF capture (no iptables needed)", runEBPF},
-		{"version", "print the version", runVersion},
+		{name: "serve", summary: "run every enabled role (ext_proc, xDS, admin, native listener, eBPF capture) until SIGTERM",
+			flags: func(string) *flag.FlagSet { fs, _ := serveFlagSet(); return fs }, run: runServe},
+		{name: "resolve", summary: "resolve the client IP of one request given on the command line",
+			flags: func(string) *flag.FlagSet { fs, _ := resolveFlagSet(); return fs }, run: runResolve},
+		{name: "validate", summary: "check a configuration file and list every error with its key path",
+			flags: func(string) *flag.FlagSet { fs, _ := validateFlagSet(); return fs }, run: runValidate},
+		{name: "bootstrap", summary: "print the Envoy ADS bootstrap for realipd's xDS control plane",
+			flags: func(string) *flag.FlagSet { fs, _ := bootstrapFlagSet(); return fs }, run: runBootstrap},
+		{name: "iptables", summary: "render, apply or remove the iptables rules that steer traffic to the capture ports",
+			flags: func(string) *flag.FlagSet { fs, _ := iptablesFlagSet(); return fs }, run: runIPTables},
+		{name: "ebpf", summary: "attach, detach or show the eBPF capture (no iptables needed)", verbs: ebpfVerbs,
+			flags: func(verb string) *flag.FlagSet { fs, _, _ := ebpfFlagSet(verb); return fs }, run: runEBPF},
+		{name: "version", summary: "print the version",
+			flags: func(string) *flag.FlagSet { return versionFlagSet() }, run: runVersion},
 	}
 }
 
@@ -132,14 +146,28 @@ Commands:
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
-	fmt.Fprint(w, `
-Run 'realipd <command> --help' for a command's flags.
+	fmt.Fprint(w, `  help      print this text, or with a command its flags: realipd help resolve
+
+Run 'realipd <command> --help' (or 'realipd help <command>') for a
+command's flags and examples. Exit status: 0 success, 1 failure (an
+invalid configuration, an unresolved client IP, a role that cannot start),
+2 a bad command line. The reference is docs/cli.md.
+
+Examples:
+`+topLevelExamples+`
 `)
 }
 
-// newFlagSet returns a FlagSet whose usage text starts with synopsis and
-// description.
-func newFlagSet(name, synopsis, description string) *flag.FlagSet {
+// topLevelExamples are the examples of realipd --help.
+const topLevelExamples = `  realipd serve --config /etc/realipd/realipd.yaml
+  realipd validate --config /etc/realipd/realipd.yaml
+  realipd resolve --trusted-cidrs 10.0.0.0/8 --remote-addr 10.0.0.5:80 -H 'X-Forwarded-For: 203.0.113.9'
+  realipd help iptables`
+
+// newFlagSet returns a FlagSet whose usage text is the synopsis, the
+// description, the flags and the examples (command lines indented by two
+// spaces, one or more lines each).
+func newFlagSet(name, synopsis, description, examples string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Usage = func() {
 		w := fs.Output()
@@ -150,6 +178,7 @@ func newFlagSet(name, synopsis, description string) *flag.FlagSet {
 			fmt.Fprintf(w, "\nFlags:\n")
 			fs.PrintDefaults()
 		}
+		fmt.Fprintf(w, "\nExamples:\n%s\n", strings.Trim(examples, "\n"))
 	}
 	return fs
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,22 +12,38 @@ import (
 	"github.com/realipd/realipd/internal/config"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// serveFlags are the flags of serve.
+type serveFlags struct{ config, logLevel, logFormat *string }
+
+// serveFlagSet builds serve's FlagSet without running it.
+func serveFlagSet() (*flag.FlagSet, serveFlags) {
 	fs := newFlagSet("serve", "serve [--config FILE] [--log-level LEVEL] [--log-format FORMAT]", `
 Run every role the configuration enables (ext_proc server, xDS control plane,
-admin listener, native fallback listener) in one process until SIGTERM or
-SIGINT, then shut them down gracefully and exit 0. Without --config the
-defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin on
-127.0.0.1:9902, the native listener off.
+admin listener, native fallback listener, eBPF capture) in one process until
+SIGTERM or SIGINT, then shut them down gracefully and exit 0. Without --config
+the defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin
+on 127.0.0.1:9902, the native listener off. Logs go to stderr.
 
 With --config, the file is reloaded when it changes and on SIGHUP. An
 invalid file, or one that changes a key needing a restart (listen addresses,
-enabled flags, the admin and origdst sections, extproc.drain_timeout),
-is rejected with every problem logged with its key path, and the last good
-configuration keeps serving.`)
-	path := fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
-	level := fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
-	format := fs.String("log-format", "text", "log `FORMAT`: text or json")
+enabled flags, the admin, origdst and intercept sections,
+extproc.drain_timeout), is rejected with every problem logged with its key
+path, and the last good configuration keeps serving. A role that cannot
+start (an address in use, a missing privilege, a plugin that fails its
+sha256 check) stops serve with exit 1 before anything serves.`, `
+  realipd serve
+  realipd serve --config /etc/realipd/realipd.yaml --log-format json
+  realipd serve --config realipd.yaml --log-level debug`)
+	var f serveFlags
+	f.config = fs.String("config", "", "configuration `FILE` (default: built-in defaults)")
+	f.logLevel = fs.String("log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	f.logFormat = fs.String("log-format", "text", "log `FORMAT`: text or json")
+	return fs, f
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, f := serveFlagSet()
+	path, level, format := f.config, f.logLevel, f.logFormat
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}

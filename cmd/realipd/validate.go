@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -10,12 +11,22 @@ import (
 	"github.com/realipd/realipd/internal/policies"
 )
 
-func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("validate", "validate --config FILE", `
+// validateFlagSet builds validate's FlagSet without running it.
+func validateFlagSet() (fs *flag.FlagSet, path *string) {
+	fs = newFlagSet("validate", "validate --config FILE", `
 Check a configuration file. Every error is listed with its key path (for
 example trust.trusted_cidrs[1]) and the exit status is 1; a valid file prints
-a one-line summary and exits 0.`)
-	path := fs.String("config", "", "configuration `FILE` to check (required)")
+a one-line summary and exits 0. Besides the keys, it checks that every plugin
+binary exists, is executable and matches its sha256 (nothing is started),
+and, when xds.enabled is true, that the Envoy resources the xDS control
+plane would serve can be built.`, `
+  realipd validate --config /etc/realipd/realipd.yaml`)
+	path = fs.String("config", "", "configuration `FILE` to check (required)")
+	return fs, path
+}
+
+func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, path := validateFlagSet()
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}

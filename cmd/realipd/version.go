@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"runtime"
@@ -12,8 +13,17 @@ import (
 // When empty, the module version recorded in the binary is used.
 var version = ""
 
+// versionFlagSet builds version's FlagSet (it has no flags) without running it.
+func versionFlagSet() *flag.FlagSet {
+	return newFlagSet("version", "version", `
+Print realipd's version, the Go version it was built with, the platform
+and, when the binary records it, the VCS revision ("-dirty" when the tree
+had changes).`, `
+  realipd version`)
+}
+
 func runVersion(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("version", "version", "Print realipd's version, the Go version it was built with and the platform.")
+	fs := versionFlagSet()
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}

@@ -42,6 +42,14 @@ const (
 	DefaultShutdownTimeout  = 5 * time.Second
 )
 
+// Registry is what the admin listener needs of a metrics registry: it
+// registers its own collectors and serves what it gathers. A
+// *prometheus.Registry is one; a wrapper may record what is registered.
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
+}
+
 // Options configures a Server. The zero value is usable: it serves a fresh
 // registry holding only the Go and process collectors, and no /config_dump.
 type Options struct {
@@ -49,7 +57,7 @@ type Options struct {
 	Logger *slog.Logger
 	// Registry is served on /metrics. New registers the Go and process
 	// collectors in it (an already registered one is kept). Nil: a new registry.
-	Registry *prometheus.Registry
+	Registry Registry
 	// ConfigDump returns the effective configuration, served as indented JSON
 	// on /config_dump. It is called once per request and must be safe for
 	// concurrent use. Nil: /config_dump is not served (404).
