@@ -42,6 +42,18 @@ const (
 	envoyBootstrap  = "/etc/envoy/envoy.yaml"     // --config-path of envoy
 )
 
+// manifests are the decoded documents of a directory of manifests.
+type manifests []object
+
+// reporter is what the checks report to: a *testing.T, or a collector
+// (TestChecksCatchMistakes).
+type reporter interface {
+	Helper()
+	Error(args ...any)
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // object is one decoded document of a manifest file.
 type object struct {
 	file string
@@ -121,12 +133,12 @@ func splitDocuments(data []byte) ([][]byte, error) {
 
 var (
 	loadOnce sync.Once
-	loaded   []object
+	loaded   manifests
 	loadErr  error
 )
 
 // objects decodes every document of every *.yaml file here, once.
-func objects(t *testing.T) []object {
+func objects(t *testing.T) manifests {
 	t.Helper()
 	loadOnce.Do(func() { loaded, loadErr = decodeDir(".") })
 	if loadErr != nil {
@@ -135,7 +147,7 @@ func objects(t *testing.T) []object {
 	return loaded
 }
 
-func decodeDir(dir string) ([]object, error) {
+func decodeDir(dir string) (manifests, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		return nil, err
@@ -143,7 +155,7 @@ func decodeDir(dir string) ([]object, error) {
 	if len(files) == 0 {
 		return nil, errors.New("no *.yaml manifests found")
 	}
-	var out []object
+	var out manifests
 	var errs []error
 	for _, file := range files {
 		data, err := os.ReadFile(file)
@@ -187,10 +199,10 @@ func objectMeta(obj any) metav1.ObjectMeta {
 
 // only returns the one object of type T named name; the test fails when
 // there is none or more than one.
-func only[T any](t *testing.T, name string) T {
+func only[T any](t reporter, m manifests, name string) T {
 	t.Helper()
 	var found []T
-	for _, o := range objects(t) {
+	for _, o := range m {
 		if v, ok := o.obj.(T); ok && o.meta.Name == name {
 			found = append(found, v)
 		}
@@ -205,8 +217,9 @@ func only[T any](t *testing.T, name string) T {
 // TestManifestsDecodeStrictly decodes every manifest into the Kubernetes API
 // types and requires the kinds the example is made of.
 func TestManifestsDecodeStrictly(t *testing.T) {
+	m := objects(t)
 	kinds := map[string]int{}
-	for _, o := range objects(t) {
+	for _, o := range m {
 		kinds[fmt.Sprintf("%T", o.obj)]++
 		if o.meta.Name == "" {
 			t.Errorf("%s: a %T without metadata.name", o.file, o.obj)
@@ -224,7 +237,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			t.Errorf("%d objects of type %s, want %d (all: %v)", kinds[k], k, n, kinds)
 		}
 	}
-	only[*corev1.Namespace](t, namespace)
+	only[*corev1.Namespace](t, m, namespace)
 }
 
 // TestStrictDecodingRefuses proves that the decoding above would catch a
@@ -258,11 +271,11 @@ type pod struct {
 	app      *corev1.Container
 }
 
-func loadPod(t *testing.T) *pod {
+func loadPod(t reporter, m manifests) *pod {
 	t.Helper()
-	d := only[*appsv1.Deployment](t, "echo")
+	d := only[*appsv1.Deployment](t, m, "echo")
 	p := &pod{deploy: d, spec: &d.Spec.Template.Spec}
-	cm := only[*corev1.ConfigMap](t, realipdConfigCM)
+	cm := only[*corev1.ConfigMap](t, m, realipdConfigCM)
 	text, ok := cm.Data[realipdKey]
 	if !ok {
 		t.Fatalf("ConfigMap %s has no key %s", realipdConfigCM, realipdKey)
@@ -302,7 +315,7 @@ func (p *pod) all() []*corev1.Container {
 }
 
 // listenPort is the port of a host:port listen address.
-func listenPort(t *testing.T, key, addr string) (host string, port int) {
+func listenPort(t reporter, key, addr string) (host string, port int) {
 	t.Helper()
 	h, ps, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -317,7 +330,7 @@ func listenPort(t *testing.T, key, addr string) (host string, port int) {
 
 // containerPort resolves a probe's or a Service's port (a number or a port
 // name) against c's ports.
-func containerPort(t *testing.T, c *corev1.Container, p intstr.IntOrString) int {
+func containerPort(t reporter, c *corev1.Container, p intstr.IntOrString) int {
 	t.Helper()
 	if p.Type == intstr.Int {
 		return p.IntValue()
@@ -331,15 +344,17 @@ func containerPort(t *testing.T, c *corev1.Container, p intstr.IntOrString) int 
 	return 0
 }
 
-func portByName(t *testing.T, c *corev1.Container, name string) int {
+func portByName(t reporter, c *corev1.Container, name string) int {
 	t.Helper()
 	return containerPort(t, c, intstr.FromString(name))
 }
 
 // TestRealipdConfig: the ConfigMap's realipd configuration passes realipd's
 // validation, and the settings the pod depends on hold.
-func TestRealipdConfig(t *testing.T) {
-	p := loadPod(t)
+func TestRealipdConfig(t *testing.T) { checkRealipdConfig(t, objects(t)) }
+
+func checkRealipdConfig(t reporter, m manifests) {
+	p := loadPod(t, m)
 	c := p.cfg
 	if !c.ExtProc.Enabled || !c.XDS.Enabled || !c.Admin.Enabled {
 		t.Errorf("extproc, xds and admin must be enabled (%v, %v, %v)", c.ExtProc.Enabled, c.XDS.Enabled, c.Admin.Enabled)
@@ -363,12 +378,14 @@ func TestRealipdConfig(t *testing.T) {
 }
 
 // TestPorts: every container port matches the configuration it documents.
-func TestPorts(t *testing.T) {
-	p := loadPod(t)
+func TestPorts(t *testing.T) { checkPorts(t, objects(t)) }
+
+func checkPorts(t reporter, m manifests) {
+	p := loadPod(t, m)
 	_, extproc := listenPort(t, "extproc.listen", p.cfg.ExtProc.Listen)
 	_, xdsPort := listenPort(t, "xds.listen", p.cfg.XDS.Listen)
 	_, admin := listenPort(t, "admin.listen", p.cfg.Admin.Listen)
-	l := bootstrap(t)
+	l := bootstrap(t, m)
 	envoyAdmin := envoytest.EndpointOf(l.Bootstrap.GetAdmin().GetAddress()).Addr.Port()
 
 	for _, w := range []struct {
@@ -396,11 +413,11 @@ func TestPorts(t *testing.T) {
 	}
 
 	// The Service reaches the application port, the NetworkPolicy lets it in.
-	svc := only[*corev1.Service](t, "echo")
+	svc := only[*corev1.Service](t, m, "echo")
 	if len(svc.Spec.Ports) != 1 || containerPort(t, p.app, svc.Spec.Ports[0].TargetPort) != appPort {
 		t.Errorf("Service echo: ports %+v, want one targeting the application port %d", svc.Spec.Ports, appPort)
 	}
-	np := only[*networkingv1.NetworkPolicy](t, "echo")
+	np := only[*networkingv1.NetworkPolicy](t, m, "echo")
 	var allowed []int
 	for _, rule := range np.Spec.Ingress {
 		if len(rule.From) != 0 {
@@ -434,8 +451,10 @@ func TestPorts(t *testing.T) {
 
 // TestProbes: realipd's probes reach its admin listener on the right paths,
 // not through Envoy; Envoy's go through the inbound capture.
-func TestProbes(t *testing.T) {
-	p := loadPod(t)
+func TestProbes(t *testing.T) { checkProbes(t, objects(t)) }
+
+func checkProbes(t reporter, m manifests) {
+	p := loadPod(t, m)
 	_, admin := listenPort(t, "admin.listen", p.cfg.Admin.Listen)
 	for _, w := range []struct {
 		what  string
@@ -480,8 +499,10 @@ func TestProbes(t *testing.T) {
 // names a ConfigMap of the manifests and keys it has, the configuration
 // files the commands read are mounted, and the ConfigMaps are mounted as
 // directories (a subPath mount never sees an update).
-func TestVolumes(t *testing.T) {
-	p := loadPod(t)
+func TestVolumes(t *testing.T) { checkVolumes(t, objects(t)) }
+
+func checkVolumes(t reporter, m manifests) {
+	p := loadPod(t, m)
 	volumes := map[string]corev1.Volume{}
 	for _, v := range p.spec.Volumes {
 		volumes[v.Name] = v
@@ -491,7 +512,7 @@ func TestVolumes(t *testing.T) {
 		if cmv == nil {
 			continue
 		}
-		cm := only[*corev1.ConfigMap](t, cmv.Name)
+		cm := only[*corev1.ConfigMap](t, m, cmv.Name)
 		if cmv.Optional != nil && *cmv.Optional {
 			t.Errorf("volume %s: ConfigMap %s is optional; the pod must not start without it", v.Name, cmv.Name)
 		}
@@ -572,8 +593,10 @@ func mountedKey(c *corev1.Container, volumes map[string]corev1.Volume, path stri
 // NET_ADMIN and NET_RAW and nothing else; every other container is non-root
 // with no capability; Envoy runs as the uid the rules exclude, and no other
 // container does.
-func TestSecurityContexts(t *testing.T) {
-	p := loadPod(t)
+func TestSecurityContexts(t *testing.T) { checkSecurityContexts(t, objects(t)) }
+
+func checkSecurityContexts(t reporter, m manifests) {
+	p := loadPod(t, m)
 	psc := p.spec.SecurityContext
 	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
 		t.Error("pod: want securityContext.runAsNonRoot: true")
@@ -642,8 +665,10 @@ func TestSecurityContexts(t *testing.T) {
 // TestSidecars: realipd and Envoy are native sidecars started in order after
 // the iptables init container, every container has requests and limits, and
 // both realipd containers run the same image.
-func TestSidecars(t *testing.T) {
-	p := loadPod(t)
+func TestSidecars(t *testing.T) { checkSidecars(t, objects(t)) }
+
+func checkSidecars(t reporter, m manifests) {
+	p := loadPod(t, m)
 	var names []string
 	for _, c := range p.spec.InitContainers {
 		names = append(names, c.Name)
@@ -681,9 +706,9 @@ func TestSidecars(t *testing.T) {
 }
 
 // bootstrap is the Envoy bootstrap of the ConfigMap, loaded as Envoy would.
-func bootstrap(t *testing.T) *envoytest.Loaded {
+func bootstrap(t reporter, m manifests) *envoytest.Loaded {
 	t.Helper()
-	cm := only[*corev1.ConfigMap](t, envoyCM)
+	cm := only[*corev1.ConfigMap](t, m, envoyCM)
 	l, err := envoytest.Load([]byte(cm.Data[envoyKey]))
 	if err != nil {
 		t.Fatalf("ConfigMap %s, %s: %v", envoyCM, envoyKey, err)
@@ -694,22 +719,24 @@ func bootstrap(t *testing.T) *envoytest.Loaded {
 // TestEnvoyBootstrap: the ConfigMap's bootstrap is valid Envoy
 // configuration, dials realipd's xds.listen, and is exactly what
 // `realipd bootstrap --config` prints for the ConfigMap's realipd config.
-func TestEnvoyBootstrap(t *testing.T) {
-	p := loadPod(t)
-	l := bootstrap(t)
+func TestEnvoyBootstrap(t *testing.T) { checkEnvoyBootstrap(t, objects(t)) }
+
+func checkEnvoyBootstrap(t reporter, m manifests) {
+	p := loadPod(t, m)
+	l := bootstrap(t, m)
 	host, port := listenPort(t, "xds.listen", p.cfg.XDS.Listen)
 	at := envoytest.Endpoint{}
 	if err := at.Addr.UnmarshalText([]byte(net.JoinHostPort(host, strconv.Itoa(port)))); err != nil {
-		t.Fatal(err)
+		t.Fatalf("xds.listen: %v", err)
 	}
 	if err := envoytest.CheckADS(l, at); err != nil {
 		t.Errorf("ConfigMap %s:\n%v", envoyCM, err)
 	}
 	want, err := xds.Bootstrap(xds.BootstrapOptions{XDSAddress: p.cfg.XDS.Listen})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("xds.Bootstrap: %v", err)
 	}
-	if got := only[*corev1.ConfigMap](t, envoyCM).Data[envoyKey]; got != string(want) {
+	if got := only[*corev1.ConfigMap](t, m, envoyCM).Data[envoyKey]; got != string(want) {
 		t.Errorf("ConfigMap %s key %s differs from realipd bootstrap for %s (regenerate it):\n%s", envoyCM, envoyKey, realipdConfigCM, want)
 	}
 }
@@ -782,7 +809,8 @@ func TestCommandLines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds cmd/realipd")
 	}
-	p := loadPod(t)
+	m := objects(t)
+	p := loadPod(t, m)
 	for _, c := range []*corev1.Container{p.iptables, p.realipd} {
 		if !slices.Equal(c.Command, []string{"realipd"}) {
 			t.Errorf("container %s: command %q, want [realipd]", c.Name, c.Command)
@@ -816,7 +844,115 @@ func TestCommandLines(t *testing.T) {
 	if out := runRealipd(t, p, []string{"validate", "--config", realipdConfig}); !strings.Contains(out, ": OK") {
 		t.Errorf("realipd validate: %s", out)
 	}
-	if got := runRealipd(t, p, []string{"bootstrap", "--config", realipdConfig}); got != only[*corev1.ConfigMap](t, envoyCM).Data[envoyKey] {
+	if got := runRealipd(t, p, []string{"bootstrap", "--config", realipdConfig}); got != only[*corev1.ConfigMap](t, m, envoyCM).Data[envoyKey] {
 		t.Errorf("realipd bootstrap --config %s differs from ConfigMap %s:\n%s", realipdConfigCM, envoyCM, got)
+	}
+}
+
+// errFatal stops a check run by a collector at its first Fatalf.
+var errFatal = errors.New("fatal")
+
+// collector is a reporter that records what a check reports.
+type collector struct{ errs []string }
+
+func (c *collector) Helper()           {}
+func (c *collector) Error(args ...any) { c.errs = append(c.errs, fmt.Sprint(args...)) }
+func (c *collector) Errorf(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Sprintf(format, args...))
+}
+func (c *collector) Fatalf(format string, args ...any) {
+	c.Errorf(format, args...)
+	panic(errFatal)
+}
+
+// run runs check on m and returns everything it reported.
+func (c *collector) run(check func(reporter, manifests), m manifests) (errs string) {
+	defer func() {
+		if r := recover(); r != nil && r != errFatal {
+			panic(r)
+		}
+		errs = strings.Join(c.errs, "\n")
+	}()
+	check(c, m)
+	return ""
+}
+
+// TestChecksCatchMistakes edits a copy of the manifests, one plausible
+// mistake at a time, and requires the checks to name it: a check that
+// cannot fail proves nothing.
+func TestChecksCatchMistakes(t *testing.T) {
+	files, err := filepath.Glob("*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, file, old, new string
+		check                func(reporter, manifests)
+		wantErr              string
+	}{
+		{"Envoy's uid not excluded", "20-deployment.yaml", "runAsUser: 101", "runAsUser: 1337",
+			checkSecurityContexts, "envoy runs as uid 1337, not in intercept.iptables.exclude_uids"},
+		{"application runs as Envoy's uid", "20-deployment.yaml", "runAsUser: 10001", "runAsUser: 101",
+			checkSecurityContexts, "container echo runs as uid 101, which the rules exclude"},
+		{"extra capability", "20-deployment.yaml", "add: [NET_ADMIN, NET_RAW]", "add: [NET_ADMIN, NET_RAW, SYS_ADMIN]",
+			checkSecurityContexts, "want exactly [NET_ADMIN NET_RAW]"},
+		{"realipd as root", "20-deployment.yaml", "# ext_proc, xDS and admin on ports above 1024 need no privilege.\n            runAsUser: 65532",
+			"runAsUser: 0", checkSecurityContexts, "container realipd: runs as root"},
+		{"liveness on the wrong path", "20-deployment.yaml", "path: /healthz", "path: /health",
+			checkProbes, "realipd livenessProbe"},
+		{"admin port captured", "10-realipd-config.yaml", "exclude_inbound_ports: [9902]", "exclude_inbound_ports: []",
+			checkProbes, "admin port 9902 is not in intercept.iptables.exclude_inbound_ports"},
+		{"admin port mismatch", "10-realipd-config.yaml", "listen: 0.0.0.0:9902", "listen: 0.0.0.0:9903",
+			checkPorts, "port realipd-admin is 9902, the configuration says 9903"},
+		{"application port not HTTP", "10-realipd-config.yaml", "http_ports: [8080]", "http_ports: [8081]",
+			checkPorts, "not in xds.http_ports"},
+		{"policy opens the admin port", "31-networkpolicy.yaml", "port: 8080", "port: 9902",
+			checkPorts, "NetworkPolicy echo admits ports [9902]"},
+		{"missing ConfigMap key", "20-deployment.yaml", "{key: envoy.yaml, path: envoy.yaml}", "{key: bootstrap.yaml, path: envoy.yaml}",
+			checkVolumes, `key "bootstrap.yaml" is not in ConfigMap envoy-bootstrap`},
+		{"mount of no volume", "20-deployment.yaml", "- name: envoy-bootstrap\n              mountPath", "- name: envoy-config\n              mountPath",
+			checkVolumes, `mounts "envoy-config", which is not a volume`},
+		{"bootstrap edited by hand", "11-envoy-bootstrap.yaml", "port_value: 18000", "port_value: 18001",
+			checkEnvoyBootstrap, "differs from realipd bootstrap"},
+		{"bootstrap invalid", "11-envoy-bootstrap.yaml", "api_type: GRPC", "api_type: RPC",
+			checkEnvoyBootstrap, "ConfigMap envoy-bootstrap, envoy.yaml: protojson"},
+		{"realipd config invalid", "10-realipd-config.yaml", "trusted_cidrs: []", "trusted_cidrs: [10.0.0.0/33]",
+			checkRealipdConfig, "trust.trusted_cidrs[0]"},
+		{"misspelt field", "20-deployment.yaml", "runAsUser: 101", "runAsUser: 101\n            runAsGroupp: 1",
+			nil, `unknown field "runAsGroupp"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range files {
+				data, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f == tt.file {
+					if n := bytes.Count(data, []byte(tt.old)); n != 1 {
+						t.Fatalf("%q occurs %d times in %s, want once", tt.old, n, f)
+					}
+					data = bytes.Replace(data, []byte(tt.old), []byte(tt.new), 1)
+				}
+				if err := os.WriteFile(filepath.Join(dir, f), data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := decodeDir(dir)
+			var got string
+			switch {
+			case tt.check == nil && err == nil:
+				t.Fatalf("the edit decodes, want an error containing %q", tt.wantErr)
+			case tt.check == nil:
+				got = err.Error()
+			case err != nil:
+				t.Fatalf("the edited manifests no longer decode, so this case tests nothing: %v", err)
+			default:
+				got = (&collector{}).run(tt.check, m)
+			}
+			if !strings.Contains(got, tt.wantErr) {
+				t.Errorf("reported:\n%s\nwant it to contain %q", got, tt.wantErr)
+			}
+		})
 	}
 }
