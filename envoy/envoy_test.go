@@ -14,9 +14,9 @@ import (
 
 // Where the shipped files point Envoy.
 var (
-	staticExtProcAt = endpoint{addr: netip.MustParseAddrPort("127.0.0.1:9001")}
-	udsExtProcAt    = endpoint{pipe: "/run/realipd/extproc.sock"}
-	adsXDSAt        = endpoint{addr: netip.MustParseAddrPort("127.0.0.1:18000")}
+	staticExtProcAt = endpoint{Addr: netip.MustParseAddrPort("127.0.0.1:9001")}
+	udsExtProcAt    = endpoint{Pipe: "/run/realipd/extproc.sock"}
+	adsXDSAt        = endpoint{Addr: netip.MustParseAddrPort("127.0.0.1:18000")}
 )
 
 // shippedFile is one file under envoy/ and what it must configure.
@@ -92,7 +92,7 @@ func TestEveryFileValidates(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", file, err)
 			}
-			if len(l.unpacked) == 0 {
+			if len(l.Unpacked) == 0 {
 				t.Errorf("%s: no typed_config unpacked; the Any walk did not run", file)
 			}
 		})
@@ -123,8 +123,8 @@ func TestShippedSettings(t *testing.T) {
 				t.Errorf("%s:\n%v", s.file, err)
 			}
 			for _, typ := range s.wantTypes {
-				if !slices.Contains(l.unpacked, typ) {
-					t.Errorf("%s: %s not unpacked (got %q)", s.file, typ, l.unpacked)
+				if !slices.Contains(l.Unpacked, typ) {
+					t.Errorf("%s: %s not unpacked (got %q)", s.file, typ, l.Unpacked)
 				}
 			}
 		})
@@ -305,8 +305,8 @@ func TestLoadRejectsInvalid(t *testing.T) {
 					"envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
 					"envoy.extensions.filters.http.router.v3.Router",
 				}
-				if !slices.Equal(l.unpacked, want) {
-					t.Errorf("unpacked %q, want %q", l.unpacked, want)
+				if !slices.Equal(l.Unpacked, want) {
+					t.Errorf("unpacked %q, want %q", l.Unpacked, want)
 				}
 				return
 			}
@@ -336,10 +336,10 @@ func TestFilesMatchRealipdDefaults(t *testing.T) {
 	if def.ExtProc.MetadataNamespace != metadataNS {
 		t.Errorf("default extproc.metadata_namespace %q, the files receive %q", def.ExtProc.MetadataNamespace, metadataNS)
 	}
-	if got := (endpoint{addr: extProcAt}); got != staticExtProcAt {
+	if got := (endpoint{Addr: extProcAt}); got != staticExtProcAt {
 		t.Errorf("default extproc.listen %v, envoy-extproc.yaml dials %v", got, staticExtProcAt)
 	}
-	if got := (endpoint{addr: xdsAt}); got != adsXDSAt {
+	if got := (endpoint{Addr: xdsAt}); got != adsXDSAt {
 		t.Errorf("default xds.listen %v, envoy-ads.yaml dials %v", got, adsXDSAt)
 	}
 }
@@ -363,9 +363,9 @@ func TestBootstrapIsTheShippedFile(t *testing.T) {
 		listen string
 		at     endpoint
 	}{
-		{"unix:///run/realipd/xds.sock", endpoint{pipe: "/run/realipd/xds.sock"}},
-		{"0.0.0.0:18001", endpoint{addr: netip.MustParseAddrPort("127.0.0.1:18001")}},
-		{"[::1]:18000", endpoint{addr: netip.MustParseAddrPort("[::1]:18000")}},
+		{"unix:///run/realipd/xds.sock", endpoint{Pipe: "/run/realipd/xds.sock"}},
+		{"0.0.0.0:18001", endpoint{Addr: netip.MustParseAddrPort("127.0.0.1:18001")}},
+		{"[::1]:18000", endpoint{Addr: netip.MustParseAddrPort("[::1]:18000")}},
 	} {
 		data, err := xds.Bootstrap(xds.BootstrapOptions{XDSAddress: tc.listen})
 		if err != nil {

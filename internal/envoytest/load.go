@@ -1,4 +1,4 @@
-package envoy_test
+package envoytest
 
 import (
 	"encoding/json"
@@ -27,25 +27,25 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
 
-// loaded is one configuration file as Envoy would read it: the typed
+// Loaded is one configuration file as Envoy would read it: the typed
 // Bootstrap, the same document as plain JSON values (to tell a field written
 // out from one left at its zero value, which proto3 cannot), and the full names
 // of the messages unpacked from every google.protobuf.Any in it.
-type loaded struct {
-	bootstrap *bootstrapv3.Bootstrap
-	raw       map[string]any
-	unpacked  []string
+type Loaded struct {
+	Bootstrap *bootstrapv3.Bootstrap
+	Raw       map[string]any
+	Unpacked  []string
 }
 
 // validator is what protoc-gen-validate generates for every Envoy message.
 type validator interface{ ValidateAll() error }
 
-// load turns YAML into a validated Bootstrap the way Envoy does: YAML to JSON,
+// Load turns YAML into a validated Bootstrap the way Envoy does: YAML to JSON,
 // strict protojson (unknown fields and unregistered Any types are errors),
 // ValidateAll on the bootstrap, then ValidateAll on every message packed in an
 // Any anywhere in it, recursively (the bootstrap's own ValidateAll does not look
 // inside an Any).
-func load(data []byte) (*loaded, error) {
+func Load(data []byte) (*Loaded, error) {
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
 		return nil, fmt.Errorf("yaml to json: %w", err)
@@ -61,7 +61,7 @@ func load(data []byte) (*loaded, error) {
 	if err := b.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("validate bootstrap: %w", err)
 	}
-	l := &loaded{bootstrap: b, raw: raw}
+	l := &Loaded{Bootstrap: b, Raw: raw}
 	if err := l.walk(b.ProtoReflect(), "bootstrap"); err != nil {
 		return nil, err
 	}
@@ -70,7 +70,7 @@ func load(data []byte) (*loaded, error) {
 
 // walk visits every set message field of m (singular, repeated and map values)
 // and hands each to visit.
-func (l *loaded) walk(m protoreflect.Message, path string) error {
+func (l *Loaded) walk(m protoreflect.Message, path string) error {
 	var errs []error
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		name := path + "." + string(fd.Name())
@@ -101,7 +101,7 @@ func (l *loaded) walk(m protoreflect.Message, path string) error {
 
 // visit unpacks m if it is an Any, validates what it holds and walks into it;
 // any other message is walked as it is.
-func (l *loaded) visit(m protoreflect.Message, path string) error {
+func (l *Loaded) visit(m protoreflect.Message, path string) error {
 	if m.Descriptor().FullName() != "google.protobuf.Any" {
 		return l.walk(m, path)
 	}
@@ -114,7 +114,7 @@ func (l *loaded) visit(m protoreflect.Message, path string) error {
 		return fmt.Errorf("%s: unpack %s: %w", path, a.GetTypeUrl(), err)
 	}
 	name := string(inner.ProtoReflect().Descriptor().FullName())
-	l.unpacked = append(l.unpacked, name)
+	l.Unpacked = append(l.Unpacked, name)
 	v, ok := inner.(validator)
 	switch {
 	case ok:
@@ -127,8 +127,8 @@ func (l *loaded) visit(m protoreflect.Message, path string) error {
 	return l.walk(inner.ProtoReflect(), path+"<"+name+">")
 }
 
-// rawAt follows keys (string) and indices (int) through the plain JSON values.
-func rawAt(v any, path ...any) (any, bool) {
+// RawAt follows keys (string) and indices (int) through the plain JSON values.
+func RawAt(v any, path ...any) (any, bool) {
 	for _, p := range path {
 		switch p := p.(type) {
 		case string:

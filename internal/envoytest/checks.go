@@ -1,4 +1,4 @@
-package envoy_test
+package envoytest
 
 import (
 	"errors"
@@ -24,22 +24,23 @@ import (
 const (
 	extProcCluster   = "realipd_extproc"
 	xdsCluster       = "realipd_xds"
-	metadataNS       = "realipd"
+	MetadataNS       = "realipd" // the dynamic metadata namespace the files receive
 	clientIPLogField = "%DYNAMIC_METADATA(realipd:client_ip)%"
 	http2OptionsKey  = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 
-// endpoint is where a cluster must point: a TCP address or a unix socket path.
-type endpoint struct {
-	addr netip.AddrPort
-	pipe string
+// Endpoint is where a cluster must point: a TCP address or a unix socket path.
+type Endpoint struct {
+	Addr netip.AddrPort
+	Pipe string
 }
 
-func (e endpoint) String() string {
-	if e.pipe != "" {
-		return "unix://" + e.pipe
+// String is the address, or unix:// and the path.
+func (e Endpoint) String() string {
+	if e.Pipe != "" {
+		return "unix://" + e.Pipe
 	}
-	return e.addr.String()
+	return e.Addr.String()
 }
 
 // checker collects every broken expectation of one file instead of stopping
@@ -52,14 +53,14 @@ func (c *checker) errorf(format string, args ...any) {
 
 func (c *checker) err() error { return errors.Join(c.errs...) }
 
-// checkStatic asserts the settings realipd relies on in a static ext_proc
+// CheckStatic asserts the settings realipd relies on in a static ext_proc
 // bootstrap: exactly one HTTP connection manager with use_remote_address true
 // and xff_num_trusted_hops 0, an access log printing the client IP, the ext_proc
 // filter configured as docs/design.md says, the router last, every routed cluster
 // defined, the ext_proc cluster on HTTP/2 at extProcAt, and a loopback admin.
-func checkStatic(l *loaded, extProcAt endpoint) error {
+func CheckStatic(l *Loaded, extProcAt Endpoint) error {
 	c := &checker{}
-	b := l.bootstrap
+	b := l.Bootstrap
 	checkLoopbackAdmin(c, l)
 
 	type found struct {
@@ -96,7 +97,7 @@ func checkStatic(l *loaded, extProcAt endpoint) error {
 	if h.GetSkipXffAppend() {
 		c.errorf("HCM: skip_xff_append must be false (realipd expects Envoy to append the peer)")
 	}
-	requireKeys(c, l.raw, hcmPath, "HCM", "use_remote_address", "xff_num_trusted_hops")
+	requireKeys(c, l.Raw, hcmPath, "HCM", "use_remote_address", "xff_num_trusted_hops")
 
 	logsClientIP := false
 	for _, al := range h.GetAccessLog() {
@@ -160,7 +161,7 @@ func checkStatic(l *loaded, extProcAt endpoint) error {
 
 // checkExtProc asserts the ext_proc filter's settings; raw is the path to its
 // typed_config in the plain JSON, to check that modes are written out.
-func checkExtProc(c *checker, l *loaded, ep *extprocv3.ExternalProcessor, raw []any) {
+func checkExtProc(c *checker, l *Loaded, ep *extprocv3.ExternalProcessor, raw []any) {
 	if got := ep.GetGrpcService().GetEnvoyGrpc().GetClusterName(); got != extProcCluster {
 		c.errorf("ext_proc: grpc_service.envoy_grpc.cluster_name is %q, want %q", got, extProcCluster)
 	}
@@ -184,14 +185,14 @@ func checkExtProc(c *checker, l *loaded, ep *extprocv3.ExternalProcessor, raw []
 			c.errorf("ext_proc: processing_mode.%s is %v, want %v", w.field, w.got, w.want)
 		}
 	}
-	requireKeys(c, l.raw, append(slices.Clone(raw), "processing_mode"), "ext_proc processing_mode", keys...)
-	requireKeys(c, l.raw, raw, "ext_proc", "failure_mode_allow", "message_timeout")
+	requireKeys(c, l.Raw, append(slices.Clone(raw), "processing_mode"), "ext_proc processing_mode", keys...)
+	requireKeys(c, l.Raw, raw, "ext_proc", "failure_mode_allow", "message_timeout")
 
 	if got := ep.GetRequestAttributes(); !slices.Equal(got, []string{"source.address", "destination.address"}) {
 		c.errorf("ext_proc: request_attributes is %q, want [source.address, destination.address]", got)
 	}
-	if got := ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); !slices.Contains(got, metadataNS) {
-		c.errorf("ext_proc: metadata_options.receiving_namespaces.untyped is %q, want it to hold %q", got, metadataNS)
+	if got := ep.GetMetadataOptions().GetReceivingNamespaces().GetUntyped(); !slices.Contains(got, MetadataNS) {
+		c.errorf("ext_proc: metadata_options.receiving_namespaces.untyped is %q, want it to hold %q", got, MetadataNS)
 	}
 	if mt := ep.GetMessageTimeout(); mt == nil || mt.AsDuration() <= 0 || mt.AsDuration() > time.Second {
 		c.errorf("ext_proc: message_timeout is %v, want an explicit value in (0, 1s]", mt.AsDuration())
@@ -204,12 +205,12 @@ func checkExtProc(c *checker, l *loaded, ep *extprocv3.ExternalProcessor, raw []
 	}
 }
 
-// checkADS asserts an ADS bootstrap: node id and cluster set, ADS over gRPC
+// CheckADS asserts an ADS bootstrap: node id and cluster set, ADS over gRPC
 // (API v3) to the realipd_xds cluster on HTTP/2 at xdsAt, listeners and clusters
 // from ADS, and a loopback admin.
-func checkADS(l *loaded, xdsAt endpoint) error {
+func CheckADS(l *Loaded, xdsAt Endpoint) error {
 	c := &checker{}
-	b := l.bootstrap
+	b := l.Bootstrap
 	checkLoopbackAdmin(c, l)
 	if b.GetNode().GetId() == "" || b.GetNode().GetCluster() == "" {
 		c.errorf("node: id and cluster must be set (%q, %q)", b.GetNode().GetId(), b.GetNode().GetCluster())
@@ -244,8 +245,8 @@ func checkADS(l *loaded, xdsAt endpoint) error {
 }
 
 // checkGRPCCluster asserts that cl exists, speaks HTTP/2 upstream (gRPC needs
-// it) and has exactly one endpoint, at want.
-func checkGRPCCluster(c *checker, cl *clusterv3.Cluster, name string, want endpoint) {
+// it) and has exactly one Endpoint, at want.
+func checkGRPCCluster(c *checker, cl *clusterv3.Cluster, name string, want Endpoint) {
 	if cl == nil {
 		c.errorf("cluster %q is not defined", name)
 		return
@@ -259,10 +260,10 @@ func checkGRPCCluster(c *checker, cl *clusterv3.Cluster, name string, want endpo
 	} else if opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
 		c.errorf("cluster %q: must use HTTP/2 (explicit_http_config.http2_protocol_options)", name)
 	}
-	var got []endpoint
+	var got []Endpoint
 	for _, lle := range cl.GetLoadAssignment().GetEndpoints() {
 		for _, lb := range lle.GetLbEndpoints() {
-			got = append(got, toEndpoint(lb.GetEndpoint().GetAddress()))
+			got = append(got, EndpointOf(lb.GetEndpoint().GetAddress()))
 		}
 	}
 	if len(got) != 1 || got[0] != want {
@@ -272,30 +273,32 @@ func checkGRPCCluster(c *checker, cl *clusterv3.Cluster, name string, want endpo
 
 // checkLoopbackAdmin asserts that Envoy's admin interface, which can stop
 // Envoy, is bound to a loopback address.
-func checkLoopbackAdmin(c *checker, l *loaded) {
-	e := toEndpoint(l.bootstrap.GetAdmin().GetAddress())
-	if !e.addr.Addr().IsLoopback() {
+func checkLoopbackAdmin(c *checker, l *Loaded) {
+	e := EndpointOf(l.Bootstrap.GetAdmin().GetAddress())
+	if !e.Addr.Addr().IsLoopback() {
 		c.errorf("admin: address %v, want a loopback address", e)
 	}
 }
 
-func toEndpoint(a *corev3.Address) endpoint {
+// EndpointOf is the Endpoint of an Envoy address (the zero Endpoint for one that
+// is neither an IP socket address nor a pipe).
+func EndpointOf(a *corev3.Address) Endpoint {
 	if p := a.GetPipe(); p != nil {
-		return endpoint{pipe: p.GetPath()}
+		return Endpoint{Pipe: p.GetPath()}
 	}
 	sa := a.GetSocketAddress()
 	ip, err := netip.ParseAddr(sa.GetAddress())
 	if err != nil {
-		return endpoint{}
+		return Endpoint{}
 	}
-	return endpoint{addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue()))}
+	return Endpoint{Addr: netip.AddrPortFrom(ip, uint16(sa.GetPortValue()))}
 }
 
 // requireKeys reports each key missing from the JSON object at path: proto3
 // cannot tell a zero value written out (request_body_mode: NONE,
 // failure_mode_allow: false) from one left out, the file can.
 func requireKeys(c *checker, raw any, path []any, what string, keys ...string) {
-	v, ok := rawAt(raw, path...)
+	v, ok := RawAt(raw, path...)
 	m, isMap := v.(map[string]any)
 	if !ok || !isMap {
 		c.errorf("%s: not found in the file at %v", what, path)
