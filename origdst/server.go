@@ -104,6 +104,8 @@ type Server struct {
 	// dialOn, when set, runs each upstream dial (tests run it on a thread
 	// inside a network namespace, where the dialled socket must be made).
 	dialOn func(dial func())
+	// listenOn, when set, runs each bind, as dialOn the dials.
+	listenOn func(listen func())
 	// v6only[i] tells whether Listen[i] is an IPv6 wildcard that shares
 	// its port with an IPv4 listener.
 	v6only []bool
@@ -294,7 +296,16 @@ func (srv *Server) bind(ctx context.Context, idx []int, reusePort bool) ([]*List
 			Refused:   srv.refusedInAccept,
 			ReusePort: reusePort,
 		}
-		ln, err := lc.Listen(ctx, srv.opts.Listen[i])
+		var (
+			ln  *Listener
+			err error
+		)
+		listen := func() { ln, err = lc.Listen(ctx, srv.opts.Listen[i]) }
+		if srv.listenOn != nil {
+			srv.listenOn(listen)
+		} else {
+			listen()
+		}
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
