@@ -218,6 +218,12 @@ func (h *Handoff) Serve(ctx context.Context, lns []*Listener) error {
 		}
 		return err
 	}
+	// Every port starts served by lns (also when Serve runs again after
+	// it returned); what nodes hold is kept.
+	clear(ops.lns)
+	for _, p := range h.ports {
+		p.native, p.err, p.retryAt, p.backoff = true, nil, time.Time{}, 0
+	}
 	for i, ln := range lns {
 		port := h.srv.opts.Listen[i].Port()
 		ops.lns[port] = append(ops.lns[port], ln)
