@@ -43,6 +43,19 @@
 // appended to X-Forwarded-For: what the ext_proc server answers Envoy for
 // the same peer and headers.
 //
+// A Handoff runs a Server for origdst.fallback: auto. Its ListenerACKed
+// and NodeGone methods have the signature of xds.Events (this package
+// does not import xds; cmd/realipd passes the Handoff to the control
+// plane), record the event and never block. Per capture port, its own
+// goroutine closes the port's listeners when an Envoy node ACKs a
+// listener on it (the connections already accepted go on), and binds them
+// again, with SO_REUSEPORT (ListenConfig.ReusePort), once every node that
+// held the port has been gone for HandoffOptions.Grace; a failed rebind is
+// logged, counted, retried with backoff and makes Ready fail. The grace
+// and the retries run on a Clock that tests replace. Inside a Server, a
+// serving session lets listeners join and leave while connections run,
+// with one drain at the end.
+//
 // The metrics are realipd_origdst_* (see README.md in this directory).
 // Capture listeners need Linux; elsewhere Listen fails with
 // errors.ErrUnsupported.

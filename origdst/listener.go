@@ -84,6 +84,11 @@ type ListenConfig struct {
 	// capture address (ErrNotRedirected). It is called on the accepting
 	// goroutine and must be quick.
 	Refused func(peer netip.AddrPort, err error)
+	// ReusePort sets SO_REUSEPORT before bind, so that another socket
+	// with SO_REUSEPORT can bind the same address while this one is open
+	// (Envoy's listeners set it by default on Linux). The kernel lets
+	// only sockets of the same effective UID share a port this way.
+	ReusePort bool
 }
 
 // ListenError is the error of a capture listener that could not be
@@ -165,14 +170,24 @@ func (lc *ListenConfig) Listen(ctx context.Context, addr netip.AddrPort) (*Liste
 	}
 	cfg := net.ListenConfig{}
 	cfg.SetMultipathTCP(false)
-	if lc.Mode == ModeTProxy {
+	if lc.Mode == ModeTProxy || lc.ReusePort {
 		cfg.Control = func(network, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) { serr = setTransparent(int(fd), network == "tcp6") }); err != nil {
+			var terr, rerr error
+			err := rc.Control(func(fd uintptr) {
+				if lc.Mode == ModeTProxy {
+					terr = setTransparent(int(fd), network == "tcp6")
+				}
+				if lc.ReusePort && terr == nil {
+					rerr = setReusePort(int(fd))
+				}
+			})
+			switch {
+			case err != nil:
 				return err
-			}
-			if serr != nil {
-				return transparentError{serr}
+			case terr != nil:
+				return transparentError{terr}
+			case rerr != nil:
+				return fmt.Errorf("SO_REUSEPORT: %w", rerr)
 			}
 			return nil
 		}

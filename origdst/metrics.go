@@ -58,6 +58,8 @@ type metrics struct {
 	httpRequests       [2]prometheus.Counter // allow, deny
 	httpUnresolved     *prometheus.CounterVec
 	httpUpstreamErrors prometheus.Counter
+
+	handoff *handoffMetrics // a Handoff's (fallback: auto); zero without one
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -119,6 +121,61 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{accepted, refused, active, listeners, bytes, dialErrors, lookupErrors, cut, policyErrors, setup, httpRequests, httpUnresolved, httpUpstreamErrors} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("origdst: register metrics: %w", err)
+			}
+		}
+	}
+	var err error
+	if m.handoff, err = newHandoffMetrics(reg); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// The to label of realipd_origdst_handoffs_total.
+const (
+	toEnvoy = iota
+	toNative
+)
+
+// The holder label of realipd_origdst_ports (PortState.Holder).
+const (
+	holderNative = iota
+	holderEnvoy
+	holderNone
+	numHolders
+)
+
+var holderNames = [numHolders]string{HolderNative, HolderEnvoy, HolderNone}
+
+// handoffMetrics are the metrics of a Handoff (fallback: auto),
+// registered with the server's, so that every fallback exposes them.
+type handoffMetrics struct {
+	handoffs     [2]prometheus.Counter
+	ports        [numHolders]prometheus.Gauge
+	bindFailures prometheus.Counter
+}
+
+func newHandoffMetrics(reg prometheus.Registerer) (*handoffMetrics, error) {
+	const ns, sub = "realipd", "origdst"
+	handoffs := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_total",
+		Help: "Capture ports handed over (fallback: auto), by the side that took them: envoy (a node ACKed a listener on the port; the native listener stopped accepting on it) or native (every node holding it had been gone for fallback_grace; the native listener bound it again)."},
+		[]string{"to"})
+	ports := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ports",
+		Help: "Capture ports (fallback: auto) by holder: native (the native listener accepts on them), envoy (an Envoy node holds them), none (no Envoy holds them and binding them again failed; retrying)."},
+		[]string{"holder"})
+	bindFailures := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bind_failures_total",
+		Help: "Failures to bind a capture port again after Envoy released it (fallback: auto); each is retried with backoff."})
+	m := &handoffMetrics{
+		handoffs:     [2]prometheus.Counter{handoffs.WithLabelValues("envoy"), handoffs.WithLabelValues("native")},
+		bindFailures: bindFailures,
+	}
+	for k := range numHolders {
+		m.ports[k] = ports.WithLabelValues(holderNames[k])
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{handoffs, ports, bindFailures} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("origdst: register metrics: %w", err)
 			}

@@ -129,19 +129,22 @@ type Server struct {
 	// dialOn, when set, runs each upstream dial (tests run it on a thread
 	// inside a network namespace, where the dialled socket must be made).
 	dialOn func(dial func())
+	// listenOn, when set, runs each bind, as dialOn the dials.
+	listenOn func(listen func())
 	// v6only[i] tells whether Listen[i] is an IPv6 wildcard that shares
 	// its port with an IPv4 listener.
 	v6only []bool
 
-	serving  atomic.Bool  // a ServeListeners call runs
-	active   atomic.Int64 // connections accepted and not yet closed
-	handlers sync.WaitGroup
+	serving   atomic.Bool  // a serving session runs (begin to its end)
+	active    atomic.Int64 // connections accepted and not yet closed
+	handlers  sync.WaitGroup
+	accepting sync.WaitGroup // the accept loops; Add only under mu, while not draining
 
-	mu        sync.Mutex
-	conns     map[*proxyConn]struct{} // the connections being set up or proxied
-	listening int                     // listeners accepting
-	draining  bool
-	connCtx   context.Context // the connections' context, cancelled when they are cut
+	mu       sync.Mutex
+	conns    map[*proxyConn]struct{} // the connections being set up or proxied
+	lns      map[*Listener]struct{}  // the listeners accepting
+	draining bool
+	connCtx  context.Context // the connections' context, cancelled when they are cut
 
 	warnLookup, warnAccept rateLimit
 
@@ -206,6 +209,7 @@ func New(opts Options, s Settings) (*Server, error) {
 		log:         log,
 		m:           m,
 		conns:       map[*proxyConn]struct{}{},
+		lns:         map[*Listener]struct{}{},
 		connCtx:     context.Background(),
 		warnLookup:  rateLimit{every: 10 * time.Second},
 		warnAccept:  rateLimit{every: 10 * time.Second},
@@ -310,17 +314,43 @@ func (srv *Server) Addresses() []netip.AddrPort { return slices.Clone(srv.opts.L
 // It opens all or none: after an error the ones already opened are closed.
 // The error is a *BindError naming the address. Bind is separate from
 // ServeListeners so that a caller can bind at start, to fail early, and
-// serve later, or bind and unbind while running.
+// serve later, or bind and unbind while running (Handoff).
 func (srv *Server) Bind(ctx context.Context) ([]*Listener, error) {
-	lns := make([]*Listener, 0, len(srv.opts.Listen))
-	for i, a := range srv.opts.Listen {
+	return srv.bind(ctx, srv.all(), false)
+}
+
+// all returns the indexes of every Options.Listen address.
+func (srv *Server) all() []int {
+	idx := make([]int, len(srv.opts.Listen))
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
+}
+
+// bind opens the capture listeners of the Options.Listen addresses at the
+// indexes idx, in order, all or none, with SO_REUSEPORT when reusePort is
+// set. The error is a *BindError.
+func (srv *Server) bind(ctx context.Context, idx []int, reusePort bool) ([]*Listener, error) {
+	lns := make([]*Listener, 0, len(idx))
+	for _, i := range idx {
 		lc := ListenConfig{
-			Mode:     srv.opts.Mode,
-			V6Only:   srv.v6only[i],
-			Captures: srv.opts.Listen,
-			Refused:  srv.refusedInAccept,
+			Mode:      srv.opts.Mode,
+			V6Only:    srv.v6only[i],
+			Captures:  srv.opts.Listen,
+			Refused:   srv.refusedInAccept,
+			ReusePort: reusePort,
 		}
-		ln, err := lc.Listen(ctx, a)
+		var (
+			ln  *Listener
+			err error
+		)
+		listen := func() { ln, err = lc.Listen(ctx, srv.opts.Listen[i]) }
+		if srv.listenOn != nil {
+			srv.listenOn(listen)
+		} else {
+			listen()
+		}
 		if err != nil {
 			for _, l := range lns {
 				l.Close()
@@ -361,42 +391,97 @@ func (srv *Server) Serve(ctx context.Context) error {
 // by the kernel), lets the connections in progress finish for at most
 // DrainTimeout, cuts the remaining ones and returns nil once every
 // connection is closed. It may be called again after it returned (to serve
-// new listeners), but calls must not overlap.
+// new listeners), but calls must not overlap (nor overlap Handoff.Serve).
 func (srv *Server) ServeListeners(ctx context.Context, lns []*Listener) error {
-	if !srv.serving.CompareAndSwap(false, true) {
+	end, err := srv.begin(ctx)
+	if err != nil {
 		for _, l := range lns {
 			l.Close()
 		}
-		return errors.New("origdst: ServeListeners is already running")
+		return err
 	}
-	defer srv.serving.Store(false)
+	for _, ln := range lns {
+		srv.serveListener(ln) // cannot fail: the session is not draining yet
+	}
+	<-ctx.Done()
+	return end()
+}
+
+// begin starts a serving session: the connections' context and the idle
+// sweeps. Listeners then join and leave it (serveListener, closeListener)
+// while connections keep running. end, called once ctx has ended, drains:
+// it closes the listeners still accepting, waits for the accept loops,
+// lets the connections finish for at most DrainTimeout, cuts the rest and
+// returns once every connection is closed. Sessions must not overlap.
+func (srv *Server) begin(ctx context.Context) (end func() error, err error) {
+	if !srv.serving.CompareAndSwap(false, true) {
+		return nil, errors.New("origdst: the server is already serving")
+	}
 	connCtx, cutConns := context.WithCancel(context.WithoutCancel(ctx))
-	defer cutConns()
 	srv.mu.Lock()
 	srv.connCtx = connCtx
 	srv.draining = false
-	srv.listening = len(lns)
 	srv.mu.Unlock()
-	srv.m.listeners.Set(float64(len(lns)))
-
-	var accepting sync.WaitGroup
-	for _, ln := range lns {
-		srv.log.Info("origdst: serving", "address", ln.AddrPort().String(), "mode", string(ln.Mode()))
-		accepting.Go(func() { srv.acceptLoop(ln) })
-	}
 	stopIdle := srv.startIdleSweeps()
-	defer stopIdle()
+	return func() error {
+		defer srv.serving.Store(false)
+		defer cutConns()
+		defer stopIdle()
+		srv.drain(cutConns)
+		return nil
+	}, nil
+}
 
-	<-ctx.Done()
+// serveListener adds ln to the serving session and accepts on it until
+// it is closed (closeListener, or the drain). Outside a session, or once
+// the drain has begun, it closes ln and returns an error.
+func (srv *Server) serveListener(ln *Listener) error {
+	srv.mu.Lock()
+	if !srv.serving.Load() || srv.draining {
+		srv.mu.Unlock()
+		ln.Close()
+		return errors.New("origdst: not serving")
+	}
+	srv.lns[ln] = struct{}{}
+	srv.m.listeners.Set(float64(len(srv.lns)))
+	srv.accepting.Add(1)
+	srv.mu.Unlock()
+	srv.log.Info("origdst: serving", "address", ln.AddrPort().String(), "mode", string(ln.Mode()))
+	go func() {
+		defer srv.accepting.Done()
+		srv.acceptLoop(ln)
+	}()
+	return nil
+}
+
+// closeListener stops accepting on ln: the kernel refuses new connections
+// to its address (unless another socket shares it), and the connections
+// already accepted go on.
+func (srv *Server) closeListener(ln *Listener) {
+	srv.mu.Lock()
+	_, ok := srv.lns[ln]
+	delete(srv.lns, ln)
+	srv.m.listeners.Set(float64(len(srv.lns)))
+	srv.mu.Unlock()
+	ln.Close()
+	if ok {
+		srv.log.Info("origdst: stopped accepting", "address", ln.AddrPort().String())
+	}
+}
+
+// drain closes every listener, waits for the accept loops, then lets the
+// connections finish for at most DrainTimeout and cuts the rest.
+func (srv *Server) drain(cutConns context.CancelFunc) {
 	srv.mu.Lock()
 	srv.draining = true
-	srv.listening = 0
-	srv.mu.Unlock()
+	lns := srv.lns
+	srv.lns = map[*Listener]struct{}{}
 	srv.m.listeners.Set(0)
-	for _, ln := range lns {
+	srv.mu.Unlock()
+	for ln := range lns {
 		ln.Close()
 	}
-	accepting.Wait()
+	srv.accepting.Wait()
 	srv.drainHTTP()
 
 	done := make(chan struct{})
@@ -418,7 +503,6 @@ func (srv *Server) ServeListeners(ctx context.Context, lns []*Listener) error {
 		<-done
 	}
 	srv.log.Info("origdst: stopped")
-	return nil
 }
 
 // Ready reports nil while capture listeners accept, an error before the
@@ -429,10 +513,17 @@ func (srv *Server) Ready(context.Context) error {
 	switch {
 	case srv.draining:
 		return errors.New("origdst: draining")
-	case srv.listening == 0:
+	case len(srv.lns) == 0:
 		return errors.New("origdst: no capture listener is serving")
 	}
 	return nil
+}
+
+// isDraining reports whether the serving session is draining.
+func (srv *Server) isDraining() bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return srv.draining
 }
 
 // acceptLoop accepts on ln until it is closed. Accept errors other than

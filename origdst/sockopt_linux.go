@@ -71,6 +71,13 @@ func setTransparent(fd int, v6 bool) error {
 	return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
 }
 
+// setReusePort sets SO_REUSEPORT: sockets of the same effective UID that
+// all set it may bind the same address, and the kernel spreads the
+// incoming connections between them.
+func setReusePort(fd int) error {
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+}
+
 // setMark sets SO_MARK (CAP_NET_ADMIN), which the interception rules use
 // to leave realipd's own upstream connections alone.
 func setMark(fd int, mark uint32) error {

@@ -20,6 +20,8 @@ func originalDst(*net.TCPConn, bool) (netip.AddrPort, error) {
 
 func setTransparent(int, bool) error { return errors.ErrUnsupported }
 
+func setReusePort(int) error { return errors.ErrUnsupported }
+
 func setMark(int, uint32) error { return errors.ErrUnsupported }
 
 func probeMark(uint32) error { return errors.ErrUnsupported }

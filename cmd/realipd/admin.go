@@ -29,11 +29,13 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump
 }
 
 // configDump is what /config_dump shows: the configuration in force (which
-// a reload replaces), the plugins' settings redacted, and the xDS version
-// served.
+// a reload replaces), the plugins' settings redacted, the xDS version
+// served, and the native listener's fallback (with auto, who holds each
+// capture port).
 type configDump struct {
-	Config *config.Config `json:"config"`
-	XDS    *xdsDump       `json:"xds,omitempty"`
+	Config  *config.Config `json:"config"`
+	XDS     *xdsDump       `json:"xds,omitempty"`
+	OrigDst *origdstDump   `json:"origdst,omitempty"`
 }
 
 type xdsDump struct {
@@ -44,6 +46,9 @@ func (s *serving) configDump() any {
 	d := configDump{Config: s.current.Load().Redacted()}
 	if s.xdsVersion != nil {
 		d.XDS = &xdsDump{Version: s.xdsVersion()}
+	}
+	if s.origdstDump != nil {
+		d.OrigDst = s.origdstDump()
 	}
 	return d
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,27 +65,55 @@ func origdstSettings(cfg *config.Config, chain *plugins.Chain) (origdst.Settings
 	}, nil
 }
 
+// origdstRuntime is the native listener as serve runs it.
+type origdstRuntime struct {
+	role role
+	// closeListeners releases the listeners when serve gives up before
+	// the role runs.
+	closeListeners func()
+	// ready is the role's readiness check.
+	ready func(context.Context) error
+	// dump is what /config_dump shows of the role.
+	dump func() *origdstDump
+}
+
+// origdstDump is the origdst part of /config_dump: the fallback in force
+// and, with auto, who holds each capture port.
+type origdstDump struct {
+	Fallback string                     `json:"fallback"`
+	Ports    map[string]origdstPortDump `json:"ports,omitempty"`
+}
+
+type origdstPortDump struct {
+	Holder string   `json:"holder"`          // native, envoy or none (binding again failed)
+	Nodes  []string `json:"nodes,omitempty"` // the Envoy nodes holding it
+	Error  string   `json:"error,omitempty"` // why binding it again failed
+}
+
 // origdstRole builds the native listener of cfg on the chains of chains
 // (a consumer: reloads give it the new chain and trust settings), with its
-// metrics in reg. With fallback always (and auto, whose handoff is not
-// built yet) it binds every capture address now, so that an address in
-// use or a missing privilege stops serve before anything starts; with
-// never it binds nothing and the role waits idle. The returned close
-// releases the listeners when serve gives up before the role runs; ready
-// is the role's readiness check.
-func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, chains *chainRuntime) (r role, closeListeners func(), ready func(context.Context) error, err error) {
+// metrics in reg. With fallback always it binds every capture address now,
+// so that an address in use or a missing privilege stops serve before
+// anything starts; with never it binds nothing and the role waits idle.
+// With auto it binds every capture address now too (no Envoy has ACKed
+// anything yet), with SO_REUSEPORT, and adds an origdst.Handoff to events,
+// the xDS control plane's: a port is handed to Envoy when a node ACKs a
+// listener on it and bound again origdst.fallback_grace after the last
+// such node is gone. Without the xDS role (events nil) nothing would ever
+// ACK, and auto binds as always.
+func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, chains *chainRuntime, events *xdsEvents) (*origdstRuntime, error) {
 	log := logger.With("role", "origdst")
 	opts, err := origdstOptions(cfg, log, reg)
 	if err != nil {
-		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: origdst.mode: %w", err)
+		return nil, fmt.Errorf("the origdst role cannot start: origdst.mode: %w", err)
 	}
 	settings, err := origdstSettings(cfg, chains.current())
 	if err != nil {
-		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: %w", err)
+		return nil, fmt.Errorf("the origdst role cannot start: %w", err)
 	}
 	srv, err := origdst.New(opts, settings)
 	if err != nil {
-		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: %w", err)
+		return nil, fmt.Errorf("the origdst role cannot start: %w", err)
 	}
 	chains.use(chainConsumer{name: "origdst", stage: func(cfg *config.Config, chain *plugins.Chain) (func() error, error) {
 		s, err := origdstSettings(cfg, chain)
@@ -99,35 +128,72 @@ func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 	fallback := cfg.OrigDst.Fallback
 	if fallback == "never" {
 		log.Info("origdst: fallback is never: the capture addresses are not bound", "listen", cfg.OrigDst.Listen)
-		return role{name: "origdst", run: func(ctx context.Context) error {
-			<-ctx.Done()
-			chains.done(time.Now())
-			return nil
-		}}, func() {}, func(context.Context) error { return nil }, nil
+		return &origdstRuntime{
+			role: role{name: "origdst", run: func(ctx context.Context) error {
+				<-ctx.Done()
+				chains.done(time.Now())
+				return nil
+			}},
+			closeListeners: func() {},
+			ready:          func(context.Context) error { return nil },
+			dump:           func() *origdstDump { return &origdstDump{Fallback: fallback} },
+		}, nil
 	}
+	if fallback == "auto" && events == nil {
+		log.Info("origdst: fallback is auto but the xDS role is off: no Envoy will ever ACK a listener, so the capture addresses are bound as with always", "listen", cfg.OrigDst.Listen)
+		fallback = "always"
+	}
+	var (
+		handoff *origdst.Handoff
+		lns     []*origdst.Listener
+	)
 	if fallback == "auto" {
-		log.Warn("origdst: fallback auto is not built yet (binding only while no Envoy has ACKed the capture ports): binding the capture addresses now, as with always",
-			"fallback_grace", cfg.OrigDst.FallbackGrace.Duration)
-	}
-	lns, err := srv.Bind(context.Background())
-	if err != nil {
-		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: %s", bindProblem(cfg, err))
-	}
-	closeListeners = func() {
-		for _, ln := range lns {
-			ln.Close()
+		if handoff, err = origdst.NewHandoff(srv, origdst.HandoffOptions{Grace: cfg.OrigDst.FallbackGrace.Duration}); err != nil {
+			return nil, fmt.Errorf("the origdst role cannot start: %w", err)
 		}
+		lns, err = handoff.Bind(context.Background())
+	} else {
+		lns, err = srv.Bind(context.Background())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the origdst role cannot start: %s", bindProblem(cfg, err))
+	}
+	rt := &origdstRuntime{
+		closeListeners: func() {
+			for _, ln := range lns {
+				ln.Close()
+			}
+		},
+		ready: srv.Ready,
+		dump:  func() *origdstDump { return &origdstDump{Fallback: fallback} },
 	}
 	if err := srv.CheckMark(); err != nil {
-		closeListeners()
-		return role{}, nil, nil, fmt.Errorf("the origdst role cannot start: origdst.mark: %w", err)
+		rt.closeListeners()
+		return nil, fmt.Errorf("the origdst role cannot start: origdst.mark: %w", err)
 	}
-	return role{name: "origdst", run: func(ctx context.Context) error {
+	serve := func(ctx context.Context) error { return srv.ServeListeners(ctx, lns) }
+	if handoff != nil {
+		events.add(handoff)
+		serve = func(ctx context.Context) error { return handoff.Serve(ctx, lns) }
+		rt.ready = handoff.Ready
+		rt.dump = func() *origdstDump { return handoffDump(handoff) }
+	}
+	rt.role = role{name: "origdst", run: func(ctx context.Context) error {
 		began := drainClock(ctx)
 		defer func() { chains.done(began().Add(drain)) }()
 		log.Info("role starting", "role", "origdst", "listen", cfg.OrigDst.Listen, "mode", cfg.OrigDst.Mode, "fallback", fallback)
-		return srv.ServeListeners(ctx, lns)
-	}}, closeListeners, srv.Ready, nil
+		return serve(ctx)
+	}}
+	return rt, nil
+}
+
+// handoffDump is the /config_dump of fallback auto: who holds each port.
+func handoffDump(h *origdst.Handoff) *origdstDump {
+	d := &origdstDump{Fallback: "auto", Ports: map[string]origdstPortDump{}}
+	for _, p := range h.Ports() {
+		d.Ports[strconv.Itoa(int(p.Port))] = origdstPortDump{Holder: p.Holder, Nodes: p.Nodes, Error: p.Error}
+	}
+	return d
 }
 
 // bindProblem says which key a bind failure is about: origdst.mode when

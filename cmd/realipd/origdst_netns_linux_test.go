@@ -136,6 +136,11 @@ func TestServeOrigDstNetns(t *testing.T) {
 	if body, code := get("/readyz"); code != http.StatusOK || !strings.Contains(body, "origdst") {
 		t.Errorf("/readyz = %d %q, want 200 naming origdst", code, body)
 	}
+	if body, _ := get("/config_dump"); !strings.Contains(body, `"origdst": {
+    "fallback": "always"
+  }`) {
+		t.Errorf("/config_dump lacks the origdst fallback:\n%s", body)
+	}
 	metrics, _ := get("/metrics")
 	for _, want := range []string{
 		"realipd_origdst_connections_accepted_total 2",

@@ -36,6 +36,12 @@ type serving struct {
 	// xdsVersion returns the xDS version served (/config_dump); nil
 	// without the xDS role.
 	xdsVersion func() string
+	// xdsEvents are the control plane's events, handed to the roles that
+	// listen; nil without the xDS role.
+	xdsEvents *xdsEvents
+	// origdstDump returns the native listener's part of /config_dump;
+	// nil without the origdst role.
+	origdstDump func() *origdstDump
 }
 
 // buildRoles returns the roles cfg enables, in start order. Each role's
@@ -94,8 +100,12 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 		}
 		s.roles = append(s.roles, r)
 	}
+	var events *xdsEvents // the control plane's events; nil without it
 	if cfg.XDS.Enabled {
-		r, rt, err := xdsRole(cfg, logger, reg, xdsEventLog{logger.With("role", "xds")})
+		events = &xdsEvents{}
+		events.add(xdsEventLog{logger.With("role", "xds")})
+		s.xdsEvents = events
+		r, rt, err := xdsRole(cfg, logger, reg, events)
 		if err != nil {
 			return nil, err
 		}
@@ -116,15 +126,16 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 		s.roles = append(s.roles, r)
 	}
 	if cfg.OrigDst.Enabled {
-		r, closeListeners, ready, err := origdstRole(cfg, logger, reg, chains)
+		rt, err := origdstRole(cfg, logger, reg, chains, events)
 		if err != nil {
 			return nil, err
 		}
-		cleanups = append(cleanups, closeListeners)
+		cleanups = append(cleanups, rt.closeListeners)
 		if adminSrv != nil {
-			adminSrv.AddReadinessCheck("origdst", ready)
+			adminSrv.AddReadinessCheck("origdst", rt.ready)
 		}
-		s.roles = append(s.roles, r)
+		s.origdstDump = rt.dump
+		s.roles = append(s.roles, rt.role)
 	}
 	return s, nil
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/origdst"
 	"github.com/realipd/realipd/xds"
 )
 
@@ -78,8 +80,7 @@ func (rt *xdsRuntime) rejected(err error) {
 func (rt *xdsRuntime) debugHandler() http.Handler { return rt.srv.DebugHandler() }
 
 // xdsEventLog hears the control plane's events and logs them at debug
-// level. The native listener's fallback: auto will listen to the same
-// events (through an xds.Events of its own, composed here).
+// level.
 type xdsEventLog struct{ log *slog.Logger }
 
 func (e xdsEventLog) ListenerACKed(node string, port uint32) {
@@ -90,4 +91,42 @@ func (e xdsEventLog) NodeGone(node string) {
 	e.log.Debug("xds: node's last stream is gone", "node", node)
 }
 
-var _ xds.Events = xdsEventLog{}
+// xdsEvents is the xds.Events of the control plane: it hands every event
+// to each of its listeners in turn (the debug log, and the native
+// listener's origdst.Handoff under fallback: auto). Listeners are added
+// while the roles are built; each must be quick and must not block, as
+// xds.Events says.
+type xdsEvents struct {
+	mu sync.Mutex
+	to []xds.Events
+}
+
+func (e *xdsEvents) add(ev xds.Events) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.to = append(e.to, ev)
+}
+
+func (e *xdsEvents) listeners() []xds.Events {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.to
+}
+
+func (e *xdsEvents) ListenerACKed(node string, port uint32) {
+	for _, ev := range e.listeners() {
+		ev.ListenerACKed(node, port)
+	}
+}
+
+func (e *xdsEvents) NodeGone(node string) {
+	for _, ev := range e.listeners() {
+		ev.NodeGone(node)
+	}
+}
+
+var (
+	_ xds.Events = xdsEventLog{}
+	_ xds.Events = (*xdsEvents)(nil)
+	_ xds.Events = (*origdst.Handoff)(nil)
+)
