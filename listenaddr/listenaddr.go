@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -72,4 +73,19 @@ func String(ln net.Listener) string {
 		return "unix://" + a.String()
 	}
 	return a.String()
+}
+
+// Reason says in words why opening a listen address failed, for the one
+// line a role that cannot start prints: the common system call errors are
+// named with what to do about them; other errors are returned as they are.
+func Reason(err error) string {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return "the address is already in use (another process listens on it: another realipd?)"
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return "the address is not one of this host's"
+	case errors.Is(err, syscall.EACCES):
+		return "permission denied (a port below 1024 needs CAP_NET_BIND_SERVICE or root; a unix socket needs a writable directory)"
+	}
+	return err.Error()
 }

@@ -22,10 +22,14 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump
 	if err != nil {
 		return role{}, nil, err
 	}
+	ln, err := bindRole("admin", "admin.listen", cfg.Admin.Listen)
+	if err != nil {
+		return role{}, nil, err
+	}
 	return role{name: "admin", run: func(ctx context.Context) error {
 		log.Info("role starting", "listen", cfg.Admin.Listen)
-		return srv.Run(ctx, cfg.Admin.Listen)
-	}}, srv, nil
+		return srv.ServeListen(ctx, ln, cfg.Admin.Listen)
+	}, release: func() { ln.Close() }}, srv, nil
 }
 
 // configDump is what /config_dump shows: the configuration in force (which

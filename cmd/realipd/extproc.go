@@ -45,13 +45,17 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		drain = extproc.DefaultDrainTimeout
 	}
 	listen := cfg.ExtProc.Listen
-	return role{name: "extproc", run: func(ctx context.Context) error {
+	ln, err := bindRole("extproc", "extproc.listen", listen)
+	if err != nil {
+		return role{}, nil, err
+	}
+	return role{name: "extproc", release: func() { ln.Close() }, run: func(ctx context.Context) error {
 		// The requests still deciding when the drain began may go on
 		// until drain after it (see chainRuntime.closeBy).
 		began := drainClock(ctx)
 		defer func() { chains.done(began().Add(drain)) }()
 		logger.Info("role starting", "role", "extproc", "listen", listen)
-		return srv.Serve(ctx, listen)
+		return srv.ServeListener(ctx, ln)
 	}}, srv, nil
 }
 

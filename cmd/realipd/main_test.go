@@ -517,8 +517,8 @@ func TestRunRoles(t *testing.T) {
 	t.Run("a failing role stops the others", func(t *testing.T) {
 		stopped := make(chan struct{})
 		roles := []role{
-			{"waits", func(ctx context.Context) error { <-ctx.Done(); close(stopped); return nil }},
-			{"fails", func(context.Context) error { return errBoom }},
+			{name: "waits", run: func(ctx context.Context) error { <-ctx.Done(); close(stopped); return nil }},
+			{name: "fails", run: func(context.Context) error { return errBoom }},
 		}
 		err := runRoles(t.Context(), logger, roles, time.Minute)
 		if !errors.Is(err, errBoom) || !strings.Contains(err.Error(), "fails: boom") {
@@ -535,8 +535,8 @@ func TestRunRoles(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		finished := make(chan struct{})
 		roles := []role{
-			{"oneshot", func(context.Context) error { close(finished); return nil }},
-			{"waits", func(ctx context.Context) error {
+			{name: "oneshot", run: func(context.Context) error { close(finished); return nil }},
+			{name: "waits", run: func(ctx context.Context) error {
 				<-finished
 				cancel() // the signal comes only after the other role is done
 				<-ctx.Done()
@@ -553,7 +553,7 @@ func TestRunRoles(t *testing.T) {
 		cancel()
 		release := make(chan struct{})
 		defer close(release)
-		roles := []role{{"stuck", func(context.Context) error { <-release; return nil }}}
+		roles := []role{{name: "stuck", run: func(context.Context) error { <-release; return nil }}}
 		err := runRoles(ctx, logger, roles, 10*time.Millisecond)
 		if err == nil || !strings.Contains(err.Error(), "[stuck] did not stop") {
 			t.Errorf("runRoles = %v, want a stuck-role error", err)

@@ -27,6 +27,12 @@ var restartOnlyKeys = []string{
 	"extproc.drain_timeout",
 	"xds.enabled",
 	"xds.listen",
+	// The interception rules, installed once (an init container's
+	// realipd iptables --apply, or the eBPF capture), steer to these
+	// ports in this mode: Envoy moved elsewhere would lose the traffic.
+	"xds.mode",
+	"xds.outbound_port",
+	"xds.inbound_port",
 	"origdst",
 	"intercept",
 	"admin",

@@ -394,6 +394,12 @@ func TestChangedKeys(t *testing.T) {
 			c.OrigDst.Enabled = true
 			c.Admin.Enabled = false
 		}, "xds.listen,origdst.enabled,origdst.listen,admin.enabled"},
+		{"the ports the interception rules steer to", func(c *config.Config) {
+			c.XDS.HTTPPorts = []int{8081} // reloadable
+			c.XDS.Mode = "tproxy"
+			c.XDS.OutboundPort = 16001
+			c.XDS.InboundPort = 16006
+		}, "xds.mode,xds.outbound_port,xds.inbound_port"},
 		{"admin allowed hosts", func(c *config.Config) {
 			c.Admin.AllowedHosts = []string{"admin.internal"}
 		}, "admin.allowed_hosts"},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/listenaddr"
 )
 
 // A role is one long-running part of realipd (ext_proc server, xDS control
@@ -24,6 +26,21 @@ import (
 type role struct {
 	name string
 	run  func(ctx context.Context) error
+	// release closes what the role's constructor opened (its listener)
+	// when serve gives up before the role runs; nil: nothing to close.
+	release func()
+}
+
+// bindRole opens the listen address addr of role name (its key names the
+// configuration key) when the role is built, so that an address in use
+// stops serve before anything starts, with one line naming the role, the
+// key and the reason.
+func bindRole(name, key, addr string) (net.Listener, error) {
+	ln, err := listenaddr.Listen(addr)
+	if err != nil {
+		return nil, fmt.Errorf("the %s role cannot start: %s %s: %s", name, key, addr, listenaddr.Reason(err))
+	}
+	return ln, nil
 }
 
 // serving is what serve runs: the roles, and what a configuration reload
@@ -79,6 +96,7 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 			return nil, err
 		}
 		adminSrv = srv
+		cleanups = append(cleanups, r.release)
 		s.roles = append(s.roles, r)
 	}
 	// One policy chain serves the ext_proc server and the native listener.
@@ -95,6 +113,7 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 		if err != nil {
 			return nil, err
 		}
+		cleanups = append(cleanups, r.release)
 		if adminSrv != nil {
 			adminSrv.AddReadinessCheck("extproc", srv.Ready)
 		}
@@ -113,6 +132,7 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 			adminSrv.AddReadinessCheck("xds", rt.srv.Ready)
 			adminSrv.Handle("GET /debug/xds", rt.debugHandler())
 		}
+		cleanups = append(cleanups, r.release)
 		s.xdsVersion = rt.srv.Version
 		s.roles = append(s.roles, r)
 		s.targets = append(s.targets, reloadTarget{name: "xds", stage: rt.reload, rejected: rt.rejected})

@@ -27,7 +27,7 @@ on 127.0.0.1:9902, the native listener off. Logs go to stderr.
 With --config, the file is reloaded when it changes and on SIGHUP. An
 invalid file, or one that changes a key needing a restart (listen addresses,
 enabled flags, the admin, origdst and intercept sections,
-extproc.drain_timeout), is rejected with every problem logged with its key
+extproc.drain_timeout, xds.mode and the capture ports), is rejected with every problem logged with its key
 path, and the last good configuration keeps serving. A role that cannot
 start (an address in use, a missing privilege, a plugin that fails its
 sha256 check) stops serve with exit 1 before anything serves.`, `

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -160,4 +162,33 @@ func get(t *testing.T, url string) (string, int) {
 		t.Fatal(err)
 	}
 	return string(b), resp.StatusCode
+}
+
+// TestServeRoleCannotStart: a listen address in use stops serve before
+// anything runs, with exit 1 and one line naming the role, the key and the
+// reason.
+func TestServeRoleCannotStart(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	addr := taken.Addr().String()
+	for _, key := range []string{"extproc", "xds", "admin"} {
+		t.Run(key, func(t *testing.T) {
+			listen := map[string]string{"extproc": "127.0.0.1:0", "xds": "127.0.0.1:0", "admin": "127.0.0.1:0"}
+			listen[key] = addr
+			cfg := writeFile(t, "serve.yaml", fmt.Sprintf("extproc: {listen: %q}\nxds: {listen: %q, extproc_address: 127.0.0.1:9001}\nadmin: {listen: %q}\n",
+				listen["extproc"], listen["xds"], listen["admin"]))
+			var out, errb bytes.Buffer
+			err := run(t.Context(), []string{"serve", "--config", cfg}, &out, &errb)
+			want := fmt.Sprintf("serve: the %s role cannot start: %s.listen %s: the address is already in use", key, key, addr)
+			if exitCode(err) != 1 || err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("serve = exit %d, %v; want exit 1 and one line starting %q", exitCode(err), err, want)
+			}
+			if strings.Contains(errb.String(), "realipd running") {
+				t.Errorf("roles ran before the failure:\n%s", errb.String())
+			}
+		})
+	}
 }

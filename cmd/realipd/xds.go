@@ -38,9 +38,13 @@ func xdsRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer,
 	if err := srv.SetResources(res.Version(), res.ByType()); err != nil {
 		return role{}, nil, err
 	}
-	return role{name: "xds", run: func(ctx context.Context) error {
+	ln, err := bindRole("xds", "xds.listen", cfg.XDS.Listen)
+	if err != nil {
+		return role{}, nil, err
+	}
+	return role{name: "xds", release: func() { ln.Close() }, run: func(ctx context.Context) error {
 		log.Info("role starting", "listen", cfg.XDS.Listen, "version", srv.Version())
-		return srv.Serve(ctx, cfg.XDS.Listen)
+		return srv.ServeListener(ctx, ln)
 	}}, rt, nil
 }
 

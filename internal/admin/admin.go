@@ -240,6 +240,12 @@ func (s *Server) Run(ctx context.Context, listen string) error {
 	return s.serve(ctx, ln, listenHostName(listen))
 }
 
+// ServeListen serves on ln, opened for the listen address listen, as Run
+// does: a host name in listen is accepted in the Host header too.
+func (s *Server) ServeListen(ctx context.Context, ln net.Listener, listen string) error {
+	return s.serve(ctx, ln, listenHostName(listen))
+}
+
 // listenHostName returns the host of the listen address listen when it is
 // a name (normalised), or "" when it is an IP address or empty.
 func listenHostName(listen string) string {
