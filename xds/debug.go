@@ -88,3 +88,26 @@ func (s *Server) DebugHandler() http.Handler {
 		w.Write(append(body, '\n'))
 	})
 }
+
+// TypeVersions are the versions of one resource type a node was last sent
+// and last ACKed ("" when none).
+type TypeVersions struct {
+	Sent  string `json:"sent"`
+	ACKed string `json:"acked"`
+}
+
+// NodeVersions returns, per connected node and type URL, the versions it
+// was last sent and last ACKed (what /config_dump shows of each node).
+func (s *Server) NodeVersions() map[string]map[string]TypeVersions {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]map[string]TypeVersions, len(s.nodes))
+	for id, n := range s.nodes {
+		types := make(map[string]TypeVersions, len(n.types))
+		for url, t := range n.types {
+			types[url] = TypeVersions{Sent: t.sent, ACKed: t.acked}
+		}
+		out[id] = types
+	}
+	return out
+}

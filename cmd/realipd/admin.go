@@ -6,6 +6,7 @@ import (
 
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/xds"
 )
 
 // adminRole builds the admin listener of cfg: /metrics serves reg (every
@@ -34,7 +35,7 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump
 
 // configDump is what /config_dump shows: the configuration in force (which
 // a reload replaces), the plugins' settings redacted, the xDS version
-// served, and the native listener's fallback (with auto, who holds each
+// served and each node's versions, and the native listener's fallback (with auto, who holds each
 // capture port).
 type configDump struct {
 	Config  *config.Config `json:"config"`
@@ -44,12 +45,15 @@ type configDump struct {
 
 type xdsDump struct {
 	Version string `json:"version"` // the snapshot version every node is sent
+	// Nodes are, per connected node and type URL, the versions last sent
+	// and last ACKed.
+	Nodes map[string]map[string]xds.TypeVersions `json:"nodes"`
 }
 
 func (s *serving) configDump() any {
 	d := configDump{Config: s.current.Load().Redacted()}
 	if s.xdsVersion != nil {
-		d.XDS = &xdsDump{Version: s.xdsVersion()}
+		d.XDS = &xdsDump{Version: s.xdsVersion(), Nodes: s.xdsNodes()}
 	}
 	if s.origdstDump != nil {
 		d.OrigDst = s.origdstDump()

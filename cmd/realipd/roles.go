@@ -17,6 +17,7 @@ import (
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/listenaddr"
+	"github.com/realipd/realipd/xds"
 )
 
 // A role is one long-running part of realipd (ext_proc server, xDS control
@@ -53,6 +54,9 @@ type serving struct {
 	// xdsVersion returns the xDS version served (/config_dump); nil
 	// without the xDS role.
 	xdsVersion func() string
+	// xdsNodes returns each connected node's versions (/config_dump); set
+	// with xdsVersion.
+	xdsNodes func() map[string]map[string]xds.TypeVersions
 	// xdsEvents are the control plane's events, handed to the roles that
 	// listen; nil without the xDS role.
 	xdsEvents *xdsEvents
@@ -133,7 +137,7 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 			adminSrv.Handle("GET /debug/xds", rt.debugHandler())
 		}
 		cleanups = append(cleanups, r.release)
-		s.xdsVersion = rt.srv.Version
+		s.xdsVersion, s.xdsNodes = rt.srv.Version, rt.srv.NodeVersions
 		s.roles = append(s.roles, r)
 		s.targets = append(s.targets, reloadTarget{name: "xds", stage: rt.reload, rejected: rt.rejected})
 	}

@@ -221,10 +221,18 @@ func TestServeXDS(t *testing.T) {
 	}
 	body, _ := get(t, s.admin+"/config_dump")
 	var dump struct {
-		XDS struct{ Version string } `json:"xds"`
+		XDS struct {
+			Version string
+			Nodes   map[string]map[string]xds.TypeVersions
+		} `json:"xds"`
 	}
 	if err := json.Unmarshal([]byte(body), &dump); err != nil || dump.XDS.Version != d.Version {
 		t.Errorf("/config_dump xds.version = %q (%v), want %s:\n%s", dump.XDS.Version, err, d.Version, body)
+	}
+	for _, url := range []string{resource.ClusterType, resource.ListenerType} {
+		if v := dump.XDS.Nodes["sidecar-1"][url]; v.Sent != d.Version || v.ACKed != d.Version {
+			t.Errorf("/config_dump xds.nodes[sidecar-1][%s] = %+v, want %s sent and ACKed:\n%s", url, v, d.Version, body)
+		}
 	}
 	if body, _ := get(t, s.admin+"/metrics"); !strings.Contains(body, "realipd_xds_acks_total") {
 		t.Errorf("/metrics lacks the xDS metrics")
