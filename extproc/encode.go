@@ -91,7 +91,7 @@ type mutation struct {
 
 // keepPolicyHeader reports whether policy header h goes into the mutation.
 func (m *mutation) keepPolicyHeader(h plugins.Header) bool {
-	if !validPolicyHeader(h) {
+	if !plugins.ValidHeader(h) {
 		return false
 	}
 	for _, own := range m.set {

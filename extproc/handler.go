@@ -304,30 +304,6 @@ func copyHeaders(hdrs []rawHeader) []plugins.Header {
 	return out
 }
 
-// validPolicyHeader reports whether Envoy would accept a header a policy
-// asks for: a lower-case token name, a value without NUL, CR or LF.
-func validPolicyHeader(h plugins.Header) bool {
-	return validHeaderName(h.Name) && !strings.ContainsAny(h.Value, "\x00\r\n")
-}
-
-// validHeaderName reports whether name is a lower-case HTTP token (Envoy
-// rejects mutations of pseudo-headers and upper-case names in HTTP/2).
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := range len(name) {
-		c := name[i]
-		switch {
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // peerAddr parses an "ip:port", "[v6]:port" or bare IP, unmapped and without
 // port; 0.0.0.0, :: and non-IPs are not usable. It does not allocate.
 func peerAddr(s string) (netip.Addr, bool) {

@@ -151,7 +151,7 @@ func (srv *Server) Update(s Settings) error {
 	if st.clientIPHeader == "" {
 		st.clientIPHeader = DefaultClientIPHeader
 	}
-	if !validHeaderName(st.clientIPHeader) || strings.HasPrefix(st.clientIPHeader, ":") || st.clientIPHeader == "host" {
+	if !plugins.ValidHeaderName(st.clientIPHeader) || strings.HasPrefix(st.clientIPHeader, ":") || st.clientIPHeader == "host" {
 		return fmt.Errorf("extproc: settings: client_ip_header %q is not a header realipd can set", s.ClientIPHeader)
 	}
 	if st.namespace == "" {

@@ -74,7 +74,7 @@ func newHTTPState(s Settings, needed bool) (httpState, error) {
 	if hs.clientIPHeader == "" {
 		hs.clientIPHeader = DefaultClientIPHeader
 	}
-	if !validHeaderName(hs.clientIPHeader) {
+	if !plugins.ValidHeaderName(hs.clientIPHeader) {
 		return httpState{}, errors.New("origdst: settings: client IP header " + hs.clientIPHeader + " is not a lower-case header name")
 	}
 	hs.clientIPHeader = textproto.CanonicalMIMEHeaderKey(hs.clientIPHeader)
@@ -202,7 +202,7 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		srv.m.httpRequests[1].Inc()
 		hdr := w.Header()
 		for _, ph := range v.Headers {
-			if validPolicyHeader(ph) && ph.Name != "content-type" {
+			if plugins.ValidHeader(ph) && ph.Name != "content-type" {
 				hdr.Set(ph.Name, ph.Value)
 			}
 		}
@@ -305,7 +305,7 @@ func (srv *Server) newReverseProxy() *httputil.ReverseProxy {
 			}
 			hdr["X-Forwarded-For"] = []string{xff + rw.peerIP}
 			for _, ph := range rw.policy {
-				if validPolicyHeader(ph) && textproto.CanonicalMIMEHeaderKey(ph.Name) != rw.clientIPHeader {
+				if plugins.ValidHeader(ph) && textproto.CanonicalMIMEHeaderKey(ph.Name) != rw.clientIPHeader {
 					hdr.Set(ph.Name, ph.Value)
 				}
 			}
@@ -342,30 +342,6 @@ func (srv *Server) dialUpstream(ctx context.Context, addr string) (net.Conn, err
 		return nil, err
 	}
 	return conn, nil
-}
-
-// validPolicyHeader reports whether a policy's header may be written: a
-// lower-case token name, a value without NUL, CR or LF (the ext_proc
-// server's rule: Envoy rejects the others).
-func validPolicyHeader(h plugins.Header) bool {
-	return validHeaderName(h.Name) && !strings.ContainsAny(h.Value, "\x00\r\n")
-}
-
-// validHeaderName reports whether name is a lower-case HTTP token.
-func validHeaderName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := range len(name) {
-		c := name[i]
-		switch {
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // oneConnListener hands one connection to an http.Server, then blocks

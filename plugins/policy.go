@@ -13,6 +13,7 @@ package plugins
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/realipd/realipd/clientip"
@@ -103,4 +104,30 @@ func DenyStatus(d Decision, configured int) int {
 		return d.Status
 	}
 	return configured
+}
+
+// ValidHeader reports whether h can be written to a request or a deny
+// response, on either path (Envoy's header mutation rules, which the
+// native listener's HTTP mode follows too): a lower-case token name
+// (ValidHeaderName) and a value without NUL, CR or LF.
+func ValidHeader(h Header) bool {
+	return ValidHeaderName(h.Name) && !strings.ContainsAny(h.Value, "\x00\r\n")
+}
+
+// ValidHeaderName reports whether name is a lower-case HTTP token (Envoy
+// rejects mutations of pseudo-headers and upper-case names in HTTP/2).
+func ValidHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := range len(name) {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/intercept"
 	"github.com/realipd/realipd/internal/config"
@@ -358,46 +357,4 @@ func counterValue(m *dto.Metric) float64 {
 		return c.GetValue()
 	}
 	return m.GetGauge().GetValue()
-}
-
-// extProcHarness is an ext_proc server on loopback with a client, whose
-// settings a test replaces with Update.
-type extProcHarness struct {
-	srv    *extproc.Server
-	client *extproctest.Client
-}
-
-func newExtProcHarness(t *testing.T) *extProcHarness {
-	t.Helper()
-	cfg, err := loadOrDefault("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	es, err := extprocSettings(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := extproc.New(es, extproc.Options{Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeListener(ctx, ln) }()
-	c, err := extproctest.Dial(ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	return &extProcHarness{srv: srv, client: c}
 }

@@ -142,7 +142,31 @@ func extprocFor(t *testing.T, trust config.Trust) *extproctest.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := extproc.New(extproc.Settings{Resolver: r, PassUnresolved: trust.PassUnresolved()}, extproc.Options{Registerer: prometheus.NewRegistry()})
+	h := newExtProcHarness(t)
+	if err := h.srv.Update(extproc.Settings{Resolver: r, PassUnresolved: trust.PassUnresolved()}); err != nil {
+		t.Fatal(err)
+	}
+	return h.client
+}
+
+// extProcHarness is an ext_proc server on loopback with a client, whose
+// settings a test replaces with Update.
+type extProcHarness struct {
+	srv    *extproc.Server
+	client *extproctest.Client
+}
+
+func newExtProcHarness(t *testing.T) *extProcHarness {
+	t.Helper()
+	cfg, err := loadOrDefault("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, err := extprocSettings(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := extproc.New(es, extproc.Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,5 +188,5 @@ func extprocFor(t *testing.T, trust config.Trust) *extproctest.Client {
 			t.Error(err)
 		}
 	})
-	return c
+	return &extProcHarness{srv: srv, client: c}
 }
