@@ -11,9 +11,12 @@ import (
 	"net/netip"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/plugins"
@@ -102,6 +105,7 @@ type httpConn struct {
 // rewrite is what one allowed request's forwarding needs; it travels in
 // the request's context to the reverse proxy's Rewrite.
 type rewrite struct {
+	pc             *proxyConn
 	dst            netip.AddrPort
 	clientIPHeader string
 	clientIP       string // "" removes the header
@@ -116,6 +120,7 @@ type rewriteKey struct{}
 // header named (its Source is SourceHeader), or the peer's.
 func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Result, listener string) {
 	hc := &httpConn{srv: srv, pc: pc, dst: c.OriginalDst(), listener: listener}
+	pc.touch()
 	peer := addrPortOf(c.RemoteAddr())
 	switch {
 	case res.Source == clientip.SourceHeader:
@@ -138,7 +143,10 @@ func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Re
 		ReadHeaderTimeout: requestHeaderTimeout,
 		IdleTimeout:       srv.opts.IdleTimeout,
 		MaxHeaderBytes:    maxRequestHeaderBytes,
-		ErrorLog:          log.New(io.Discard, "", 0),
+		// OPTIONS * goes to the handler, to be decided on like any
+		// request, not answered by net/http.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     log.New(io.Discard, "", 0),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateClosed || s == http.StateHijacked {
 				closeDone.Do(func() { close(done) })
@@ -149,7 +157,7 @@ func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Re
 		abort(c.TCPConn)
 		return
 	}
-	_ = hs.Serve(&oneConnListener{conn: &prefixConn{TCPConn: c.TCPConn, pre: pre}, done: done})
+	_ = hs.Serve(&oneConnListener{conn: &prefixConn{Conn: c.TCPConn, tcp: c.TCPConn, pc: pc, pre: pre}, done: done})
 	// Serve returns once the connection is closed, or hijacked by an
 	// upgrade (WebSocket) that its handler still serves.
 	hc.handlers.Wait()
@@ -162,6 +170,17 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hc.handlers.Add(1)
 	defer hc.handlers.Done()
 	srv := hc.srv
+	// What Envoy's HTTP connection manager refuses or rewrites before any
+	// filter runs (so ext_proc never sees it) is refused or rewritten
+	// here first.
+	if refusal := envoyRefuses(r); refusal != "" {
+		srv.m.httpRequests[1].Inc()
+		srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = io.WriteString(w, refusal+"\n")
+		return
+	}
 	st, held := srv.acquire()
 	if held {
 		defer st.chain.Release()
@@ -173,6 +192,10 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		res = *hc.fixed
 	case h.header == "":
 		res = h.resolver.Client(hc.peer, nil)
+	case h.header == "X-Forwarded-For":
+		// Envoy joins the lines of X-Forwarded-For (an inline header)
+		// into one and skips the empty ones.
+		res = h.resolver.Client(hc.peer, nonBlank(r.Header[h.header]))
 	default:
 		res = h.resolver.Client(hc.peer, r.Header[h.header])
 	}
@@ -216,7 +239,7 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	srv.m.httpRequests[0].Inc()
-	rw := &rewrite{dst: hc.dst, clientIPHeader: h.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: v.Headers}
+	rw := &rewrite{pc: hc.pc, dst: hc.dst, clientIPHeader: h.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: v.Headers}
 	if res.OK() {
 		rw.clientIP = res.IP.String()
 	}
@@ -233,10 +256,16 @@ func policyHeaders(chain *plugins.Chain, r *http.Request) []plugins.Header {
 	if !all && len(names) == 0 {
 		return nil
 	}
+	path := r.RequestURI
+	if r.URL.IsAbs() {
+		// Absolute form (GET http://host/p): Envoy's :path is /p, what
+		// is forwarded.
+		path = r.URL.RequestURI()
+	}
 	pseudo := []plugins.Header{
 		{Name: ":authority", Value: r.Host},
 		{Name: ":method", Value: r.Method},
-		{Name: ":path", Value: r.RequestURI},
+		{Name: ":path", Value: path},
 		{Name: ":scheme", Value: "http"},
 	}
 	var out []plugins.Header
@@ -292,14 +321,20 @@ func (srv *Server) newReverseProxy() *httputil.ReverseProxy {
 			pr.Out.URL.Host = rw.dst.String()
 			pr.Out.Host = pr.In.Host
 			hdr := pr.Out.Header
-			// A client-sent client-IP header never survives.
-			hdr.Del(rw.clientIPHeader)
+			// A client-sent client-IP header never survives, nor one
+			// spelt with underscores (X_Real_IP), which CGI-style
+			// servers take for the same header.
+			for name := range hdr {
+				if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), rw.clientIPHeader) {
+					delete(hdr, name)
+				}
+			}
 			if rw.clientIP != "" {
 				hdr.Set(rw.clientIPHeader, rw.clientIP)
 			}
 			// Envoy with use_remote_address: true appends the peer to
 			// X-Forwarded-For (one line, the client's lines joined).
-			xff := strings.Join(pr.In.Header["X-Forwarded-For"], ", ")
+			xff := strings.Join(nonBlank(pr.In.Header["X-Forwarded-For"]), ", ")
 			if xff != "" {
 				xff += ", "
 			}
@@ -314,6 +349,9 @@ func (srv *Server) newReverseProxy() *httputil.ReverseProxy {
 		FlushInterval: -1, // stream responses as they come (server-sent events)
 		ErrorLog:      log.New(io.Discard, "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if rw, _ := r.Context().Value(rewriteKey{}).(*rewrite); rw != nil && srv.wasCut(rw.pc) {
+				return // realipd cut the client's connection (idle_timeout, the drain)
+			}
 			srv.m.httpUpstreamErrors.Inc()
 			srv.log.Debug("origdst: HTTP request to the original destination failed", "original_dst", r.URL.Host, "error", err)
 			if errors.Is(err, context.Canceled) {
@@ -366,9 +404,17 @@ func (l *oneConnListener) Accept() (net.Conn, error) {
 func (l *oneConnListener) Close() error   { return nil }
 func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
-// prefixConn is a TCP connection whose first bytes read are pre.
+// prefixConn is the client's TCP connection as the HTTP mode uses it:
+// its first bytes read are pre, and every read and write marks the
+// connection active for the idle sweep (idle_timeout holds in the middle
+// of a request and after an upgrade, not only between requests). It is a
+// net.Conn and no more, so that io.Copy of an upgraded connection goes
+// through Read and Write rather than the TCP connection's own ReadFrom
+// and WriteTo.
 type prefixConn struct {
-	*net.TCPConn
+	net.Conn
+	tcp *net.TCPConn
+	pc  *proxyConn
 	pre []byte
 }
 
@@ -376,10 +422,27 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	if len(c.pre) > 0 {
 		n := copy(b, c.pre)
 		c.pre = c.pre[n:]
+		c.pc.touch()
 		return n, nil
 	}
-	return c.TCPConn.Read(b)
+	n, err := c.tcp.Read(b)
+	if n > 0 {
+		c.pc.touch()
+	}
+	return n, err
 }
+
+func (c *prefixConn) Write(b []byte) (int, error) {
+	n, err := c.tcp.Write(b)
+	if n > 0 {
+		c.pc.touch()
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the connection (an upgraded connection whose
+// upstream finished sending).
+func (c *prefixConn) CloseWrite() error { return c.tcp.CloseWrite() }
 
 // isHTTPPort reports whether connections to port are served as HTTP.
 func (srv *Server) isHTTPPort(port uint16) bool {
@@ -420,6 +483,7 @@ func (srv *Server) trackHTTP(pc *proxyConn, hs *http.Server) bool {
 		return false
 	}
 	srv.httpServers[pc] = hs
+	pc.http = true // idle-swept from now on
 	return true
 }
 
@@ -441,3 +505,66 @@ func (srv *Server) drainHTTP() {
 		srv.closeIdleUpstreams()
 	}
 }
+
+// envoyRefuses says why Envoy's HTTP connection manager, as realipd's xDS
+// control plane configures it, would refuse r before its filters run, or
+// "" when it would not; it strips an h2c upgrade from r, as Envoy's
+// HTTP/1 codec does, and forwards the request without it. Envoy takes
+// WebSocket upgrades only (upgrade_configs) and no CONNECT; anything else
+// would be tunnelled past the policies and the client-IP header.
+func envoyRefuses(r *http.Request) string {
+	if r.Method == http.MethodConnect {
+		return "CONNECT is not allowed"
+	}
+	upgrade := r.Header.Get("Upgrade")
+	if upgrade == "" {
+		return ""
+	}
+	if httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "h2c") {
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+		var keep []string
+		for _, v := range r.Header["Connection"] {
+			for _, tok := range strings.Split(v, ",") {
+				tok = strings.TrimSpace(tok)
+				if tok != "" && !strings.EqualFold(tok, "upgrade") && !strings.EqualFold(tok, "http2-settings") {
+					keep = append(keep, tok)
+				}
+			}
+		}
+		r.Header.Del("Connection")
+		if len(keep) > 0 {
+			r.Header.Set("Connection", strings.Join(keep, ", "))
+		}
+		return ""
+	}
+	if httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") && !strings.EqualFold(strings.TrimSpace(upgrade), "websocket") {
+		return "upgrade to " + strconvQuote(upgrade) + " is not allowed"
+	}
+	return ""
+}
+
+// strconvQuote quotes s for a one-line answer, at most 64 bytes of it.
+func strconvQuote(s string) string {
+	if len(s) > 64 {
+		s = s[:64]
+	}
+	return strconv.Quote(s)
+}
+
+// nonBlank returns lines without the blank ones (lines itself when there
+// are none).
+func nonBlank(lines []string) []string {
+	if !slices.ContainsFunc(lines, isBlank) {
+		return lines
+	}
+	out := make([]string, 0, len(lines))
+	for _, l := range lines {
+		if !isBlank(l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func isBlank(s string) bool { return strings.TrimSpace(s) == "" }

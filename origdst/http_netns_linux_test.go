@@ -4,17 +4,22 @@ package origdst
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
+
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/intercept"
+	"github.com/realipd/realipd/plugins"
 )
 
 // httpApp serves HTTP in ns on addr, answering with the headers it got
@@ -35,7 +40,7 @@ func (w *world) httpApp(t testing.TB, addr netip.AddrPort) {
 				return
 			}
 			defer c.Close()
-			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 			brw.Flush()
 			for {
 				line, err := brw.ReadString('\n')
@@ -99,11 +104,18 @@ func TestHTTPModeNetns(t *testing.T) {
 				TrustedCIDRs: trustPod,
 				Resolver:     resolver(t, clientip.Config{Strategy: clientip.RightmostTrustedRange, TrustedCIDRs: trustPod}),
 			}
-			r := w.serve(t, Options{Mode: ModeRedirect, Listen: both(outboundPort), HTTPPorts: []uint16{8080, 8081}, ProxyProtocol: true}, settings)
+			r := w.serve(t, Options{Mode: ModeRedirect, Listen: both(outboundPort), HTTPPorts: []uint16{8080, 8081}, ProxyProtocol: true, IdleTimeout: 2 * time.Second}, settings)
 
 			src := netip.MustParseAddrPort("198.51.100.7:1")
 			if f == intercept.IPv6 {
 				src = netip.MustParseAddrPort("[2001:db8::7]:1")
+			}
+			// conn connects to target through the native listener as a
+			// trusted proxy for the client src.
+			conn := func() (net.Conn, *bufio.Reader) {
+				c := dial(t, w.a, target)
+				c.Write(proxyHeader(t, 2, src, target))
+				return c, bufio.NewReader(c)
 			}
 			request := "GET /x HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n"
 			for _, version := range []byte{1, 2} {
@@ -176,7 +188,7 @@ func TestHTTPModeNetns(t *testing.T) {
 			t.Run("upgrade", func(t *testing.T) {
 				c := dial(t, w.a, target)
 				c.Write(proxyHeader(t, 1, src, target))
-				io.WriteString(c, "GET /upgrade HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+				io.WriteString(c, "GET /upgrade HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 				br := bufio.NewReader(c)
 				resp, err := http.ReadResponse(br, nil)
 				if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -188,6 +200,89 @@ func TestHTTPModeNetns(t *testing.T) {
 						t.Fatalf("after the upgrade: %q %v", got, err)
 					}
 				}
+			})
+
+			t.Run("what Envoy refuses or rewrites first", func(t *testing.T) {
+				allowed := func() float64 { return r.metric(t, "http_requests_total", "allow") }
+				// An upgrade other than WebSocket would tunnel requests
+				// past the policies: 403, nothing upstream. So is CONNECT.
+				for _, raw := range []string{
+					"GET / HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: tunnel\r\n\r\n",
+					"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n",
+				} {
+					before := allowed()
+					c, br := conn()
+					if resp, body := roundTrip(t, c, br, raw); resp.StatusCode != http.StatusForbidden {
+						t.Errorf("%q: %d %q, want 403", raw, resp.StatusCode, body)
+					}
+					if allowed() != before {
+						t.Errorf("%q was forwarded", raw)
+					}
+				}
+				// An h2c upgrade is forwarded as a plain request, without
+				// its upgrade headers, as Envoy's HTTP/1 codec does.
+				c, br := conn()
+				resp, body := roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+				var got http.Header
+				if err := json.Unmarshal([]byte(body), &got); resp.StatusCode != 200 || err != nil {
+					t.Fatalf("h2c upgrade: %d %q", resp.StatusCode, body)
+				}
+				if got.Get("Upgrade") != "" || got.Get("Http2-Settings") != "" || got.Get("X-Real-Ip") != src.Addr().String() {
+					t.Errorf("h2c upgrade: the upstream got %v", got)
+				}
+				// A client IP header spelt with underscores is removed too.
+				resp, body = roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: app\r\nX_Real_IP: 6.6.6.6\r\nx-real_ip: 6.6.6.6\r\n\r\n")
+				got = nil
+				if err := json.Unmarshal([]byte(body), &got); resp.StatusCode != 200 || err != nil {
+					t.Fatalf("underscores: %d %q", resp.StatusCode, body)
+				}
+				for name, v := range got {
+					if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), "x-real-ip") && (name != "X-Real-Ip" || len(v) != 1 || v[0] != src.Addr().String()) {
+						t.Errorf("the upstream got %s: %q", name, v)
+					}
+				}
+			})
+
+			t.Run("policies see Envoy's :path, also for OPTIONS * and the absolute form", func(t *testing.T) {
+				hp := &pathPolicy{deny: "/admin"}
+				chain, err := plugins.NewChain(plugins.ChainEntry{Name: "paths", Policy: hp})
+				if err != nil {
+					t.Fatal(err)
+				}
+				s := settings
+				s.Chain = chain
+				if err := r.srv.Update(s); err != nil {
+					t.Fatal(err)
+				}
+				defer r.srv.Update(settings)
+				c, br := conn()
+				for _, tc := range []struct {
+					raw, path string
+					status    int
+				}{
+					{"GET /admin/x?q=1 HTTP/1.1\r\nHost: app\r\n\r\n", "/admin/x?q=1", 403},
+					{"GET http://app/admin/x?q=1 HTTP/1.1\r\nHost: app\r\n\r\n", "/admin/x?q=1", 403},
+					{"GET http://app/ok HTTP/1.1\r\nHost: app\r\n\r\n", "/ok", 200},
+					{"OPTIONS * HTTP/1.1\r\nHost: app\r\n\r\n", "*", 200},
+				} {
+					resp, body := roundTrip(t, c, br, tc.raw)
+					if resp.StatusCode != tc.status || hp.last() != tc.path {
+						t.Errorf("%q: %d %q, the policy saw :path %q; want %d and %q", tc.raw, resp.StatusCode, body, hp.last(), tc.status, tc.path)
+					}
+				}
+			})
+
+			t.Run("idle_timeout in the middle of a request", func(t *testing.T) {
+				before := r.metric(t, "connections_cut_total", "idle_timeout")
+				c, _ := conn()
+				io.WriteString(c, "POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nab")
+				// The body never completes: the connection is cut after
+				// idle_timeout with no byte either way.
+				b, err := io.ReadAll(c)
+				if err == nil && len(b) > 0 {
+					t.Errorf("a stalled request got %q", b)
+				}
+				r.waitMetric(t, "connections_cut_total", "idle_timeout", before+1)
 			})
 
 			t.Run("unreachable destination", func(t *testing.T) {
@@ -202,4 +297,33 @@ func TestHTTPModeNetns(t *testing.T) {
 			})
 		})
 	}
+}
+
+// pathPolicy reads :path (HeaderInputs), remembers the last one and
+// denies the paths starting with deny.
+type pathPolicy struct {
+	deny string
+	mu   sync.Mutex
+	path string
+}
+
+func (p *pathPolicy) RequestHeaders() ([]string, bool) { return []string{":path"}, false }
+
+func (p *pathPolicy) Decide(_ context.Context, req *plugins.Request) (plugins.Decision, error) {
+	path := ""
+	for _, h := range req.Headers {
+		if h.Name == ":path" {
+			path = h.Value
+		}
+	}
+	p.mu.Lock()
+	p.path = path
+	p.mu.Unlock()
+	return plugins.Decision{Deny: strings.HasPrefix(path, p.deny)}, nil
+}
+
+func (p *pathPolicy) last() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.path
 }

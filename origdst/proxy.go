@@ -32,6 +32,9 @@ type proxyConn struct {
 	up     *net.TCPConn // nil until dialled; guarded by Server.mu
 	cut    cutReason    // non-zero once realipd cut it; guarded by Server.mu
 	last   atomic.Int64 // when bytes last moved either way (Unix nanoseconds)
+	// http marks a connection of the HTTP mode, idle-swept like a proxied
+	// one from the start (its upstream connections are the Transport's).
+	http bool
 }
 
 // touch records that bytes moved.
@@ -422,7 +425,7 @@ func (srv *Server) startIdleSweeps() (stop func()) {
 func (srv *Server) sweepIdle(buf []*proxyConn, since int64) []*proxyConn {
 	srv.mu.Lock()
 	for pc := range srv.conns {
-		if pc.up != nil && pc.cut == 0 && pc.last.Load() < since {
+		if (pc.up != nil || pc.http) && pc.cut == 0 && pc.last.Load() < since {
 			buf = append(buf, pc)
 		}
 	}

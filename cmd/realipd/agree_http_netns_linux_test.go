@@ -94,6 +94,7 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 			headers: [][2]string{xff("6.6.6.6"), {"X-Real-IP", "6.6.6.6"}}, want: untV4},
 		{name: "trusted peer, forwarded client", config: range77, peer: trV4, headers: [][2]string{xff("198.51.100.9, 10.1.2.3")}, want: "198.51.100.9"},
 		{name: "trusted peer, two XFF lines", config: range77, peer: trV4, headers: [][2]string{xff("203.0.113.1"), xff("198.51.100.9, 10.1.2.3")}, want: "198.51.100.9"},
+		{name: "trusted peer, an empty XFF line (Envoy skips it)", config: range77, peer: trV4, headers: [][2]string{xff("198.51.100.9"), xff("")}, want: "198.51.100.9"},
 		{name: "trusted peer, a client-sent x-real-ip is replaced", config: range77, peer: trV4,
 			headers: [][2]string{{"X-Real-IP", "1.2.3.4"}, xff("198.51.100.9")}, want: "198.51.100.9"},
 		{name: "trusted peer, no header: the peer", config: range77, peer: trV4, want: trV4},
@@ -250,7 +251,9 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 			var xffLines []string
 			for _, h := range tc.headers {
 				if strings.EqualFold(h[0], "X-Forwarded-For") {
-					xffLines = append(xffLines, h[1])
+					if strings.TrimSpace(h[1]) != "" { // Envoy joins the lines, skipping empty ones
+						xffLines = append(xffLines, h[1])
+					}
 					continue
 				}
 				sent = append(sent, extproctest.Header{Name: strings.ToLower(h[0]), Value: h[1]})
