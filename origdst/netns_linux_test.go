@@ -458,27 +458,40 @@ func v6only(t testing.TB, l *Listener) bool {
 // the pod's own address with the mark, and the answer comes back.
 func TestTProxyNetns(t *testing.T) {
 	for _, f := range families() {
-		t.Run(f.String(), func(t *testing.T) {
-			w := newWorld(t)
-			w.rules(t, intercept.ModeTProxy, f)
-			rec := &recorder{}
-			w.serve(t, Options{Mode: ModeTProxy, Listen: both(inboundPort)}, Settings{Chain: rec.chain(t)})
-			app := netip.AddrPortFrom(w.aIP[f], 8080)
-			up := w.upstream(t, w.a, app)
-			for i := range 3 {
-				greeting, rest, err := exchange(dial(t, w.b, app), fmt.Sprintf("in %d", i))
-				if err != nil || greeting != "hi "+app.String() || rest != fmt.Sprintf("got in %d\n", i) {
-					t.Fatalf("connection %d: greeting %q, then %q, %v", i, greeting, rest, err)
-				}
-				if req := rec.last(t); req.OriginalDst != app || req.ClientIP != w.bIP[f] {
-					t.Errorf("the policy saw %+v, want the client %v going to %v", req, w.bIP[f], app)
-				}
+		for _, originalSource := range []bool{false, true} {
+			name := f.String()
+			if originalSource {
+				name += "/original source"
 			}
-			peers, _ := up.received()
-			if len(peers) != 3 || peers[0].Addr() != w.aIP[f] {
-				t.Errorf("the application saw the peers %v, want three from the pod's own address (realipd dials from the host's address)", peers)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				w := newWorld(t)
+				w.rules(t, intercept.ModeTProxy, f)
+				rec := &recorder{}
+				w.serve(t, Options{Mode: ModeTProxy, Listen: both(inboundPort), OriginalSource: originalSource, TProxyMark: tproxyMark}, Settings{Chain: rec.chain(t)})
+				app := netip.AddrPortFrom(w.aIP[f], 8080)
+				up := w.upstream(t, w.a, app)
+				for i := range 3 {
+					greeting, rest, err := exchange(dial(t, w.b, app), fmt.Sprintf("in %d", i))
+					if err != nil || greeting != "hi "+app.String() || rest != fmt.Sprintf("got in %d\n", i) {
+						t.Fatalf("connection %d: greeting %q, then %q, %v", i, greeting, rest, err)
+					}
+					if req := rec.last(t); req.OriginalDst != app || req.ClientIP != w.bIP[f] {
+						t.Errorf("the policy saw %+v, want the client %v going to %v", req, w.bIP[f], app)
+					}
+				}
+				// realipd dials from the host's address, or, with
+				// OriginalSource, from the client's, whose answers the
+				// TPROXY rules route back to realipd.
+				want := w.aIP[f]
+				if originalSource {
+					want = w.bIP[f]
+				}
+				peers, _ := up.received()
+				if len(peers) != 3 || peers[0].Addr() != want {
+					t.Errorf("the application saw the peers %v, want three from %v", peers, want)
+				}
+			})
+		}
 	}
 }
 

@@ -120,7 +120,11 @@ func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net
 		return nil, nil, false, refusedPolicyDeny, fmt.Errorf("denied by %s", v.Policy)
 	}
 	var conn net.Conn
-	dial := func() { conn, err = srv.dial.DialContext(ctx, "tcp", c.OriginalDst().String()) }
+	d := &srv.dial
+	if srv.opts.OriginalSource {
+		d = srv.originalSourceDialer(peer.Addr(), c.OriginalDst().Addr())
+	}
+	dial := func() { conn, err = d.DialContext(ctx, "tcp", c.OriginalDst().String()) }
 	if srv.dialOn != nil {
 		srv.dialOn(dial)
 	} else {
@@ -437,4 +441,34 @@ func (srv *Server) sweepIdle(buf []*proxyConn, since int64) []*proxyConn {
 	}
 	clear(buf) // drop the references until the next sweep
 	return buf
+}
+
+// originalSourceDialer is the dialer of a connection from client to dst
+// with OriginalSource: bound to the client's address from a transparent
+// socket, with the TPROXY mark. A client of another family than dst
+// (never, through the TPROXY rules) gets the ordinary dialer.
+func (srv *Server) originalSourceDialer(client, dst netip.Addr) *net.Dialer {
+	client, dst = client.Unmap(), dst.Unmap()
+	if !client.IsValid() || client.Is4() != dst.Is4() {
+		return &srv.dial
+	}
+	d := srv.dial
+	d.LocalAddr = &net.TCPAddr{IP: client.AsSlice()}
+	mark, v6 := srv.opts.TProxyMark, client.Is6()
+	d.Control = func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			if serr = setTransparent(int(fd), v6); serr != nil {
+				serr = fmt.Errorf("IP_TRANSPARENT: %w", serr)
+				return
+			}
+			if serr = setMark(int(fd), mark); serr != nil {
+				serr = fmt.Errorf("SO_MARK %d: %w", mark, serr)
+			}
+		}); err != nil {
+			return err
+		}
+		return serr
+	}
+	return &d
 }

@@ -63,6 +63,18 @@ type Options struct {
 	// from its forwarding headers and decided on, gets the client-IP
 	// header, and is forwarded; a deny is answered with Settings.DenyStatus.
 	HTTPPorts []uint16
+	// OriginalSource, in ModeTProxy, dials each TCP connection's upstream
+	// from the client's own address (the TCP peer's IP, a transparent
+	// socket: IP_TRANSPARENT) with SO_MARK TProxyMark instead of Mark, as
+	// Envoy's original_src filter does, so that the application sees the
+	// client: the TPROXY rules skip that mark and route the application's
+	// answers, which the connection mark gets back, to realipd's socket.
+	// The HTTP mode, whose upstream connections are shared, dials from the
+	// host's address and says who the client is in the client-IP header.
+	OriginalSource bool
+	// TProxyMark is the mark of the TPROXY rules (origdst.tproxy_mark),
+	// needed with OriginalSource.
+	TProxyMark uint32
 	// RunDial, when set, runs each upstream dial (a function that dials
 	// and returns); nil dials on the connection's own goroutine. It lets
 	// a caller whose goroutines are outside the network namespace of the
@@ -223,6 +235,9 @@ func New(opts Options, s Settings) (*Server, error) {
 		if a.Addr().Is6() && a.Addr().IsUnspecified() {
 			srv.v6only[i] = slices.ContainsFunc(listen, func(b netip.AddrPort) bool { return b.Addr().Is4() && b.Port() == a.Port() })
 		}
+	}
+	if opts.OriginalSource && (opts.Mode != ModeTProxy || opts.TProxyMark == 0) {
+		return nil, errors.New("origdst: OriginalSource needs ModeTProxy and a TProxyMark")
 	}
 	srv.dial = net.Dialer{Timeout: opts.DialTimeout}
 	srv.dial.SetMultipathTCP(false)

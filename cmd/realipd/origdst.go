@@ -32,6 +32,8 @@ func origdstOptions(cfg *config.Config, logger *slog.Logger, reg prometheus.Regi
 		DrainTimeout:   o.DrainTimeout.Duration,
 		MaxConnections: o.MaxConnections,
 		ProxyProtocol:  o.ProxyProtocol,
+		OriginalSource: o.OriginalSource,
+		TProxyMark:     uint32(o.TProxyMark),
 		HTTPPorts:      httpPorts(o.HTTPPorts),
 		Logger:         logger,
 		Registerer:     reg,

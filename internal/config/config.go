@@ -64,6 +64,7 @@ type OrigDst struct {
 	FallbackGrace  Duration `json:"fallback_grace"` // fallback: auto: how long no Envoy may hold the capture ports before realipd binds them
 	HTTPPorts      []int    `json:"http_ports"`
 	ProxyProtocol  bool     `json:"proxy_protocol"`
+	OriginalSource bool     `json:"original_source"` // tproxy: dial the upstream from the client's address
 	DialTimeout    Duration `json:"dial_timeout"`    // connecting to the original destination
 	IdleTimeout    Duration `json:"idle_timeout"`    // a proxied connection with no byte either way for this long is closed; 0: never
 	DrainTimeout   Duration `json:"drain_timeout"`   // on SIGTERM, how long proxied connections may finish

@@ -209,6 +209,8 @@ func TestValidate(t *testing.T) {
 		{name: "xds modes and ports", yaml: "xds: {mode: nat, outbound_port: 15006, ip_families: [], http_ports: [0]}",
 			want: map[string]string{"xds.mode": `"nat" is not one of redirect, tproxy`, "xds.inbound_port": "also the outbound_port",
 				"xds.ip_families": "must list", "xds.http_ports[0]": "0 is not a port"}},
+		{name: "original source needs tproxy", yaml: "origdst: {original_source: true}",
+			want: map[string]string{"origdst.original_source": "needs origdst.mode: tproxy"}},
 		{name: "ip families", yaml: "xds: {ip_families: [ipv6, IPv4, ipv6]}",
 			want: map[string]string{"xds.ip_families[1]": `"IPv4" is not one of ipv4, ipv6`, "xds.ip_families[2]": "listed twice"}},
 		{name: "origdst", yaml: "origdst: {enabled: true, listen: [], mark: 0, tproxy_mark: 4294967296, fallback: auto}\nxds: {enabled: false}",

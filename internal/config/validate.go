@@ -255,6 +255,9 @@ func (o *OrigDst) validate(errs *errorList, path string, c *Config) {
 		errs.add(path+".fallback", "auto needs xds.enabled (it watches for an Envoy that has ACKed)")
 	}
 	validatePorts(errs, path+".http_ports", o.HTTPPorts)
+	if o.OriginalSource && o.Mode != "tproxy" {
+		errs.add(path+".original_source", "needs origdst.mode: tproxy (only the TPROXY rules route the answers back to realipd)")
+	}
 	if o.DialTimeout.Duration <= 0 {
 		errs.add(path+".dial_timeout", "%v is not a positive duration", o.DialTimeout.Duration)
 	}
