@@ -311,6 +311,14 @@ func (h *Handoff) run(ctx context.Context) {
 		}
 	}()
 	for {
+		if ctx.Err() != nil {
+			// The drain closes every listener: bind nothing more (the
+			// select below may have picked a wake over the end).
+			for _, c := range synced {
+				close(c)
+			}
+			return
+		}
 		h.mu.Lock()
 		evs := h.queue
 		h.queue = nil

@@ -400,9 +400,27 @@ func TestHandoffEventsBeforeServe(t *testing.T) {
 	if err := r.h.Ready(t.Context()); err == nil || !strings.Contains(err.Error(), "not serving yet") {
 		t.Errorf("Ready before the loop runs = %v", err)
 	}
-	r.h.ListenerACKed("n1", 15001) // must not block
+	// The events come on the xDS server's goroutine, which must never
+	// wait: many before the loop runs, none of them blocking.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			r.h.ListenerACKed("n0", 15001)
+			r.h.NodeGone("n0")
+		}
+		r.h.ListenerACKed("n1", 15001)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ListenerACKed and NodeGone blocked before the loop ran")
+	}
 	r.start(t)
 	r.settle(t)
+	// n0 is gone but in its grace; n1 holds the port on its own after it.
+	r.want(t, "", map[uint16]string{15001: "envoy n0,n1"})
+	r.advance(t, testGrace)
 	r.want(t, "", map[uint16]string{15001: "envoy n1"})
 }
 

@@ -106,7 +106,7 @@ func (c callbacks) OnStreamClosed(id int64, _ *core.Node) {
 // OnStreamRequest tracks a SotW request. go-control-plane has filled in
 // req.Node from the stream's first request.
 func (c callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
-	return c.s.onRequest(c.key(false, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+	return c.s.onRequest(c.key(false, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail())
 }
 
 // OnStreamResponse records a SotW response about to be sent.
@@ -131,7 +131,10 @@ func (c callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
 // node, so only the stream's first request names the node; the tracker
 // remembers it.
 func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	return c.s.onRequest(c.key(true, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail())
+	// A delta request carries no version_info (its initial resource
+	// versions are per resource): a reconnecting delta node holds its
+	// ports again when it ACKs the version it is sent.
+	return c.s.onRequest(c.key(true, id), req.GetNode().GetId(), req.GetTypeUrl(), "", req.GetResponseNonce(), req.GetErrorDetail())
 }
 
 // OnStreamDeltaResponse records a delta response about to be sent; its
@@ -148,8 +151,9 @@ func (c callbacks) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) 
 // OnFetchResponse is never called (see OnFetchRequest).
 func (c callbacks) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}
 
-// onRequest tracks one request. An error ends the stream.
-func (s *Server) onRequest(k streamKey, nodeID, typeURL, nonce string, errDetail *rpcstatus.Status) error {
+// onRequest tracks one request. An error ends the stream. version is the
+// request's version_info (SotW; "" for delta).
+func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, errDetail *rpcstatus.Status) error {
 	tc := s.m.of(typeURL)
 	if tc == nil {
 		// Only the type URLs go-control-plane knows are served: this bounds
@@ -166,13 +170,20 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, nonce string, errDetail
 			return status.Error(codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
 		}
 		s.join(k, nodeID)
-		return nil // nothing was sent on this stream yet: no ACK or NACK
+		// Nothing was sent on this stream yet: no ACK or NACK, but maybe
+		// the version the node runs.
+		s.runs(nodeID, typeURL, version)
+		return nil
 	}
 	sent, ok := st.sent[typeURL]
 	if nonce == "" || !ok || nonce != sent.nonce || sent.answered {
 		// An initial request, a repeated one, or one with a stale nonce
 		// (go-control-plane ignores those).
+		node := st.node
 		s.mu.Unlock()
+		if !ok {
+			s.runs(node, typeURL, version)
+		}
 		return nil
 	}
 	sent.answered = true
@@ -267,4 +278,23 @@ func (s *Server) leave(k streamKey) {
 		s.cache.ClearSnapshot(st.node)
 		s.events.push(event{node: st.node, gone: true})
 	}
+}
+
+// runs hears the first request of a type on a stream: a node that
+// reconnects says in version_info which listener version it runs, one it
+// had ACKed. Its listeners on those ports are Envoy's again, as after an
+// ACK, even if it never ACKs another version (it may NACK the next):
+// ListenerACKed for the version's ports, when the version is a recent
+// one. Nothing for other types, an empty version or an unknown one.
+func (s *Server) runs(node, typeURL, version string) {
+	if typeURL != resource.ListenerType || version == "" || s.events.ev == nil {
+		return
+	}
+	s.mu.Lock()
+	var evs []event
+	for _, p := range s.portsOf(version) {
+		evs = append(evs, event{node: node, port: p})
+	}
+	s.mu.Unlock()
+	s.events.push(evs...)
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 )
 
 // TestNodeLifecycle: a node gets the snapshot on its first request, keeps
@@ -142,5 +144,51 @@ func TestBadRequests(t *testing.T) {
 	}
 	if len(at.s.debugState().Nodes) != 0 || len(at.s.cache.GetStatusKeys()) != 0 {
 		t.Error("a refused stream left a node behind")
+	}
+}
+
+// TestReconnectSaysWhatItRuns: a node that reconnects names in its first
+// listener request's version_info the version it had ACKed; its listener
+// ports are Envoy's again at once (ListenerACKed), before it ACKs or, as
+// here, NACKs the version it is sent. An unknown version says nothing.
+func TestReconnectSaysWhatItRuns(t *testing.T) {
+	at := startADS(t, "tcp", Options{})
+	const node = "returning"
+	at.publish(1)
+	a := openSotW(t, at.conn)
+	a.send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resource.ListenerType})
+	a.ack(a.recv())
+	if got, want := at.ev.next(t, 2), ackedEvents(node); !slices.Equal(got, want) {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	a.cancel()
+	if got := at.ev.next(t, 1); got[0] != "gone "+node {
+		t.Fatalf("event %q, want gone", got)
+	}
+	at.publish(2)
+
+	// Back, running v1: its ports are held again before any answer.
+	b := openSotW(t, at.conn)
+	b.send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resource.ListenerType, VersionInfo: "v1"})
+	if got, want := at.ev.next(t, 2), ackedEvents(node); !slices.Equal(got, want) {
+		t.Fatalf("events on reconnecting with v1: %q, want %q", got, want)
+	}
+	r := b.recv()
+	b.send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, VersionInfo: "v1", ResponseNonce: r.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "cannot bind"}})
+	waitFor(t, "the NACK", func() bool { return at.typeOf(node, resource.ListenerType).LastNACK != nil })
+	b.cancel()
+	if got := at.ev.next(t, 1); got[0] != "gone "+node {
+		t.Fatalf("event %q after the NACK, want only gone", got)
+	}
+
+	// A version the server does not know (older than it remembers, or
+	// another control plane's) holds nothing.
+	c := openSotW(t, at.conn)
+	c.send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resource.ListenerType, VersionInfo: "v-unknown"})
+	c.recv()
+	c.cancel()
+	if got := at.ev.next(t, 1); got[0] != "gone "+node {
+		t.Fatalf("event %q for an unknown version, want only gone", got)
 	}
 }

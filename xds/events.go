@@ -19,7 +19,10 @@ type Events interface {
 	// the version, on every ACK of a new listener version, so the same
 	// (node, port) comes again with each version: implementations must be
 	// idempotent. An ACK means Envoy accepted the listener; it may still
-	// be warming.
+	// be warming. It is also called when a node's stream asks for
+	// listeners naming, in version_info, a recent version it had ACKed
+	// (a node coming back says what it runs), before it answers the
+	// version it is then sent, which it may NACK.
 	ListenerACKed(node string, port uint32)
 	// NodeGone reports that the last ADS stream (SotW or delta) of node has
 	// closed; the Server has forgotten the node.
