@@ -58,10 +58,12 @@ func ebpfRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer
 	rt.log.Info("eBPF capture attached", "cgroup", opts.Cgroup, "getsockopt_cgroup", cfg.Intercept.EBPF.EffectiveGetsockoptCgroup(),
 		"outbound_port", opts.OutboundPort, "exclude_mark", opts.ExcludeMark, "pinned", c.Pinned(), "links", len(c.Links()))
 	if len(opts.InboundPorts) > 0 {
-		// The sockmap waits for the native listener's socket
-		// (origdst.Listener is a syscall.Conn for SetInboundListener; the
-		// wiring comes with the fallback handoff); until one is registered
-		// nothing is steered.
+		// The sockmap waits for an inbound capture socket
+		// (origdst.Listener is a syscall.Conn for SetInboundListener).
+		// serve registers none yet: the native listener would have to
+		// reach the application over loopback, which sk_lookup leaves
+		// alone, rather than at the original destination, which it would
+		// steer back. Until one is registered nothing is steered.
 		rt.log.Warn("inbound steering attached, but no inbound capture socket is registered yet: connections to the inbound ports go where they would without realipd",
 			"inbound_ports", opts.InboundPorts)
 	}
