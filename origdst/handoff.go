@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -192,7 +194,20 @@ func newHandoff(ports []uint16, ops portOps, opts HandoffOptions, log *slog.Logg
 // running as the same user can bind the ports too while the native
 // listener still holds them.
 func (h *Handoff) Bind(ctx context.Context) ([]*Listener, error) {
-	return h.srv.bind(ctx, h.srv.all(), true)
+	lns, err := h.srv.bind(ctx, h.srv.all(), true)
+	if err == nil && !migratesRequests() {
+		h.log.Info("origdst: net.ipv4.tcp_migrate_req is not 1: when a capture port is handed to Envoy, the connections still in the native listener's accept queue are reset; with it set to 1 (Linux 5.14 and later) the kernel moves them to Envoy's socket")
+	}
+	return lns, err
+}
+
+// migratesRequests reports whether the kernel moves the connections of a
+// closing listener's accept queue to another socket of its SO_REUSEPORT
+// group (net.ipv4.tcp_migrate_req, in this network namespace); false
+// when it does not or cannot say.
+func migratesRequests() bool {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_migrate_req")
+	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
 // Serve serves lns, the listeners Bind returned, and hands the ports over
