@@ -25,7 +25,7 @@ Render, apply or remove the iptables rules that steer TCP connections to the
 capture ports: outbound ones to xds.outbound_port (REDIRECT), inbound ones to
 xds.inbound_port (REDIRECT, or TPROXY with --mode tproxy). The rules live in
 realipd's own chains (REALIPD_*), each reached by one jump from a built-in
-chain; see README.md, "Steering traffic: realipd iptables".
+chain; see docs/interception.md, "realipd iptables: the rules, for operators".
 
 Without --apply or --remove the rules are printed on stdout as
 iptables-restore input (ip6tables-restore with --ipv6). --apply installs them
