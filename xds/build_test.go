@@ -16,6 +16,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
+	directresponsev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/direct_response/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -170,10 +171,29 @@ func checkOutbound(t *testing.T, cfg Config, l *listenerv3.Listener) {
 		t.Fatalf("virtual_outbound: listener filters %v, want [original_dst]", lf)
 	}
 	unpack(t, lf[0].GetTypedConfig(), &originaldstv3.OriginalDst{})
-	if len(l.GetFilterChains()) != 0 {
-		t.Errorf("virtual_outbound: %d filter chains, want only the default one", len(l.GetFilterChains()))
+	if fcs := l.GetFilterChains(); len(fcs) != 1 {
+		t.Errorf("virtual_outbound: %d filter chains, want the loop guard and the default one", len(fcs))
+	} else {
+		checkLoopGuard(t, fcs[0], cfg.OutboundPort)
 	}
 	checkTCPProxyChain(t, l.GetDefaultFilterChain(), PassthroughCluster)
+}
+
+// checkLoopGuard checks the chain that closes the connections made to the
+// capture port itself: matched on that destination port, one
+// direct_response filter with nothing to send.
+func checkLoopGuard(t *testing.T, fc *listenerv3.FilterChain, port uint32) {
+	t.Helper()
+	if want := fmt.Sprintf("capture_%d", port); fc.GetName() != want || fc.GetFilterChainMatch().GetDestinationPort().GetValue() != port {
+		t.Errorf("loop guard chain %q matching port %v, want %q matching %d", fc.GetName(), fc.GetFilterChainMatch().GetDestinationPort(), want, port)
+	}
+	if fs := fc.GetFilters(); len(fs) != 1 || fs[0].GetName() != directResponseFilter {
+		t.Fatalf("loop guard filters %v, want one %s", fs, directResponseFilter)
+	}
+	dr := unpack(t, fc.GetFilters()[0].GetTypedConfig(), &directresponsev3.Config{})
+	if dr.GetResponse() != nil {
+		t.Errorf("the loop guard answers %v, want nothing", dr.GetResponse())
+	}
 }
 
 func checkInbound(t *testing.T, cfg Config, l *listenerv3.Listener) {
@@ -208,9 +228,10 @@ func checkInbound(t *testing.T, cfg Config, l *listenerv3.Listener) {
 	}
 
 	chains := l.GetFilterChains()
-	if len(chains) != len(cfg.HTTPPorts) {
-		t.Fatalf("virtual_inbound: %d filter chains, want one per HTTP port %v", len(chains), cfg.HTTPPorts)
+	if len(chains) != len(cfg.HTTPPorts)+1 {
+		t.Fatalf("virtual_inbound: %d filter chains, want one per HTTP port %v and the loop guard", len(chains), cfg.HTTPPorts)
 	}
+	checkLoopGuard(t, chains[len(chains)-1], cfg.InboundPort)
 	for i, port := range cfg.HTTPPorts {
 		fc := chains[i]
 		if want := fmt.Sprintf("http_%d", port); fc.GetName() != want {
@@ -373,12 +394,13 @@ func TestBuildDefaults(t *testing.T) {
 		t.Errorf("original_src mark %d, want 0", src.GetMark())
 	}
 
-	// No HTTP ports: virtual_inbound passes everything through.
+	// No HTTP ports: virtual_inbound passes everything through (but what
+	// is made to the capture port itself).
 	cfg.HTTPPorts = nil
 	if r, err = Build(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if l := listenerByName(r, VirtualInbound); len(l.GetFilterChains()) != 0 || l.GetDefaultFilterChain() == nil {
+	if l := listenerByName(r, VirtualInbound); len(l.GetFilterChains()) != 1 || l.GetDefaultFilterChain() == nil {
 		t.Errorf("without HTTP ports: %d filter chains, default %v", len(l.GetFilterChains()), l.GetDefaultFilterChain())
 	}
 }

@@ -46,6 +46,7 @@ func inboundListener(cfg Config) *listenerv3.Listener {
 	for _, port := range cfg.HTTPPorts {
 		l.FilterChains = append(l.FilterChains, httpChain(cfg, port))
 	}
+	l.FilterChains = append(l.FilterChains, loopGuardChain(cfg.InboundPort))
 	return l
 }
 

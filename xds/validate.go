@@ -14,6 +14,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	directresponsev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/direct_response/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -401,6 +402,8 @@ func (v *validation) chain(what string, fc *listenerv3.FilterChain) {
 			if a.UnmarshalTo(tcp) == nil {
 				v.tcpProxy(what, tcp)
 			}
+		case a.MessageIs(&directresponsev3.Config{}):
+			// Terminal: it answers and closes.
 		default:
 			terminal = false
 		}
@@ -408,7 +411,7 @@ func (v *validation) chain(what string, fc *listenerv3.FilterChain) {
 		case terminal && !last:
 			v.add("%s: network filter %q is terminal and must be the last, but %d follow", what, f.GetName(), len(filters)-1-i)
 		case !terminal && last:
-			v.add("%s: the last network filter must be terminal (http_connection_manager or tcp_proxy), found %q", what, f.GetName())
+			v.add("%s: the last network filter must be terminal (http_connection_manager, tcp_proxy or direct_response), found %q", what, f.GetName())
 		}
 	}
 }

@@ -259,12 +259,13 @@ func TestValidateRejects(t *testing.T) {
 				fc := listenerByName(r, VirtualOutbound).GetDefaultFilterChain()
 				fc.Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&extprocv3.ExternalProcessor{})}
 			},
-			want: []string{`listener "virtual_outbound": default filter chain "passthrough": the last network filter must be terminal (http_connection_manager or tcp_proxy), found "envoy.filters.network.tcp_proxy"`},
+			want: []string{`listener "virtual_outbound": default filter chain "passthrough": the last network filter must be terminal (http_connection_manager, tcp_proxy or direct_response), found "envoy.filters.network.tcp_proxy"`},
 		},
 		{
 			name: "no filter chain",
 			breakIt: func(t *testing.T, r *Resources) {
-				listenerByName(r, VirtualOutbound).DefaultFilterChain = nil
+				l := listenerByName(r, VirtualOutbound)
+				l.DefaultFilterChain, l.FilterChains = nil, nil
 			},
 			want: []string{`listener "virtual_outbound": no filter chains and no default_filter_chain`},
 		},
