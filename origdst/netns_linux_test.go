@@ -691,6 +691,9 @@ func TestRefusalsNetns(t *testing.T) {
 
 	t.Run("limit", func(t *testing.T) {
 		update(untrusted) // no header needed
+		// The connections of the subtests before are over (their client
+		// may see the end before realipd has counted it).
+		r.waitMetric(t, "active_connections", "", 0)
 		for range 3 {
 			c := dial(t, w.a, target)
 			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
