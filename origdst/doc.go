@@ -17,8 +17,11 @@
 // that a caller can fail early or bind later) and serves them
 // (ServeListeners; Serve does both). For each connection: with
 // Options.ProxyProtocol, a peer in Settings.TrustedCIDRs must send a PROXY
-// v1 or v2 header, which names the client, and a header from any other
-// peer resets the connection; otherwise the client is the peer. The
+// v1 or v2 header, which names the client (one that names no source,
+// LOCAL or UNKNOWN, leaves the peer as the client, as without a header),
+// and a header from any other peer resets the connection, as do the first
+// bytes of a signature still pending at ProxyHeaderTimeout; otherwise the
+// client is the peer. The
 // policies decide (Settings.Chain, held per connection like the ext_proc
 // server's requests; an unresolved client follows
 // Settings.PassUnresolved) before anything is dialled: a deny resets the

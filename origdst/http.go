@@ -96,7 +96,7 @@ type httpConn struct {
 	pc       *proxyConn
 	peer     string           // the peer as resolution sees it: the TCP peer, or a trusted PROXY header's source
 	peerIP   netip.Addr       // the IP Envoy would append to X-Forwarded-For: that peer's
-	fixed    *clientip.Result // set when a trusted PROXY header names no client: unresolved
+	fixed    *clientip.Result // set when a trusted PROXY header names a client that is not an IP: unresolved
 	dst      netip.AddrPort
 	listener string
 	handlers sync.WaitGroup // requests being served, upgraded ones included
@@ -117,7 +117,9 @@ type rewriteKey struct{}
 
 // serveHTTP serves conn, whose first bytes may be pre (read past a PROXY
 // header), as HTTP/1.1 until it closes. res is the client a trusted PROXY
-// header named (its Source is SourceHeader), or the peer's.
+// header named (its Source is SourceHeader), the peer's (no header, or
+// one that names no source: each request is resolved from the peer and
+// its forwarding header), or unresolved.
 func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Result, listener string) {
 	hc := &httpConn{srv: srv, pc: pc, dst: c.OriginalDst(), listener: listener}
 	pc.touch()
@@ -466,7 +468,7 @@ func (srv *Server) setUpHTTP(c *Conn) (pre []byte, res clientip.Result, err erro
 		if err != nil {
 			return nil, res, errors.New("PROXY header of a trusted peer: " + err.Error())
 		}
-		return rest, proxyResult(h), nil
+		return rest, proxyResult(h, res), nil
 	}
 	if h != nil || err != nil && !noHeader(err) {
 		return nil, res, errors.New("PROXY header from an untrusted peer")

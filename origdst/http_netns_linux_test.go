@@ -149,6 +149,31 @@ func TestHTTPModeNetns(t *testing.T) {
 				})
 			}
 
+			t.Run("no PROXY source: resolved from the peer", func(t *testing.T) {
+				// HAProxy's health checks (v2 LOCAL) and v1 UNKNOWN name no
+				// source: each request is resolved from the real peer and
+				// its forwarding header, as without a PROXY header. The
+				// trusted peer stands in when there is none.
+				for name, h := range map[string][]byte{"v2 LOCAL": haproxyLocal, "v1 UNKNOWN": []byte("PROXY UNKNOWN\r\n")} {
+					c := dial(t, w.a, target)
+					c.Write(h)
+					br := bufio.NewReader(c)
+					for _, tc := range []struct{ raw, realIP, xff string }{
+						{"GET /health HTTP/1.1\r\nHost: app\r\n\r\n", pod.String(), pod.String()},
+						{request, "6.6.6.6", "6.6.6.6, " + pod.String()},
+					} {
+						resp, body := roundTrip(t, c, br, tc.raw)
+						var got http.Header
+						if err := json.Unmarshal([]byte(body), &got); resp.StatusCode != 200 || err != nil {
+							t.Fatalf("%s: %q: %d %q", name, tc.raw, resp.StatusCode, body)
+						}
+						if ip, xff := got.Get("X-Real-Ip"), got.Values("X-Forwarded-For"); ip != tc.realIP || len(xff) != 1 || xff[0] != tc.xff {
+							t.Errorf("%s: %q: x-real-ip %q, X-Forwarded-For %q; want %q, %q", name, tc.raw, ip, xff, tc.realIP, tc.xff)
+						}
+					}
+				}
+			})
+
 			t.Run("untrusted PROXY header", func(t *testing.T) {
 				s := settings
 				s.TrustedCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}

@@ -23,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 
+	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/intercept"
 	"github.com/realipd/realipd/internal/netnstest"
 	"github.com/realipd/realipd/plugins"
@@ -586,15 +587,41 @@ func TestRefusalsNetns(t *testing.T) {
 		accepted += 2
 	})
 
+	t.Run("no PROXY source: the peer is the client", func(t *testing.T) {
+		// HAProxy's health checks (v2 LOCAL), v1 UNKNOWN and v2 PROXY of
+		// family AF_UNSPEC name no source: the real endpoints are used
+		// (the PROXY protocol's rule), as without a header, and the
+		// policies decide.
+		for name, h := range map[string][]byte{
+			"v2 LOCAL":           haproxyLocal,
+			"v1 UNKNOWN":         []byte("PROXY UNKNOWN\r\n"),
+			"v2 PROXY AF_UNSPEC": append([]byte(string(proxyproto.SIGV2)), 0x21, 0x00, 0x00, 0x00),
+		} {
+			before := rec.count()
+			c := dial(t, w.a, target)
+			c.Write(h)
+			if _, rest, err := exchange(c, "health"); err != nil || rest != "got health\n" {
+				t.Fatalf("%s: %q, %v", name, rest, err)
+			}
+			req := rec.last(t)
+			if rec.count() != before+1 || req.ClientIP != w.aIP[f] || req.Resolution.Source.String() != "peer" || !strings.HasPrefix(req.Peer, "10.77.0.1:") {
+				t.Errorf("%s: the policy saw %+v, want the peer %v as the client", name, req, w.aIP[f])
+			}
+		}
+		accepted += 3
+	})
+
 	t.Run("unresolved", func(t *testing.T) {
-		// LOCAL names no client: denied by trust.on_unresolved: deny ...
+		// An AF_UNIX source names a client that is not an IP: denied by
+		// trust.on_unresolved: deny ...
 		before := up.accepted.Load()
-		local, err := (&proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}).Format()
+		unix, err := (&proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.UnixStream,
+			SourceAddr: &net.UnixAddr{Net: "unix", Name: "/run/client"}, DestinationAddr: &net.UnixAddr{Net: "unix", Name: "/run/app"}}).Format()
 		if err != nil {
 			t.Fatal(err)
 		}
 		c := dial(t, w.a, target)
-		c.Write(local)
+		c.Write(unix)
 		refusedAfter(t, c)
 		refused("policy_deny", 2)
 		if up.accepted.Load() != before {
@@ -605,9 +632,9 @@ func TestRefusalsNetns(t *testing.T) {
 		s.PassUnresolved = true
 		update(s)
 		c = dial(t, w.a, target)
-		c.Write(local)
-		if _, rest, err := exchange(c, "health"); err != nil || rest != "got health\n" {
-			t.Fatalf("LOCAL with on_unresolved pass: %q, %v", rest, err)
+		c.Write(unix)
+		if _, rest, err := exchange(c, "unix"); err != nil || rest != "got unix\n" {
+			t.Fatalf("AF_UNIX with on_unresolved pass: %q, %v", rest, err)
 		}
 		if req := rec.last(t); req.ClientIP.IsValid() || req.Resolution.OK() {
 			t.Errorf("the policy saw %+v, want no client IP", req)
@@ -664,6 +691,9 @@ func TestRefusalsNetns(t *testing.T) {
 
 	t.Run("limit", func(t *testing.T) {
 		update(untrusted) // no header needed
+		// The connections of the subtests before are over (their client
+		// may see the end before realipd has counted it).
+		r.waitMetric(t, "active_connections", "", 0)
 		for range 3 {
 			c := dial(t, w.a, target)
 			if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
@@ -682,6 +712,65 @@ func TestRefusalsNetns(t *testing.T) {
 	}
 	accepted++
 	r.waitMetric(t, "connections_accepted_total", "", accepted)
+}
+
+// TestSlowProxySignatureNetns: an untrusted peer whose first bytes are a
+// part of a PROXY signature when the header timeout ends is refused, in
+// plain TCP and in the HTTP mode: what it sends later could complete the
+// header, and nothing of it may reach the upstream.
+func TestSlowProxySignatureNetns(t *testing.T) {
+	w := newWorld(t)
+	f := intercept.IPv4
+	w.rules(t, intercept.ModeRedirect, f)
+	untrusted := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	settings := Settings{TrustedCIDRs: untrusted, Resolver: resolver(t, clientip.Config{Strategy: clientip.RightmostTrustedRange, TrustedCIDRs: untrusted})}
+	// The timeout is short, but long enough for a byte sent at once after
+	// the connect to be there before it ends.
+	r := w.serve(t, Options{Mode: ModeRedirect, Listen: both(outboundPort), ProxyProtocol: true, ProxyHeaderTimeout: 500 * time.Millisecond, HTTPPorts: []uint16{8080}}, settings)
+	rest := "ROXY TCP4 6.6.6.6 10.77.0.2 1 80\r\n"
+
+	t.Run("plain TCP", func(t *testing.T) {
+		target := netip.AddrPortFrom(w.bIP[f], 80)
+		up := w.upstream(t, w.b, target)
+		c := dial(t, w.a, target)
+		io.WriteString(c, "P")
+		r.waitMetric(t, "connections_refused_total", "proxy_header", 1)
+		io.WriteString(c, rest+"smuggled\n")
+		if b, _ := io.ReadAll(c); strings.Contains(string(b), "got") {
+			t.Errorf("the upstream answered: %q", b)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if _, got := up.received(); len(got) > 0 {
+				if got[0] != "" {
+					t.Errorf("the upstream received %q", got[0])
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the upstream connection was not closed")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+
+	t.Run("HTTP", func(t *testing.T) {
+		target := netip.AddrPortFrom(w.bIP[f], 8080)
+		w.httpApp(t, target)
+		c := dial(t, w.a, target)
+		io.WriteString(c, "P")
+		r.waitMetric(t, "connections_refused_total", "proxy_header", 2)
+		io.WriteString(c, rest+"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+		refusedAfter(t, c)
+		if n := r.metric(t, "http_requests_total", "allow"); n != 0 {
+			t.Errorf("%v requests forwarded", n)
+		}
+		// A client that sends its request at once is served.
+		c = dial(t, w.a, target)
+		if resp, body := roundTrip(t, c, bufio.NewReader(c), "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\n\r\n"); resp.StatusCode != 200 {
+			t.Errorf("POST: %d %q", resp.StatusCode, body)
+		}
+	})
 }
 
 // proxyHeader is a PROXY protocol header of the given version.

@@ -2,6 +2,7 @@ package origdst
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -134,6 +135,8 @@ func TestErrorText(t *testing.T) {
 
 func TestProxyResult(t *testing.T) {
 	tcp := func(s string) net.Addr { return net.TCPAddrFromAddrPort(netip.MustParseAddrPort(s)) }
+	peer := clientip.Result{IP: netip.MustParseAddr("10.0.0.7"), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer}
+	unresolved := clientip.Result{Reason: clientip.ReasonInvalidEntry}
 	for _, tt := range []struct {
 		name string
 		h    *proxyproto.Header
@@ -145,15 +148,151 @@ func TestProxyResult(t *testing.T) {
 			clientip.Result{IP: netip.MustParseAddr("2001:db8::9"), Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}},
 		{"v2 mapped", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv6, SourceAddr: tcp("[::ffff:203.0.113.9]:5555"), DestinationAddr: tcp("[2001:db8::1]:80")},
 			clientip.Result{IP: netip.MustParseAddr("203.0.113.9"), Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}},
-		{"local", &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}, clientip.Result{Reason: clientip.ReasonInvalidEntry}},
+		// No source: the real endpoints, as without a header.
+		{"v2 LOCAL", &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}, peer},
+		{"v2 LOCAL with addresses", &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.TCPv4, SourceAddr: tcp("203.0.113.9:5555"), DestinationAddr: tcp("10.0.0.1:80")}, peer},
+		{"v1 UNKNOWN", &proxyproto.Header{Version: 1, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}, peer},
+		{"v2 PROXY AF_UNSPEC", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.UNSPEC}, peer},
+		// A client that is not a TCP one's: unresolved.
+		{"v2 AF_UNIX", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.UnixStream, SourceAddr: &net.UnixAddr{Net: "unix", Name: "/run/client"}, DestinationAddr: &net.UnixAddr{Net: "unix", Name: "/run/app"}},
+			unresolved},
 		{"udp", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.UDPv4, SourceAddr: &net.UDPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 1}},
-			clientip.Result{Reason: clientip.ReasonInvalidEntry}},
-		{"none", nil, clientip.Result{Reason: clientip.ReasonInvalidEntry}},
+			unresolved},
+		{"unspecified source", &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv4, SourceAddr: tcp("0.0.0.0:1"), DestinationAddr: tcp("10.0.0.1:80")},
+			unresolved},
+		{"none", nil, unresolved},
 	} {
-		if got := proxyResult(tt.h); got != tt.want {
+		if got := proxyResult(tt.h, peer); got != tt.want {
 			t.Errorf("%s: %+v, want %+v", tt.name, got, tt.want)
 		}
 	}
+}
+
+// haproxyLocal is the header of HAProxy's health checks with send-proxy-v2:
+// the v2 signature, LOCAL, AF_UNSPEC, no address block.
+var haproxyLocal = []byte("\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00")
+
+// TestParseProxyHeader: what the native listener makes of a peer's first
+// bytes, given all at once then EOF. A header is read to its end; bytes
+// that are no signature are "no header", left unread; bytes that begin a
+// header but stop short of its end are never "no header" (an untrusted
+// peer's would otherwise be forwarded, and complete the header upstream).
+func TestParseProxyHeader(t *testing.T) {
+	v2 := func(cmd, fam byte, block ...byte) string {
+		return string(append(append([]byte(string(proxyproto.SIGV2)), cmd, fam, byte(len(block)>>8), byte(len(block))), block...))
+	}
+	unix := make([]byte, 216)
+	copy(unix, "/run/client")
+	copy(unix[108:], "/run/app")
+	const (
+		header = iota
+		none
+		incomplete
+		invalid
+	)
+	for _, tt := range []struct {
+		name, in string
+		want     int
+		cmd      proxyproto.ProtocolVersionAndCommand
+		fam      proxyproto.AddressFamilyAndProtocol
+		rest     string
+	}{
+		{"v1 TCP4", "PROXY TCP4 203.0.113.9 10.0.0.1 5555 80\r\nhello", header, proxyproto.PROXY, proxyproto.TCPv4, "hello"},
+		{"v1 UNKNOWN", "PROXY UNKNOWN\r\nGET /", header, proxyproto.LOCAL, proxyproto.UNSPEC, "GET /"},
+		{"v1 UNKNOWN with addresses", "PROXY UNKNOWN ffff::1 ffff::2 1 2\r\nx", header, proxyproto.LOCAL, proxyproto.UNSPEC, "x"},
+		{"HAProxy's v2 LOCAL", string(haproxyLocal) + "GET /health", header, proxyproto.LOCAL, proxyproto.UNSPEC, "GET /health"},
+		{"v2 LOCAL with TCPv4 addresses", v2(0x20, 0x11, 203, 0, 113, 9, 10, 0, 0, 1, 0x15, 0xb3, 0, 80) + "x", header, proxyproto.LOCAL, proxyproto.TCPv4, "x"},
+		{"v2 PROXY AF_UNSPEC", v2(0x21, 0x00) + "x", header, proxyproto.PROXY, proxyproto.UNSPEC, "x"},
+		{"v2 PROXY AF_UNSPEC with a TLV", v2(0x21, 0x00, 0x04, 0, 1, 'a') + "x", header, proxyproto.PROXY, proxyproto.UNSPEC, "x"},
+		{"v2 PROXY AF_UNIX", v2(0x21, 0x31, unix...) + "x", header, proxyproto.PROXY, proxyproto.UnixStream, "x"},
+		{"v2 PROXY TCPv4", v2(0x21, 0x11, 203, 0, 113, 9, 10, 0, 0, 1, 0x15, 0xb3, 0, 80) + "x", header, proxyproto.PROXY, proxyproto.TCPv4, "x"},
+
+		{"nothing", "", none, 0, 0, ""},
+		{"HTTP", "GET / HTTP/1.1\r\n", none, 0, 0, "GET / HTTP/1.1\r\n"},
+		{"PING", "PING\r\n", none, 0, 0, "PING\r\n"},
+		{"POST", "POST", none, 0, 0, "POST"},
+
+		{"P", "P", incomplete, 0, 0, ""},
+		{"PROX", "PROX", incomplete, 0, 0, ""},
+		{"part of the v2 signature", "\r\n\r\n", incomplete, 0, 0, ""},
+		// go-proxyproto refuses a v1 line not read whole at once.
+		{"v1 without its end", "PROXY TCP4 203.0.113.9 10.0.0.1 5555 80", invalid, 0, 0, ""},
+		{"v2 without its fixed part", string(proxyproto.SIGV2) + "\x21", incomplete, 0, 0, ""},
+		{"v2 PROXY AF_UNSPEC without its block", v2(0x21, 0x00, 1, 2, 3)[:18], incomplete, 0, 0, ""},
+
+		{"v1 garbage", "PROXY garbage\r\n", invalid, 0, 0, ""},
+		{"v2 unknown command", v2(0x22, 0x11), invalid, 0, 0, ""},
+		{"v2 undefined family", v2(0x21, 0x13, make([]byte, 12)...), invalid, 0, 0, ""},
+		{"v2 PROXY AF_UNSPEC too long", v2(0x21, 0x00, make([]byte, 4097)...), invalid, 0, 0, ""},
+	} {
+		br := bufio.NewReaderSize(strings.NewReader(tt.in), 256)
+		h, err := parseProxyHeader(br)
+		got := header
+		switch {
+		case err == nil && h == nil:
+			t.Errorf("%s: neither a header nor an error", tt.name)
+			continue
+		case err == nil:
+		case noHeader(err):
+			got = none
+		case errors.Is(err, errIncompleteHeader):
+			got = incomplete
+		default:
+			got = invalid
+		}
+		if got != tt.want {
+			t.Errorf("%s: %v, %v; want kind %d", tt.name, h, err, tt.want)
+			continue
+		}
+		if got == header && (h.Command != tt.cmd || h.TransportProtocol != tt.fam) {
+			t.Errorf("%s: command %#x, family %#x; want %#x, %#x", tt.name, h.Command, h.TransportProtocol, tt.cmd, tt.fam)
+		}
+		if got == header || got == none {
+			if rest, _ := io.ReadAll(br); string(rest) != tt.rest {
+				t.Errorf("%s: left %q, want %q", tt.name, rest, tt.rest)
+			}
+		}
+	}
+}
+
+// FuzzParseProxyHeader: whatever a peer sends first, the native listener
+// never takes bytes that begin a PROXY header for "no header" (which an
+// untrusted peer's are forwarded as), never gives a client that is not a
+// valid IP from the header, and reads go-proxyproto's headers as it does.
+func FuzzParseProxyHeader(f *testing.F) {
+	f.Add([]byte("PROXY TCP4 203.0.113.9 10.0.0.1 5555 80\r\nhello"))
+	f.Add([]byte("PROXY UNKNOWN\r\n"))
+	f.Add([]byte("PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n"))
+	f.Add(append(haproxyLocal, "GET /health HTTP/1.1\r\n"...))
+	f.Add(append([]byte(string(proxyproto.SIGV2)), 0x21, 0x00, 0x00, 0x03, 1, 2, 3))
+	f.Add(append([]byte(string(proxyproto.SIGV2)), 0x21, 0x11, 0x00, 0x0c, 203, 0, 113, 9, 10, 0, 0, 1, 0x15, 0xb3, 0, 80))
+	f.Add([]byte("P"))
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	peer := clientip.Result{IP: netip.MustParseAddr("10.0.0.7"), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(in), 256)
+		h, err := parseProxyHeader(br)
+		if err != nil && noHeader(err) && len(in) > 0 {
+			n := min(len(in), len(proxyproto.SIGV2))
+			if bytes.HasPrefix(proxyproto.SIGV1, in[:min(len(in), len(proxyproto.SIGV1))]) || bytes.HasPrefix(proxyproto.SIGV2, in[:n]) {
+				t.Fatalf("%q: taken for no header (%v)", in, err)
+			}
+		}
+		if h != nil {
+			if err != nil {
+				t.Fatalf("%q: a header and an error (%v)", in, err)
+			}
+			res := proxyResult(h, peer)
+			if res.Source == clientip.SourceHeader && (!res.IP.IsValid() || res.IP.IsUnspecified() || res.IP.Is4In6()) {
+				t.Fatalf("%q: client %v from the header", in, res.IP)
+			}
+		}
+		want, werr := proxyproto.Read(bufio.NewReaderSize(bytes.NewReader(in), 256))
+		if werr == nil && (err != nil || h.Command != want.Command || h.TransportProtocol != want.TransportProtocol ||
+			fmt.Sprint(h.SourceAddr) != fmt.Sprint(want.SourceAddr)) {
+			t.Fatalf("%q: read %+v, %v; go-proxyproto reads %+v", in, h, err, want)
+		}
+	})
 }
 
 func TestIsCapture(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -108,7 +109,7 @@ func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net
 			if err != nil {
 				return nil, nil, false, refusedProxyHeader, fmt.Errorf("PROXY header of a trusted peer: %w", err)
 			}
-			res, pre = proxyResult(h), rest
+			res, pre = proxyResult(h, res), rest
 		} else {
 			// Any other peer must not send one. It is looked for on the
 			// first bytes the client sends, in the copy to the upstream,
@@ -137,24 +138,19 @@ func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net
 	return conn.(*net.TCPConn), pre, detect, 0, nil
 }
 
-// readProxyHeader reads a PROXY protocol header (v1 or v2, parsed by
-// go-proxyproto) from the start of c, waiting at most timeout, and
-// returns the bytes read past it. Without a header the error is
-// proxyproto.ErrNoProxyProtocol (also when c reached EOF), or a timeout;
-// the bytes read are returned all the same.
+// readProxyHeader reads a PROXY protocol header (v1 or v2) from the start
+// of c, waiting at most timeout, and returns the bytes read past it.
+// Without a header the error is proxyproto.ErrNoProxyProtocol, or the
+// timeout or EOF when c sent nothing before either; the bytes read are
+// returned all the same. Bytes that may still be a header's (a signature
+// or a part of one, cut by the timeout or EOF) are an error of their own,
+// errIncompleteHeader, never "no header".
 func readProxyHeader(c *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, nil, err
 	}
 	br := bufio.NewReaderSize(c, 256)
-	var h *proxyproto.Header
-	signed, err := signature(br)
-	switch {
-	case err == nil && !signed:
-		err = proxyproto.ErrNoProxyProtocol
-	case err == nil:
-		h, err = proxyproto.Read(br)
-	}
+	h, err := parseProxyHeader(br)
 	if derr := c.SetReadDeadline(time.Time{}); err == nil {
 		err = derr
 	}
@@ -165,6 +161,62 @@ func readProxyHeader(c *net.TCPConn, timeout time.Duration) (*proxyproto.Header,
 	}
 	return h, rest, err
 }
+
+// errIncompleteHeader is the error of a peer whose first bytes begin a
+// PROXY header that did not come whole (before the timeout, or EOF).
+var errIncompleteHeader = errors.New("an incomplete PROXY header")
+
+// parseProxyHeader reads a PROXY protocol header from br with
+// go-proxyproto's Read, and itself the one kind Read refuses that the
+// specification lets a receiver accept: a v2 PROXY command of family
+// AF_UNSPEC, which, like v1 UNKNOWN, names no source (its address block
+// and TLVs are skipped). br is left just past the header, or untouched
+// when it starts with no signature.
+func parseProxyHeader(br *bufio.Reader) (*proxyproto.Header, error) {
+	signed, err := signature(br)
+	switch {
+	case err != nil && br.Buffered() > 0:
+		// Cut in the middle of a signature: what comes later could
+		// complete it.
+		return nil, fmt.Errorf("%w: %v", errIncompleteHeader, err)
+	case err != nil:
+		return nil, err // nothing at all
+	case !signed:
+		return nil, proxyproto.ErrNoProxyProtocol
+	}
+	// A v1 header is whole at 15 bytes ("PROXY UNKNOWN\r\n"): the fixed
+	// part of a v2 one is peeked only after its signature.
+	if b, _ := br.Peek(br.Buffered()); !bytes.HasPrefix(b, proxyproto.SIGV2) {
+		return readV1V2(br)
+	}
+	if b, err := br.Peek(v2Fixed); err == nil &&
+		proxyproto.ProtocolVersionAndCommand(b[12]) == proxyproto.PROXY && proxyproto.AddressFamilyAndProtocol(b[13]) == proxyproto.UNSPEC {
+		n := binary.BigEndian.Uint16(b[14:16])
+		if n > proxyproto.MaxV2HeaderSize {
+			return nil, proxyproto.ErrInvalidLength
+		}
+		if _, err := br.Discard(v2Fixed + int(n)); err != nil {
+			return nil, fmt.Errorf("%w: %v", errIncompleteHeader, err)
+		}
+		return &proxyproto.Header{Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.UNSPEC}, nil
+	}
+	return readV1V2(br)
+}
+
+// readV1V2 is go-proxyproto's Read of a header whose signature br starts
+// with. Its timeout, EOF or "no signature" then is an incomplete header,
+// never "no header".
+func readV1V2(br *bufio.Reader) (*proxyproto.Header, error) {
+	h, err := proxyproto.Read(br)
+	if err != nil && noHeader(err) {
+		return nil, fmt.Errorf("%w: %v", errIncompleteHeader, err)
+	}
+	return h, err
+}
+
+// v2Fixed is the length of a v2 header's fixed part: the signature, the
+// version and command, the family and protocol, the length.
+const v2Fixed = 16
 
 // signature reports whether br starts with a PROXY protocol signature
 // ("PROXY" for v1, the 12-byte v2 signature). It reads only as far as it
@@ -191,19 +243,28 @@ func signature(br *bufio.Reader) (bool, error) {
 
 // noHeader reports whether readProxyHeader's error means that the peer
 // sent no PROXY header: its first bytes are something else, it sent
-// nothing before the timeout, or it closed.
+// nothing before the timeout, or it closed without a byte.
 func noHeader(err error) bool {
 	return errors.Is(err, proxyproto.ErrNoProxyProtocol) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, io.EOF)
 }
 
-// proxyResult is the client a trusted peer's PROXY header names: its
-// source address, or unresolved when it names none (LOCAL, a health check
-// of the proxy itself; v1 UNKNOWN; a non-TCP source), since the trusted
-// proxy's own address must never be judged as the client's.
-func proxyResult(h *proxyproto.Header) clientip.Result {
+// proxyResult is the client that a trusted peer's PROXY header names,
+// given the result without a header, peer (the TCP peer as the client).
+// A header that names no source means, as the PROXY protocol
+// specification says, that the real connection endpoints are used, as if
+// no header had come: LOCAL (a connection of the proxy itself, HAProxy's
+// health checks), v1 UNKNOWN (which go-proxyproto reads as LOCAL) and a
+// v2 PROXY of family AF_UNSPEC give peer, and the policies decide. A
+// source that is not a TCP client's (AF_UNIX, whose client has no IP; a
+// datagram one) is unresolved: it does name a client, and the trusted
+// proxy's own address must never be judged as that client's.
+func proxyResult(h *proxyproto.Header, peer clientip.Result) clientip.Result {
 	unresolved := clientip.Result{Reason: clientip.ReasonInvalidEntry}
-	if h == nil || h.Command.IsLocal() {
+	switch {
+	case h == nil:
 		return unresolved
+	case h.Command.IsLocal(), h.Command.IsProxy() && h.TransportProtocol == proxyproto.UNSPEC:
+		return peer
 	}
 	a, ok := h.SourceAddr.(*net.TCPAddr)
 	if !ok {

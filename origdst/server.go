@@ -55,7 +55,9 @@ type Options struct {
 	// peers in Settings.TrustedCIDRs, which must send one, and refuses
 	// one from any other peer.
 	ProxyProtocol bool
-	// ProxyHeaderTimeout bounds the wait for a trusted peer's PROXY header
+	// ProxyHeaderTimeout bounds the wait for a trusted peer's PROXY header,
+	// and for an untrusted peer's first bytes to show that they are none:
+	// a part of a signature still pending then refuses the connection
 	// (default DefaultProxyHeaderTimeout).
 	ProxyHeaderTimeout time.Duration
 	// HTTPPorts are the original-destination ports whose connections are
@@ -98,9 +100,10 @@ type Settings struct {
 	// after Update has returned.
 	Chain *plugins.Chain
 	// PassUnresolved lets a connection whose client IP is unresolved (a
-	// PROXY header of a trusted peer that carries no client address: LOCAL
-	// or UNKNOWN) go on to the policies without an IP
-	// (trust.on_unresolved: pass); false refuses it.
+	// PROXY header of a trusted peer whose source is not an IP: AF_UNIX;
+	// one with no source at all, LOCAL or UNKNOWN, means the peer) go on
+	// to the policies without an IP (trust.on_unresolved: pass); false
+	// refuses it.
 	PassUnresolved bool
 	// TrustedCIDRs are the peers whose PROXY header is honoured (with
 	// Options.ProxyProtocol; trust.trusted_cidrs).

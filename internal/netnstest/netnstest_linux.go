@@ -149,14 +149,21 @@ func (n *Netns) Run(t testing.TB, stdin string, name string, args ...string) str
 // so that they are usable at once).
 func Veth(t testing.TB, a, b *Netns, aAddrs, bAddrs []string) {
 	t.Helper()
-	if out, err := exec.Command("ip", "link", "add", "veth-a", "netns", a.Name, "type", "veth", "peer", "name", "veth-b", "netns", b.Name).CombinedOutput(); err != nil {
+	VethNamed(t, a, b, "veth-a", "veth-b", aAddrs, bAddrs)
+}
+
+// VethNamed is Veth with the ends named aDev (in a) and bDev (in b), for
+// a namespace linked to more than one other.
+func VethNamed(t testing.TB, a, b *Netns, aDev, bDev string, aAddrs, bAddrs []string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "link", "add", aDev, "netns", a.Name, "type", "veth", "peer", "name", bDev, "netns", b.Name).CombinedOutput(); err != nil {
 		t.Fatalf("ip link add veth: %v: %s", err, out)
 	}
 	for _, end := range []struct {
 		ns    *Netns
 		dev   string
 		addrs []string
-	}{{a, "veth-a", aAddrs}, {b, "veth-b", bAddrs}} {
+	}{{a, aDev, aAddrs}, {b, bDev, bAddrs}} {
 		for _, addr := range end.addrs {
 			args := []string{"addr", "add", addr, "dev", end.dev}
 			if strings.Contains(addr, ":") {
