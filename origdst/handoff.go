@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/realipd/realipd/sockowner"
 )
 
 // Clock is the time a Handoff runs on: the real one (time.Now,
@@ -49,6 +51,10 @@ const (
 	rebindBackoffMax = 30 * time.Second
 )
 
+// DefaultVerifyEvery is how often a claimed port is checked against the
+// kernel's listening sockets (HandoffOptions.VerifyEvery).
+const DefaultVerifyEvery = 250 * time.Millisecond
+
 // HandoffOptions are the settings of a Handoff.
 type HandoffOptions struct {
 	// Grace is how long a node whose ADS stream is gone still holds the
@@ -60,6 +66,19 @@ type HandoffOptions struct {
 	// Clock is the time the grace and the retries are measured on; nil is
 	// the real clock.
 	Clock Clock
+	// EnvoyUID is the user Envoy runs as: only a listener ACK from an ADS
+	// peer the kernel names as this user is a claim on a port, and a claim
+	// is honoured only while a listening socket of this user, not the
+	// native listener's, is bound to every capture address of the port.
+	// nil is realipd's own effective uid: the kernel lets a socket share a
+	// port the native listener holds only when both belong to the same
+	// user (SO_REUSEPORT), so that is the only user Envoy can run as for a
+	// handoff to work at all.
+	EnvoyUID *uint32
+	// VerifyEvery is how often a claimed port is checked against the
+	// kernel's listening sockets (default DefaultVerifyEvery): the native
+	// listener takes a port back that often after Envoy's socket is gone.
+	VerifyEvery time.Duration
 }
 
 // PortState is what a Handoff says about one capture port.
@@ -72,34 +91,52 @@ type PortState struct {
 	Nodes []string
 	// Error is why binding the port again failed (Holder HolderNone).
 	Error string
+	// Claimed are the nodes that claim the port (a listener ACK from
+	// Envoy's user) while the native listener still holds it, and Waiting
+	// why: no socket of Envoy's user listens on every capture address of
+	// the port yet (or any more).
+	Claimed []string
+	Waiting string
 }
 
 // Handoff runs a Server with origdst.fallback: auto: it hands each capture
-// port over to Envoy when an Envoy node ACKs a listener on it, and takes it
-// back when every such node has been gone for the grace period.
+// port over to Envoy when an Envoy node ACKs a listener on it and Envoy's
+// socket really listens there, and takes it back when that socket is gone
+// or every such node has been gone for the grace period.
 //
 // Its ListenerACKed and NodeGone methods have the signature of xds.Events
 // (the caller composes them into the xDS server's events; origdst does not
 // import xds). They never block: they record the event and wake the
 // Handoff's own goroutine, which binds and closes the listeners.
 //
-// A port is held by Envoy while at least one node that ACKed a listener on
-// it is connected, or has been gone (NodeGone) for less than the grace; a
-// node that ACKs the port again within the grace keeps holding it. While
-// held, the native listener does not listen on it: its listeners were
-// closed when it was handed over (the connections they had accepted go on
-// until they end). ACKs repeat with every listener version and are
-// idempotent; ACKs of ports that are not capture ports are ignored. Once no
-// node holds a port, every capture address with that port is bound again
-// (with SO_REUSEPORT); a failure is logged and counted, the port is not
-// ready, and binding is retried with backoff.
+// An ACK is a claim, not a fact: anyone who reaches the xDS listener can
+// send one, under any node id. A claim counts only when the kernel names
+// its ADS peer as Envoy's user (HandoffOptions.EnvoyUID); others are
+// ignored and counted. A port is claimed while at least one node that
+// ACKed a listener on it is connected, or has been gone (NodeGone) for
+// less than the grace; a node that ACKs the port again within the grace
+// keeps its claim. A claim is honoured only while a listening socket of
+// Envoy's user, other than the native listener's, is bound to every
+// capture address of the port, checked every VerifyEvery: until then the
+// native listener keeps serving the port (and /config_dump says why);
+// once Envoy holds it, the native listener's sockets are parked (see
+// Listener.park: they stop accepting, the connections they had accepted
+// go on, and the port stays closed to every other user); the moment
+// Envoy's socket is gone they listen again. ACKs repeat with every listener
+// version and are idempotent; ACKs of ports that are not capture ports are
+// ignored. Once no node claims a port, the native listener serves it
+// again; a failure to do so is logged and counted, the port is not ready,
+// and it is retried with backoff.
 type Handoff struct {
-	srv   *Server // nil when ops is a test's
-	ops   portOps
-	grace time.Duration
-	clock Clock
-	log   *slog.Logger
-	m     *handoffMetrics
+	srv    *Server // nil when ops is a test's
+	ops    portOps
+	grace  time.Duration
+	verify time.Duration
+	uid    uint32 // Envoy's user
+	clock  Clock
+	log    *slog.Logger
+	m      *handoffMetrics
+	warn   rateLimit // the warnings about refused claims
 
 	mu      sync.Mutex
 	queue   []handoffEvent
@@ -121,10 +158,16 @@ type handoffEvent struct {
 	at   time.Time
 }
 
-// handoffPort is the state of one capture port.
+// handoffPort is the state of one capture port: native (the native
+// listener accepts on it), Envoy's (native false, err nil: the claim was
+// verified), or none (native false, err set: the native listener could
+// not take it back; retrying).
 type handoffPort struct {
 	num    uint16
 	native bool // its listeners accept
+	// waiting is why the claims on a native port are not honoured yet
+	// (Envoy's socket is not there); "" when none is claimed.
+	waiting string
 	// holds are the nodes that ACKed a listener on the port, each with
 	// the end of its grace: zero while the node is connected.
 	holds   map[string]time.Time
@@ -133,13 +176,20 @@ type handoffPort struct {
 	backoff time.Duration
 }
 
-// portOps binds and closes the listeners of a capture port.
+// portOps serves and releases the listeners of a capture port, and checks
+// that Envoy listens there.
 type portOps interface {
-	// serve binds every capture address of port (SO_REUSEPORT) and
-	// serves it; all or none.
+	// serve makes the native listener accept on every capture address of
+	// port: its parked listeners listen again, or new ones are bound (with
+	// SO_REUSEPORT); all or none.
 	serve(port uint16) error
-	// release closes the listeners of port; their connections go on.
-	release(port uint16)
+	// release parks the listeners of port (they stop accepting, their
+	// connections go on); all or none.
+	release(port uint16) error
+	// envoyListens returns nil when a socket of uid, not the native
+	// listener's, listens on every capture address of port, and otherwise
+	// says what is missing.
+	envoyListens(port uint16, uid uint32) error
 }
 
 // NewHandoff builds the Handoff of srv, whose capture ports are those of
@@ -170,11 +220,19 @@ func newHandoff(ports []uint16, ops portOps, opts HandoffOptions, log *slog.Logg
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
+	if opts.VerifyEvery <= 0 {
+		opts.VerifyEvery = DefaultVerifyEvery
+	}
+	uid := uint32(os.Geteuid())
+	if opts.EnvoyUID != nil {
+		uid = *opts.EnvoyUID
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Handoff{
-		ops: ops, grace: opts.Grace, clock: opts.Clock, log: log, m: m,
+		ops: ops, grace: opts.Grace, verify: opts.VerifyEvery, uid: uid, clock: opts.Clock, log: log, m: m,
+		warn:  rateLimit{every: time.Minute},
 		wake:  make(chan struct{}, 1),
 		syncc: make(chan chan struct{}),
 		byNum: map[uint16]*handoffPort{},
@@ -246,8 +304,17 @@ func (h *Handoff) Serve(ctx context.Context, lns []*Listener) error {
 }
 
 // ListenerACKed records that node has ACKed a listener on port (see
-// xds.Events). It never blocks.
-func (h *Handoff) ListenerACKed(node string, port uint32) {
+// xds.Events): a claim on the port when the kernel names peer as Envoy's
+// user, ignored (and counted) otherwise. It never blocks.
+func (h *Handoff) ListenerACKed(node string, peer sockowner.Peer, port uint32) {
+	if !peer.Known || peer.UID != h.uid {
+		h.m.claimsRefused[claimRefusedPeer].Inc()
+		if h.warn.allow() {
+			h.log.Warn("origdst: ignored a listener ACK from an ADS peer that is not Envoy's user: only Envoy's user can take a capture port",
+				"node", node, "peer", peer.String(), "port", port, "envoy_uid", h.uid)
+		}
+		return
+	}
 	h.push(handoffEvent{node: node, port: port, at: h.clock.Now()})
 }
 
@@ -285,8 +352,10 @@ func (h *Handoff) Ports() []PortState {
 }
 
 // Ready reports nil while every capture port is either served by the
-// native listener or held by an Envoy node; an error before Serve runs,
-// while a port could not be bound again, and while draining.
+// native listener or held by an Envoy whose listening socket is there; an
+// error before Serve runs, while a port is served by neither (Envoy's
+// socket is gone and the native listener could not take the port back),
+// and while draining.
 func (h *Handoff) Ready(context.Context) error {
 	if h.srv != nil && h.srv.isDraining() {
 		return errors.New("origdst: draining")
@@ -298,7 +367,7 @@ func (h *Handoff) Ready(context.Context) error {
 	}
 	for _, p := range h.view {
 		if p.Holder == HolderNone {
-			return fmt.Errorf("origdst: port %d: no Envoy holds it and the native listener could not bind it again: %s", p.Port, p.Error)
+			return fmt.Errorf("origdst: port %d: served by neither Envoy nor the native listener, which could not take it back: %s", p.Port, p.Error)
 		}
 	}
 	return nil
@@ -402,9 +471,10 @@ func (h *Handoff) apply(ev handoffEvent) {
 	p.holds[ev.node] = time.Time{}
 }
 
-// reconcile ends the graces that are over, hands over the ports that a
-// node holds and takes back the others; it returns when it must run again
-// (the end of the next grace or the next retry), or zero.
+// reconcile ends the graces that are over, hands over the ports whose
+// claims are verified, takes back the others; it returns when it must run
+// again (the next verification, the end of the next grace or the next
+// retry), or zero.
 func (h *Handoff) reconcile(now time.Time) (next time.Time) {
 	soonest := func(t time.Time) {
 		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
@@ -417,32 +487,46 @@ func (h *Handoff) reconcile(now time.Time) (next time.Time) {
 				delete(p.holds, node)
 			}
 		}
-		held := len(p.holds) > 0
+		claimed := len(p.holds) > 0
 		switch {
-		case held && p.native:
-			h.ops.release(p.num)
-			p.native = false
-			h.m.handoffs[toEnvoy].Inc()
-			h.log.Info("origdst: an Envoy holds the port: the native listener stopped accepting on it; its connections finish", "port", p.num, "nodes", sortedNodes(p.holds))
-		case held:
-			p.err, p.retryAt, p.backoff = nil, time.Time{}, 0
-		case !p.native && !now.Before(p.retryAt):
-			if err := h.ops.serve(p.num); err != nil {
-				p.err = err
-				p.backoff = min(max(2*p.backoff, rebindBackoffMin), rebindBackoffMax)
-				p.retryAt = now.Add(p.backoff)
-				h.m.bindFailures.Inc()
-				addr, reason := bindFailure(p.num, err)
-				h.log.Warn("origdst: no Envoy holds the port, and the native listener cannot bind it again; retrying",
-					"address", addr, "reason", reason, "retry_in", p.backoff)
+		case claimed && p.native:
+			err := h.ops.envoyListens(p.num, h.uid)
+			if err == nil {
+				err = h.ops.release(p.num)
+			}
+			if err != nil {
+				if p.waiting != err.Error() {
+					h.log.Info("origdst: an Envoy node claims the port, and the native listener keeps it until Envoy listens there",
+						"port", p.num, "nodes", sortedNodes(p.holds), "reason", err.Error())
+				}
+				p.waiting = err.Error()
 				break
 			}
-			p.native = true
-			p.err, p.retryAt, p.backoff = nil, time.Time{}, 0
-			h.m.handoffs[toNative].Inc()
-			h.log.Info("origdst: no Envoy holds the port any more: the native listener accepts on it again", "port", p.num, "fallback_grace", h.grace)
+			p.native, p.waiting = false, ""
+			h.m.handoffs[toEnvoy].Inc()
+			h.log.Info("origdst: an Envoy listens on the port: the native listener stopped accepting on it; its connections finish", "port", p.num, "nodes", sortedNodes(p.holds))
+		case claimed:
+			err := h.ops.envoyListens(p.num, h.uid)
+			if err == nil {
+				p.err, p.retryAt, p.backoff, p.waiting = nil, time.Time{}, 0, ""
+				break
+			}
+			if p.err == nil {
+				h.m.claimsRefused[claimRefusedSocket].Inc()
+				h.log.Warn("origdst: Envoy no longer listens on the port it holds: the native listener takes it back",
+					"port", p.num, "nodes", sortedNodes(p.holds), "reason", err.Error())
+			}
+			p.waiting = err.Error()
+			h.takeBack(p, now)
+		case !p.native && !now.Before(p.retryAt):
+			h.takeBack(p, now)
+		case p.native:
+			p.waiting = ""
 		}
-		if !p.native && !held {
+		if claimed {
+			soonest(now.Add(h.verify))
+		}
+		if !p.native && p.err != nil {
 			soonest(p.retryAt)
 		}
 		for _, until := range p.holds {
@@ -450,6 +534,27 @@ func (h *Handoff) reconcile(now time.Time) (next time.Time) {
 		}
 	}
 	return next
+}
+
+// takeBack makes the native listener serve p again, or schedules a retry.
+func (h *Handoff) takeBack(p *handoffPort, now time.Time) {
+	if now.Before(p.retryAt) {
+		return
+	}
+	if err := h.ops.serve(p.num); err != nil {
+		p.err = err
+		p.backoff = min(max(2*p.backoff, rebindBackoffMin), rebindBackoffMax)
+		p.retryAt = now.Add(p.backoff)
+		h.m.bindFailures.Inc()
+		addr, reason := bindFailure(p.num, err)
+		h.log.Warn("origdst: the native listener cannot serve the port again; retrying",
+			"address", addr, "reason", reason, "retry_in", p.backoff)
+		return
+	}
+	p.native = true
+	p.err, p.retryAt, p.backoff = nil, time.Time{}, 0
+	h.m.handoffs[toNative].Inc()
+	h.log.Info("origdst: the native listener accepts on the port again", "port", p.num, "fallback_grace", h.grace)
 }
 
 // bindFailure returns the address and the reason of a failure to bind a
@@ -471,8 +576,11 @@ func (h *Handoff) publish() {
 		switch {
 		case p.native:
 			ps.Holder = HolderNative
+			if len(p.holds) > 0 {
+				ps.Claimed, ps.Waiting = sortedNodes(p.holds), p.waiting
+			}
 			count[holderNative]++
-		case len(p.holds) > 0:
+		case p.err == nil:
 			ps.Holder = HolderEnvoy
 			ps.Nodes = sortedNodes(p.holds)
 			count[holderEnvoy]++
@@ -497,15 +605,30 @@ func sortedNodes(holds map[string]time.Time) []string {
 	return slices.Sorted(maps.Keys(holds))
 }
 
-// serverPorts binds and closes a Server's listeners, port by port. Only
-// the Handoff's loop (and Serve, before it) uses it.
+// serverPorts serves, parks and checks a Server's listeners, port by
+// port. Only the Handoff's loop (and Serve, before it) uses it.
 type serverPorts struct {
 	srv *Server
 	idx map[uint16][]int       // the Options.Listen indexes of each port
-	lns map[uint16][]*Listener // the listeners of the ports served
+	lns map[uint16][]*Listener // the listeners of each port, accepting or parked
+	// listening lists the sockets listening on a port (tests replace it).
+	listening func(port uint16) ([]sockowner.Socket, error)
 }
 
 func (sp *serverPorts) serve(port uint16) error {
+	if lns := sp.lns[port]; len(lns) > 0 {
+		// Parked: listen again on the same sockets, which never gave the
+		// address up.
+		for i, ln := range lns {
+			if err := sp.srv.resumeListener(ln); err != nil {
+				for _, l := range lns[:i] {
+					_ = sp.srv.parkListener(l)
+				}
+				return &BindError{Index: sp.idx[port][i], ListenError: &ListenError{Addr: ln.AddrPort(), Err: err}}
+			}
+		}
+		return nil
+	}
 	lns, err := sp.srv.bind(context.Background(), sp.idx[port], true)
 	if err != nil {
 		return err
@@ -525,9 +648,56 @@ func (sp *serverPorts) serve(port uint16) error {
 	return nil
 }
 
-func (sp *serverPorts) release(port uint16) {
-	for _, ln := range sp.lns[port] {
-		sp.srv.closeListener(ln)
+func (sp *serverPorts) release(port uint16) error {
+	lns := sp.lns[port]
+	for i, ln := range lns {
+		if err := sp.srv.parkListener(ln); err != nil {
+			for _, l := range lns[:i] {
+				_ = sp.srv.resumeListener(l)
+			}
+			return err
+		}
 	}
-	delete(sp.lns, port)
+	return nil
+}
+
+// envoyListens checks the kernel's listening sockets on port: one of uid
+// must be bound to each capture address of the port, and be none of the
+// native listener's own.
+func (sp *serverPorts) envoyListens(port uint16, uid uint32) error {
+	list := sp.listening
+	if list == nil {
+		list = sockowner.Listening
+	}
+	var socks []sockowner.Socket
+	var err error
+	ask := func() { socks, err = list(port) }
+	if sp.srv.listenOn != nil {
+		sp.srv.listenOn(ask) // in the listeners' network namespace
+	} else {
+		ask()
+	}
+	if err != nil {
+		return err
+	}
+	own := map[uint64]bool{}
+	for _, ln := range sp.lns[port] {
+		if ino, err := ln.Inode(); err == nil {
+			own[ino] = true
+		}
+	}
+	for _, i := range sp.idx[port] {
+		addr := sp.srv.opts.Listen[i]
+		found := false
+		for _, s := range socks {
+			if s.Addr == addr && s.V6 == addr.Addr().Is6() && s.UID == uid && !own[s.Inode] {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("no socket of uid %d other than the native listener's listens on %s", uid, addr)
+		}
+	}
+	return nil
 }

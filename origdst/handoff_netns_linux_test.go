@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/realipd/realipd/intercept"
 	"github.com/realipd/realipd/internal/netnstest"
+	"github.com/realipd/realipd/sockowner"
 )
 
 // handing is a Server run by a Handoff in the pod, on a fake clock.
@@ -137,7 +139,11 @@ func reusePortListener(t *testing.T, ns *netnstest.Netns, addr netip.AddrPort, r
 			}
 		}
 		var err error
-		ln, err = lc.Listen(context.Background(), "tcp4", addr.String())
+		network := "tcp4"
+		if addr.Addr().Is6() {
+			network = "tcp6" // IPv6 only, as the native listener's [::] beside 0.0.0.0
+		}
+		ln, err = lc.Listen(context.Background(), network, addr.String())
 		return err
 	})
 	if ln != nil {
@@ -161,14 +167,38 @@ func standIn(ln net.Listener) {
 	}()
 }
 
+// envoyRoot is the ADS peer of these tests' Envoy: the stand-in Envoy and
+// realipd both run as root, the user the kernel lets share the port.
+var envoyRoot = sockowner.Peer{UID: 0, Known: true}
+
+// standInEnvoy listens like Envoy on the capture addresses of port (each
+// family's wildcard, SO_REUSEPORT) and answers every connection with
+// "envoy\n"; close stops it.
+func standInEnvoy(t *testing.T, ns *netnstest.Netns, port uint16) (close func()) {
+	t.Helper()
+	var lns []net.Listener
+	for _, f := range families() {
+		ln, err := reusePortListener(t, ns, anyAddr(f, port), true)
+		if err != nil {
+			t.Fatalf("a stand-in Envoy with SO_REUSEPORT cannot bind %v beside the native listener: %v", anyAddr(f, port), err)
+		}
+		standIn(ln)
+		lns = append(lns, ln)
+	}
+	return func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+}
+
 // TestHandoffNetns: a connection proxied by the native listener is
 // established and mid-exchange; a stand-in Envoy binds the capture port
-// beside realipd (SO_REUSEPORT, same user); an ACK hands the port over:
-// realipd stops accepting, new connections reach the stand-in, and the
-// established connection finishes correctly. With the stand-in gone, new
-// connections are refused by the kernel. The node's NodeGone and the
-// grace passing on the clock bring the native listener back, which
-// proxies a new connection.
+// beside realipd (SO_REUSEPORT, same user); an ACK from Envoy's user hands
+// the port over: realipd stops accepting, new connections reach the
+// stand-in, and the established connection finishes correctly. When the
+// stand-in's socket is gone, the native listener takes the port back at
+// the next check, whatever the node says, and proxies new connections.
 func TestHandoffNetns(t *testing.T) {
 	w := newWorld(t)
 	f := intercept.IPv4
@@ -186,18 +216,14 @@ func TestHandoffNetns(t *testing.T) {
 	}
 	x.waitMetric(t, "active_connections", "", 1)
 
-	envoy, err := reusePortListener(t, w.a, anyAddr(f, outboundPort), true)
-	if err != nil {
-		t.Fatalf("a stand-in Envoy with SO_REUSEPORT cannot bind the port the native listener holds: %v", err)
-	}
-	x.h.ListenerACKed("envoy-1", outboundPort)
+	stopEnvoy := standInEnvoy(t, w.a, outboundPort)
+	x.h.ListenerACKed("envoy-1", envoyRoot, outboundPort)
 	x.settle(t)
 	if got := x.holder(outboundPort); got != "envoy envoy-1" {
-		t.Fatalf("after the ACK the port is held by %q", got)
+		t.Fatalf("after the ACK the port is held by %q: %+v", got, x.h.Ports())
 	}
 	x.waitMetric(t, "listeners", "", 0)
 	x.waitMetric(t, "handoffs_total", "envoy", 1)
-	standIn(envoy)
 
 	accepted := x.metric(t, "connections_accepted_total", "")
 	for i := range 3 {
@@ -223,9 +249,11 @@ func TestHandoffNetns(t *testing.T) {
 		t.Errorf("%v connections cut", n)
 	}
 
-	// Nobody listens: the kernel refuses.
-	envoy.Close()
-	err = w.a.Do(func() error {
+	// Envoy's sockets are gone; the node is still connected. Until the
+	// next check nobody listens and the kernel refuses; at the check the
+	// native listener takes the port back.
+	stopEnvoy()
+	err := w.a.Do(func() error {
 		c, err := net.DialTimeout("tcp", target.String(), 5*time.Second)
 		if err == nil {
 			c.Close()
@@ -233,35 +261,36 @@ func TestHandoffNetns(t *testing.T) {
 		return err
 	})
 	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("with neither Envoy nor the native listener: %v, want connection refused", err)
+		t.Errorf("before the check, with neither Envoy nor the native listener: %v, want connection refused", err)
 	}
-
-	// The node goes; within the grace the port stays Envoy's.
-	x.h.NodeGone("envoy-1")
-	x.settle(t)
-	x.clock.Advance(testGrace - time.Millisecond)
-	x.settle(t)
-	if got := x.holder(outboundPort); got != "envoy envoy-1" {
-		t.Errorf("within the grace the port is held by %q", got)
-	}
-	x.clock.Advance(time.Millisecond)
+	x.clock.Advance(DefaultVerifyEvery)
 	x.settle(t)
 	if got := x.holder(outboundPort); got != "native " {
-		t.Fatalf("after the grace the port is held by %q", got)
+		t.Fatalf("once Envoy's socket is gone the port is held by %q", got)
 	}
 	x.waitMetric(t, "listeners", "", 2)
 	x.waitMetric(t, "handoffs_total", "native", 1)
+	x.waitMetric(t, "handoff_claims_refused_total", "socket_gone", 1)
 	if err := x.h.Ready(context.Background()); err != nil {
-		t.Errorf("Ready after the rebind: %v", err)
+		t.Errorf("Ready once taken back: %v", err)
 	}
 	before := up.accepted.Load()
 	if g, rest, err := exchange(dial(t, w.a, target), "back"); err != nil || g != "hi "+target.String() || rest != "got back\n" {
-		t.Errorf("a new connection after the rebind: %q %q %v", g, rest, err)
+		t.Errorf("a new connection once taken back: %q %q %v", g, rest, err)
 	}
 	if n := up.accepted.Load() - before; n != 1 {
 		t.Errorf("the upstream accepted %d connections, want 1", n)
 	}
 	x.waitMetric(t, "connections_accepted_total", "", accepted+1)
+
+	// The node goes: nothing changes.
+	x.h.NodeGone("envoy-1")
+	x.settle(t)
+	x.clock.Advance(testGrace)
+	x.settle(t)
+	if got := x.holder(outboundPort); got != "native " {
+		t.Errorf("after the grace the port is held by %q", got)
+	}
 	if err := x.stop(); err != nil {
 		t.Error(err)
 	}
@@ -270,9 +299,96 @@ func TestHandoffNetns(t *testing.T) {
 	}
 }
 
+// TestHandoffClaimWithoutSocketNetns: an ACK from Envoy's user while no
+// socket of Envoy's listens on the port leaves it with the native
+// listener, which keeps proxying; an ACK from another user, even with a
+// socket of that user ready, changes nothing.
+func TestHandoffClaimWithoutSocketNetns(t *testing.T) {
+	w := newWorld(t)
+	f := intercept.IPv4
+	w.rules(t, intercept.ModeRedirect, f)
+	target := netip.AddrPortFrom(w.bIP[f], 80)
+	w.upstream(t, w.b, target)
+	x := w.serveHandoff(t, Options{Mode: ModeRedirect, Listen: []netip.AddrPort{anyAddr(f, outboundPort)}})
+
+	x.h.ListenerACKed("envoy-1", envoyRoot, outboundPort)
+	x.h.ListenerACKed("definitely-not-envoy", sockowner.Peer{UID: 65534, Known: true}, outboundPort)
+	x.settle(t)
+	x.clock.Advance(DefaultVerifyEvery)
+	x.settle(t)
+	if got := x.holder(outboundPort); got != "native " {
+		t.Fatalf("claimed without a socket, the port is held by %q", got)
+	}
+	if p := x.h.Ports()[0]; !slices.Equal(p.Claimed, []string{"envoy-1"}) || !strings.Contains(p.Waiting, "no socket of uid 0") {
+		t.Errorf("PortState = %+v", p)
+	}
+	x.waitMetric(t, "handoff_claims_refused_total", "peer", 1)
+	if _, rest, err := exchange(dial(t, w.a, target), "still"); err != nil || rest != "got still\n" {
+		t.Errorf("a connection while the claim waits: %q, %v", rest, err)
+	}
+	if err := x.h.Ready(context.Background()); err != nil {
+		t.Errorf("Ready: %v", err)
+	}
+}
+
+// TestHandoffParkedPortNetns: while Envoy holds the port, the native
+// listener's parked socket keeps it from every other user: a process of
+// another user cannot bind it, with SO_REUSEPORT or without, nor can one
+// of the same user without SO_REUSEPORT; and when Envoy's socket is gone
+// there is no moment in which the port is free.
+func TestHandoffParkedPortNetns(t *testing.T) {
+	w := newWorld(t)
+	f := intercept.IPv4
+	w.rules(t, intercept.ModeRedirect, f)
+	target := netip.AddrPortFrom(w.bIP[f], 80)
+	w.upstream(t, w.b, target)
+	port := anyAddr(f, outboundPort)
+	x := w.serveHandoff(t, Options{Mode: ModeRedirect, Listen: []netip.AddrPort{port}})
+
+	squat := func(step string) {
+		t.Helper()
+		for _, reuse := range []bool{true, false} {
+			if _, err := w.a.ListenAs(t, 65534, port.String(), reuse); !errors.Is(err, syscall.EADDRINUSE) {
+				t.Errorf("%s: uid 65534 (SO_REUSEPORT %v) listening on %v: %v, want address in use", step, reuse, port, err)
+			}
+		}
+		if _, err := reusePortListener(t, w.a, port, false); !errors.Is(err, syscall.EADDRINUSE) {
+			t.Errorf("%s: the same user without SO_REUSEPORT: %v, want address in use", step, err)
+		}
+	}
+	squat("served natively")
+
+	envoy, err := reusePortListener(t, w.a, port, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	standIn(envoy)
+	x.h.ListenerACKed("envoy-1", envoyRoot, outboundPort)
+	x.settle(t)
+	if got := x.holder(outboundPort); got != "envoy envoy-1" {
+		t.Fatalf("the port is held by %q", got)
+	}
+	x.waitMetric(t, "listeners", "", 0)
+	squat("held by Envoy")
+
+	envoy.Close()
+	squat("Envoy gone, before the check") // the parked socket still holds it
+	x.clock.Advance(DefaultVerifyEvery)
+	x.settle(t)
+	if got := x.holder(outboundPort); got != "native " {
+		t.Fatalf("the port is held by %q", got)
+	}
+	squat("taken back")
+	if _, rest, err := exchange(dial(t, w.a, target), "back"); err != nil || rest != "got back\n" {
+		t.Errorf("a connection once taken back: %q, %v", rest, err)
+	}
+}
+
 // TestHandoffReusePortNetns: while auto holds the port, another socket of
 // the same user that sets SO_REUSEPORT can bind it; one that does not
-// set it cannot.
+// set it cannot, nor can one of another user even with SO_REUSEPORT (the
+// kernel shares a port only within one user), which is why only Envoy's
+// user's claims count.
 func TestHandoffReusePortNetns(t *testing.T) {
 	w := newWorld(t)
 	x := w.serveHandoff(t, Options{Mode: ModeRedirect, Listen: []netip.AddrPort{anyAddr(intercept.IPv4, outboundPort)}})
@@ -282,61 +398,10 @@ func TestHandoffReusePortNetns(t *testing.T) {
 	if _, err := reusePortListener(t, w.a, anyAddr(intercept.IPv4, outboundPort), false); !errors.Is(err, syscall.EADDRINUSE) {
 		t.Errorf("a socket without SO_REUSEPORT: %v, want address in use", err)
 	}
+	if _, err := w.a.ListenAs(t, 65534, anyAddr(intercept.IPv4, outboundPort).String(), true); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("a socket of another user with SO_REUSEPORT: %v, want address in use", err)
+	}
 	if got := x.holder(outboundPort); got != "native " {
 		t.Errorf("the port is held by %q", got)
-	}
-}
-
-// TestHandoffRebindFailsNetns: when the port is taken by a socket without
-// SO_REUSEPORT once Envoy is gone, the rebind fails without stopping
-// Serve: not ready, counted, logged with the address, retried with
-// backoff on the clock, and bound once the port is free.
-func TestHandoffRebindFailsNetns(t *testing.T) {
-	w := newWorld(t)
-	f := intercept.IPv4
-	w.rules(t, intercept.ModeRedirect, f)
-	target := netip.AddrPortFrom(w.bIP[f], 80)
-	w.upstream(t, w.b, target)
-	x := w.serveHandoff(t, Options{Mode: ModeRedirect, Listen: []netip.AddrPort{anyAddr(f, outboundPort)}})
-
-	x.h.ListenerACKed("envoy-1", outboundPort)
-	x.settle(t)
-	x.waitMetric(t, "listeners", "", 0)
-	squatter, err := reusePortListener(t, w.a, anyAddr(f, outboundPort), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x.h.NodeGone("envoy-1")
-	x.settle(t)
-	x.clock.Advance(testGrace)
-	x.settle(t)
-	if got := x.holder(outboundPort); got != "none " {
-		t.Fatalf("with the port taken the holder is %q", got)
-	}
-	err = x.h.Ready(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "already in use") {
-		t.Errorf("Ready with the port taken = %v", err)
-	}
-	x.waitMetric(t, "bind_failures_total", "", 1)
-	x.waitMetric(t, "ports", "none", 1)
-	x.clock.Advance(rebindBackoffMin)
-	x.settle(t)
-	x.waitMetric(t, "bind_failures_total", "", 2)
-
-	squatter.Close()
-	x.clock.Advance(2 * rebindBackoffMin)
-	x.settle(t)
-	if got := x.holder(outboundPort); got != "native " {
-		t.Fatalf("once the port is free the holder is %q", got)
-	}
-	x.waitMetric(t, "listeners", "", 1)
-	if err := x.h.Ready(context.Background()); err != nil {
-		t.Errorf("Ready once bound again: %v", err)
-	}
-	if _, rest, err := exchange(dial(t, w.a, target), "rebound"); err != nil || rest != "got rebound\n" {
-		t.Errorf("a connection once bound again: %q, %v", rest, err)
-	}
-	if logs := x.logs.String(); !strings.Contains(logs, `level=WARN msg="origdst: no Envoy holds the port, and the native listener cannot bind it again; retrying" address=0.0.0.0:15001 reason="the address is already in use`) {
-		t.Errorf("the failed rebind is not logged with its address and reason:\n%s", logs)
 	}
 }

@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/realipd/realipd/sockowner"
 )
 
 // fakeClock is a Clock that moves only when Advance is called; the
@@ -85,13 +87,21 @@ func (c *fakeClock) pending() int {
 }
 
 // fakePorts is a portOps that records what the Handoff asks and fails
-// the binds of the ports in fail.
+// the binds of the ports in fail; Envoy listens on the ports in envoy.
 type fakePorts struct {
 	mu      sync.Mutex
 	calls   []string // "serve 15001", "release 15001"
 	serving map[uint16]bool
 	fail    map[uint16]error
+	envoy   map[uint16]bool
+	uids    []uint32 // the uids envoyListens was asked about
 }
+
+// testUID is the user Envoy runs as in these tests, and envoyPeer an ADS
+// peer of that user.
+const testUID = 1337
+
+var envoyPeer = sockowner.Peer{UID: testUID, Known: true}
 
 func (f *fakePorts) serve(port uint16) error {
 	f.mu.Lock()
@@ -104,11 +114,29 @@ func (f *fakePorts) serve(port uint16) error {
 	return nil
 }
 
-func (f *fakePorts) release(port uint16) {
+func (f *fakePorts) release(port uint16) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, fmt.Sprint("release ", port))
 	delete(f.serving, port)
+	return nil
+}
+
+func (f *fakePorts) envoyListens(port uint16, uid uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.uids = append(f.uids, uid)
+	if !f.envoy[port] {
+		return fmt.Errorf("no socket of uid %d listens on :%d", uid, port)
+	}
+	return nil
+}
+
+// setEnvoy says whether Envoy listens on port.
+func (f *fakePorts) setEnvoy(port uint16, listens bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.envoy[port] = listens
 }
 
 func (f *fakePorts) setFail(port uint16, err error) {
@@ -150,15 +178,17 @@ func newHandoffRig(t *testing.T, ports ...uint16) *handoffRig {
 func startedRig(t *testing.T, ports ...uint16) *handoffRig {
 	t.Helper()
 	r := &handoffRig{clock: newFakeClock(), reg: prometheus.NewRegistry()}
-	r.ports = &fakePorts{serving: map[uint16]bool{}, fail: map[uint16]error{}}
+	r.ports = &fakePorts{serving: map[uint16]bool{}, fail: map[uint16]error{}, envoy: map[uint16]bool{}}
 	for _, p := range ports {
 		r.ports.serving[p] = true // bound at start
+		r.ports.envoy[p] = true   // and Envoy listens there too, unless a test says otherwise
 	}
 	m, err := newHandoffMetrics(r.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.h, err = newHandoff(ports, r.ports, HandoffOptions{Grace: testGrace, Clock: r.clock}, nil, m); err != nil {
+	uid := uint32(testUID)
+	if r.h, err = newHandoff(ports, r.ports, HandoffOptions{Grace: testGrace, Clock: r.clock, EnvoyUID: &uid}, nil, m); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -259,7 +289,7 @@ func TestHandoffACK(t *testing.T) {
 	if err := r.h.Ready(t.Context()); err != nil {
 		t.Errorf("Ready at start: %v", err)
 	}
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.settle(t)
 	r.want(t, "ACK", map[uint16]string{15001: "envoy n1", 15006: "native"})
 	r.wantCalls(t, "ACK", "release 15001")
@@ -271,8 +301,8 @@ func TestHandoffACK(t *testing.T) {
 	if err := r.h.Ready(t.Context()); err != nil {
 		t.Errorf("Ready with a port held by Envoy: %v", err)
 	}
-	if n := r.clock.pending(); n != 0 {
-		t.Errorf("%d timers pending while nothing is due", n)
+	if n := r.clock.pending(); n != 1 {
+		t.Errorf("%d timers pending, want 1: the next check of Envoy's socket", n)
 	}
 }
 
@@ -280,8 +310,8 @@ func TestHandoffACK(t *testing.T) {
 // grace has passed; then they are bound again.
 func TestHandoffGrace(t *testing.T) {
 	r := newHandoffRig(t, 15001, 15006)
-	r.h.ListenerACKed("n1", 15001)
-	r.h.ListenerACKed("n1", 15006)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15006)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.want(t, "gone", map[uint16]string{15001: "envoy n1", 15006: "envoy n1"})
@@ -302,7 +332,7 @@ func TestHandoffGrace(t *testing.T) {
 // (the timer it armed), without any other event.
 func TestHandoffGraceTimer(t *testing.T) {
 	r := newHandoffRig(t, 15001)
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.clock.Advance(testGrace)
@@ -319,11 +349,11 @@ func TestHandoffGraceTimer(t *testing.T) {
 // grace keeps the port; when it goes again, the grace starts anew.
 func TestHandoffReACK(t *testing.T) {
 	r := newHandoffRig(t, 15001)
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.advance(t, testGrace/2)
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.settle(t)
 	r.advance(t, testGrace)
 	r.want(t, "back within the grace", map[uint16]string{15001: "envoy n1"})
@@ -342,8 +372,8 @@ func TestHandoffReACK(t *testing.T) {
 // have been gone for the grace.
 func TestHandoffTwoNodes(t *testing.T) {
 	r := newHandoffRig(t, 15001)
-	r.h.ListenerACKed("n2", 15001)
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n2", envoyPeer, 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.settle(t)
 	r.want(t, "both", map[uint16]string{15001: "envoy n1,n2"})
 	r.h.NodeGone("n1")
@@ -364,8 +394,8 @@ func TestHandoffTwoNodes(t *testing.T) {
 // the NodeGone of a node that held nothing.
 func TestHandoffIgnoresOtherPorts(t *testing.T) {
 	r := newHandoffRig(t, 15001, 15006)
-	r.h.ListenerACKed("n1", 8080)
-	r.h.ListenerACKed("n1", 15001+1<<16)
+	r.h.ListenerACKed("n1", envoyPeer, 8080)
+	r.h.ListenerACKed("n1", envoyPeer, 15001+1<<16)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.advance(t, testGrace)
@@ -379,11 +409,11 @@ func TestHandoffIgnoresOtherPorts(t *testing.T) {
 func TestHandoffIdempotent(t *testing.T) {
 	r := newHandoffRig(t, 15001)
 	for range 3 {
-		r.h.ListenerACKed("n1", 15001)
+		r.h.ListenerACKed("n1", envoyPeer, 15001)
 		r.settle(t)
 	}
-	r.h.ListenerACKed("n1", 15001)
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.advance(t, testGrace)
@@ -406,10 +436,10 @@ func TestHandoffEventsBeforeServe(t *testing.T) {
 	go func() {
 		defer close(done)
 		for range 200 {
-			r.h.ListenerACKed("n0", 15001)
+			r.h.ListenerACKed("n0", envoyPeer, 15001)
 			r.h.NodeGone("n0")
 		}
-		r.h.ListenerACKed("n1", 15001)
+		r.h.ListenerACKed("n1", envoyPeer, 15001)
 	}()
 	select {
 	case <-done:
@@ -431,7 +461,7 @@ func TestHandoffRebindFails(t *testing.T) {
 	r := newHandoffRig(t, 15001, 15006)
 	inUse := &BindError{Index: 0, ListenError: &ListenError{Addr: netip.MustParseAddrPort("0.0.0.0:15001"), Err: fmt.Errorf("bind: %w", syscall.EADDRINUSE)}}
 	r.ports.setFail(15001, inUse)
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.advance(t, testGrace)
@@ -464,13 +494,13 @@ func TestHandoffRebindFails(t *testing.T) {
 	r.wantMetric(t, "handoffs_total", "native", 1)
 
 	// Failing again; then a node ACKs: Envoy holds it, no more retries.
-	r.h.ListenerACKed("n2", 15001)
+	r.h.ListenerACKed("n2", envoyPeer, 15001)
 	r.h.NodeGone("n2")
 	r.settle(t)
 	r.ports.setFail(15001, errors.New("boom"))
 	r.advance(t, testGrace)
 	r.want(t, "failing again", map[uint16]string{15001: "none"})
-	r.h.ListenerACKed("n2", 15001)
+	r.h.ListenerACKed("n2", envoyPeer, 15001)
 	r.settle(t)
 	r.want(t, "held", map[uint16]string{15001: "envoy n2"})
 	if err := r.h.Ready(t.Context()); err != nil {
@@ -488,7 +518,7 @@ func TestHandoffRebindFails(t *testing.T) {
 func TestHandoffBackoffBound(t *testing.T) {
 	r := newHandoffRig(t, 15001)
 	r.ports.setFail(15001, errors.New("boom"))
-	r.h.ListenerACKed("n1", 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
 	r.h.NodeGone("n1")
 	r.settle(t)
 	r.advance(t, testGrace)
@@ -520,5 +550,91 @@ func TestNewHandoff(t *testing.T) {
 	}
 	if err := h.Serve(t.Context(), nil); err == nil {
 		t.Error("Serve without the listeners of Bind succeeded")
+	}
+}
+
+// TestHandoffIgnoresOtherPeers: an ACK is a claim only from Envoy's user,
+// as the kernel names the ADS peer; from anyone else (another user, a peer
+// the kernel cannot name, whatever node id it writes) it changes nothing
+// and is counted.
+func TestHandoffIgnoresOtherPeers(t *testing.T) {
+	r := newHandoffRig(t, 15001, 15006)
+	r.h.ListenerACKed("definitely-not-envoy", sockowner.Peer{UID: 65534, Known: true}, 15001)
+	r.h.ListenerACKed("n1", sockowner.Peer{}, 15006)
+	r.h.ListenerACKed("n1", sockowner.Peer{UID: testUID}, 15006) // a uid the kernel did not vouch for
+	r.settle(t)
+	r.advance(t, time.Second)
+	r.want(t, "", map[uint16]string{15001: "native", 15006: "native"})
+	r.wantCalls(t, "")
+	r.wantMetric(t, "handoff_claims_refused_total", "peer", 3)
+	r.wantMetric(t, "handoffs_total", "envoy", 0)
+	if p := r.h.Ports(); len(p[0].Claimed) != 0 || len(p[1].Claimed) != 0 {
+		t.Errorf("claims recorded: %+v", p)
+	}
+}
+
+// TestHandoffWaitsForEnvoysSocket: a claim from Envoy's user is honoured
+// only once a socket of that user listens on the port; until then the
+// native listener keeps serving it, says why, and checks again.
+func TestHandoffWaitsForEnvoysSocket(t *testing.T) {
+	r := newHandoffRig(t, 15001)
+	r.ports.setEnvoy(15001, false)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
+	r.settle(t)
+	r.want(t, "claimed, no socket", map[uint16]string{15001: "native"})
+	p := r.h.Ports()[0]
+	if !slices.Equal(p.Claimed, []string{"n1"}) || !strings.Contains(p.Waiting, "no socket of uid 1337") {
+		t.Errorf("PortState = %+v, want the claim and why it waits", p)
+	}
+	if err := r.h.Ready(t.Context()); err != nil {
+		t.Errorf("Ready while the native listener serves the port: %v", err)
+	}
+	r.advance(t, DefaultVerifyEvery)
+	r.want(t, "still no socket", map[uint16]string{15001: "native"})
+	r.wantCalls(t, "still no socket")
+	r.ports.setEnvoy(15001, true)
+	r.advance(t, DefaultVerifyEvery)
+	r.want(t, "Envoy listens", map[uint16]string{15001: "envoy n1"})
+	r.wantCalls(t, "Envoy listens", "release 15001")
+	if p := r.h.Ports()[0]; p.Waiting != "" || len(p.Claimed) != 0 {
+		t.Errorf("PortState once handed over = %+v", p)
+	}
+	for _, uid := range r.ports.uids {
+		if uid != testUID {
+			t.Errorf("envoyListens asked about uid %d, want %d", uid, testUID)
+		}
+	}
+}
+
+// TestHandoffTakesBackWhenEnvoysSocketIsGone: while Envoy holds a port
+// its socket is checked every VerifyEvery; once it is gone the native
+// listener serves the port again at the next check, whatever the node
+// says, and hands it over again when the socket is back.
+func TestHandoffTakesBackWhenEnvoysSocketIsGone(t *testing.T) {
+	r := newHandoffRig(t, 15001)
+	r.h.ListenerACKed("n1", envoyPeer, 15001)
+	r.settle(t)
+	r.want(t, "held", map[uint16]string{15001: "envoy n1"})
+	r.ports.setEnvoy(15001, false)
+	r.advance(t, DefaultVerifyEvery)
+	r.want(t, "socket gone", map[uint16]string{15001: "native"})
+	r.wantCalls(t, "socket gone", "release 15001", "serve 15001")
+	r.wantMetric(t, "handoff_claims_refused_total", "socket_gone", 1)
+	r.wantMetric(t, "handoffs_total", "native", 1)
+	if err := r.h.Ready(t.Context()); err != nil {
+		t.Errorf("Ready once taken back: %v", err)
+	}
+	r.ports.setEnvoy(15001, true)
+	r.advance(t, DefaultVerifyEvery)
+	r.want(t, "socket back", map[uint16]string{15001: "envoy n1"})
+	r.wantCalls(t, "socket back", "release 15001", "serve 15001", "release 15001")
+
+	// Gone, and the native listener cannot serve the port: not ready.
+	r.ports.setEnvoy(15001, false)
+	r.ports.setFail(15001, errors.New("boom"))
+	r.advance(t, DefaultVerifyEvery)
+	r.want(t, "neither", map[uint16]string{15001: "none"})
+	if err := r.h.Ready(t.Context()); err == nil || !strings.Contains(err.Error(), "port 15001") {
+		t.Errorf("Ready with the port served by neither = %v", err)
 	}
 }

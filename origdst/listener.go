@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/realipd/realipd/sockowner"
 )
 
 // Mode is how connections reach a capture listener, and so where their
@@ -227,6 +230,10 @@ type Listener struct {
 	addr     netip.AddrPort   // as bound, unmapped
 	captures []netip.AddrPort // addr first
 	refused  func(netip.AddrPort, error)
+
+	mu     sync.Mutex
+	parked chan struct{} // non-nil while parked; closed by resume or Close
+	closed bool
 }
 
 // Conn is an accepted connection with its original destination.
@@ -257,6 +264,9 @@ func (l *Listener) AcceptOrigDst() (*Conn, error) {
 	for {
 		c, err := l.tcp.AcceptTCP()
 		if err != nil {
+			if l.waitParked() {
+				continue
+			}
 			return nil, err
 		}
 		at := time.Now()
@@ -311,7 +321,108 @@ func (l *Listener) isCapture(dst netip.AddrPort) bool {
 }
 
 // Close stops accepting; the connections already accepted stay open.
-func (l *Listener) Close() error { return l.tcp.Close() }
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	if l.parked != nil {
+		close(l.parked)
+		l.parked = nil
+	}
+	l.mu.Unlock()
+	return l.tcp.Close()
+}
+
+// Parking is how the native listener lets Envoy have a capture port
+// without giving the port up (origdst.fallback: auto). Closing the socket
+// would leave the port free for an instant, or for good, to any local user
+// that binds it first: a process of another user listening on 15001 would
+// take every redirected connection past the policies. A parked socket
+// stays bound but stops listening (shutdown(SHUT_RD) of a listening TCP
+// socket), with SO_REUSEADDR cleared: the kernel then refuses the port to
+// every socket but one of the same user with SO_REUSEPORT — Envoy's. The
+// connections waiting in the accept queue are reset, or moved to Envoy's
+// socket when net.ipv4.tcp_migrate_req is 1. Resuming listens again on the
+// same socket, so taking the port back cannot fail because someone else
+// took it meanwhile.
+
+// park stops the listener listening while keeping its address; Accept
+// waits until resume or Close.
+func (l *Listener) park() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return net.ErrClosed
+	}
+	if l.parked != nil {
+		return nil
+	}
+	rc, err := l.tcp.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = stopListening(int(fd)) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("origdst: park %s: %w", l.addr, serr)
+	}
+	l.parked = make(chan struct{})
+	return nil
+}
+
+// resume makes a parked listener listen again.
+func (l *Listener) resume() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return net.ErrClosed
+	}
+	if l.parked == nil {
+		return nil
+	}
+	rc, err := l.tcp.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = listenAgain(int(fd)) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("origdst: listen again on %s: %w", l.addr, serr)
+	}
+	close(l.parked)
+	l.parked = nil
+	return nil
+}
+
+// isParked reports whether the listener is parked.
+func (l *Listener) isParked() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.parked != nil
+}
+
+// waitParked waits, when the listener is parked, until it is resumed or
+// closed, and reports whether Accept should try again (it was parked and
+// is not closed).
+func (l *Listener) waitParked() bool {
+	l.mu.Lock()
+	c := l.parked
+	l.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	<-c
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.closed
+}
+
+// Inode returns the listening socket's inode number, to tell it from
+// another process's socket on the same port.
+func (l *Listener) Inode() (uint64, error) { return sockowner.Inode(l.tcp) }
 
 // Addr returns the listener's address (a *net.TCPAddr).
 func (l *Listener) Addr() net.Addr { return l.tcp.Addr() }

@@ -155,27 +155,41 @@ type handoffMetrics struct {
 	handoffs     [2]prometheus.Counter
 	ports        [numHolders]prometheus.Gauge
 	bindFailures prometheus.Counter
+	// claimsRefused[claimRefusedPeer]: ACKs from a peer that is not
+	// Envoy's user; [claimRefusedSocket]: a held port whose Envoy socket
+	// was gone, taken back.
+	claimsRefused [2]prometheus.Counter
 }
+
+// The reason label of realipd_origdst_handoff_claims_refused_total.
+const (
+	claimRefusedPeer   = iota // "peer"
+	claimRefusedSocket        // "socket_gone"
+)
 
 func newHandoffMetrics(reg prometheus.Registerer) (*handoffMetrics, error) {
 	const ns, sub = "realipd", "origdst"
 	handoffs := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoffs_total",
-		Help: "Capture ports handed over (fallback: auto), by the side that took them: envoy (a node ACKed a listener on the port; the native listener stopped accepting on it) or native (every node holding it had been gone for fallback_grace; the native listener bound it again)."},
+		Help: "Capture ports handed over (fallback: auto), by the side that took them: envoy (a node of Envoy's user ACKed a listener on the port and Envoy's socket listens there; the native listener stopped accepting on it) or native (Envoy's socket was gone, or every node holding it had been gone for fallback_grace; the native listener accepts on it again)."},
 		[]string{"to"})
 	ports := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ports",
-		Help: "Capture ports (fallback: auto) by holder: native (the native listener accepts on them), envoy (an Envoy node holds them), none (no Envoy holds them and binding them again failed; retrying)."},
+		Help: "Capture ports (fallback: auto) by holder: native (the native listener accepts on them), envoy (an Envoy node holds them and its socket listens there), none (neither: the native listener could not take them back; retrying)."},
 		[]string{"holder"})
 	bindFailures := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "bind_failures_total",
-		Help: "Failures to bind a capture port again after Envoy released it (fallback: auto); each is retried with backoff."})
+		Help: "Failures of the native listener to serve a capture port again after Envoy held it (fallback: auto); each is retried with backoff."})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "handoff_claims_refused_total",
+		Help: "Claims on a capture port not honoured (fallback: auto), by reason: peer (a listener ACK from an ADS peer that is not Envoy's user: ignored), socket_gone (Envoy held the port and its listening socket was gone: the native listener took the port back)."},
+		[]string{"reason"})
 	m := &handoffMetrics{
-		handoffs:     [2]prometheus.Counter{handoffs.WithLabelValues("envoy"), handoffs.WithLabelValues("native")},
-		bindFailures: bindFailures,
+		handoffs:      [2]prometheus.Counter{handoffs.WithLabelValues("envoy"), handoffs.WithLabelValues("native")},
+		bindFailures:  bindFailures,
+		claimsRefused: [2]prometheus.Counter{refused.WithLabelValues("peer"), refused.WithLabelValues("socket_gone")},
 	}
 	for k := range numHolders {
 		m.ports[k] = ports.WithLabelValues(holderNames[k])
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{handoffs, ports, bindFailures} {
+		for _, c := range []prometheus.Collector{handoffs, ports, bindFailures, refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("origdst: register metrics: %w", err)
 			}

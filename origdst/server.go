@@ -461,7 +461,7 @@ func (srv *Server) serveListener(ln *Listener) error {
 		return errors.New("origdst: not serving")
 	}
 	srv.lns[ln] = struct{}{}
-	srv.m.listeners.Set(float64(len(srv.lns)))
+	srv.countListeners()
 	srv.accepting.Add(1)
 	srv.mu.Unlock()
 	srv.log.Info("origdst: serving", "address", ln.AddrPort().String(), "mode", string(ln.Mode()))
@@ -479,12 +479,55 @@ func (srv *Server) closeListener(ln *Listener) {
 	srv.mu.Lock()
 	_, ok := srv.lns[ln]
 	delete(srv.lns, ln)
-	srv.m.listeners.Set(float64(len(srv.lns)))
+	srv.countListeners()
 	srv.mu.Unlock()
 	ln.Close()
 	if ok {
 		srv.log.Info("origdst: stopped accepting", "address", ln.AddrPort().String())
 	}
+}
+
+// parkListener stops ln accepting while its socket keeps the address,
+// for Envoy's user only (Listener.park); its accept loop waits. The drain
+// closes it like any other.
+func (srv *Server) parkListener(ln *Listener) error {
+	if err := ln.park(); err != nil {
+		return err
+	}
+	srv.mu.Lock()
+	srv.countListeners()
+	srv.mu.Unlock()
+	srv.log.Info("origdst: stopped accepting; the socket keeps the address, which only a socket of the same user with SO_REUSEPORT (Envoy's) may share", "address", ln.AddrPort().String())
+	return nil
+}
+
+// resumeListener makes a parked ln accept again.
+func (srv *Server) resumeListener(ln *Listener) error {
+	if err := ln.resume(); err != nil {
+		return err
+	}
+	srv.mu.Lock()
+	srv.countListeners()
+	srv.mu.Unlock()
+	srv.log.Info("origdst: serving", "address", ln.AddrPort().String(), "mode", string(ln.Mode()))
+	return nil
+}
+
+// countListeners sets the listeners gauge to the listeners accepting (not
+// parked). srv.mu is held.
+func (srv *Server) countListeners() {
+	srv.m.listeners.Set(float64(srv.listening()))
+}
+
+// listening counts the listeners accepting. srv.mu is held.
+func (srv *Server) listening() int {
+	n := 0
+	for ln := range srv.lns {
+		if !ln.isParked() {
+			n++
+		}
+	}
+	return n
 }
 
 // drain closes every listener, waits for the accept loops, then lets the
@@ -531,7 +574,7 @@ func (srv *Server) Ready(context.Context) error {
 	switch {
 	case srv.draining:
 		return errors.New("origdst: draining")
-	case len(srv.lns) == 0:
+	case srv.listening() == 0:
 		return errors.New("origdst: no capture listener is serving")
 	}
 	return nil

@@ -1,6 +1,7 @@
 package origdst
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -135,4 +136,28 @@ func waitData(rc syscall.RawConn) (avail int, err error) {
 		err = serr
 	}
 	return avail, err
+}
+
+// stopListening makes a listening TCP socket stop listening while it stays
+// bound (shutdown(SHUT_RD) disconnects it: tcp_disconnect), with
+// SO_REUSEADDR cleared so that only a socket of the same user with
+// SO_REUSEPORT may bind its address meanwhile (see Listener.park).
+func stopListening(fd int) error {
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 0); err != nil {
+		return fmt.Errorf("SO_REUSEADDR: %w", err)
+	}
+	if err := unix.Shutdown(fd, unix.SHUT_RD); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// listenAgain makes a socket stopListening parked listen again, with the
+// largest backlog the kernel allows (net.core.somaxconn caps it), as Go's
+// own listeners do.
+func listenAgain(fd int) error {
+	if err := unix.Listen(fd, 65535); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	return nil
 }

@@ -27,3 +27,7 @@ func setMark(int, uint32) error { return errors.ErrUnsupported }
 func probeMark(uint32) error { return errors.ErrUnsupported }
 
 func waitData(syscall.RawConn) (int, error) { return 0, errors.ErrUnsupported }
+
+func stopListening(int) error { return errors.ErrUnsupported }
+
+func listenAgain(int) error { return errors.ErrUnsupported }

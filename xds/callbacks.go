@@ -11,6 +11,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/realipd/realipd/sockowner"
 )
 
 // This file is the tracker: go-control-plane's server calls the callbacks
@@ -38,6 +40,7 @@ type streamKey struct {
 // streamState is what the tracker knows about one stream.
 type streamState struct {
 	node string
+	peer sockowner.Peer          // who opened it, as the kernel says
 	sent map[string]sentResponse // by type URL: the last response sent
 }
 
@@ -91,9 +94,10 @@ func (c callbacks) key(delta bool, id int64) streamKey {
 	return streamKey{listener: c.listener, delta: delta, id: id}
 }
 
-// OnStreamOpen counts a new SotW stream.
-func (c callbacks) OnStreamOpen(context.Context, int64, string) error {
+// OnStreamOpen counts a new SotW stream and notes its peer.
+func (c callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
 	c.s.m.sotwActive.Inc()
+	c.s.opened(c.key(false, id), peerOf(ctx))
 	return nil
 }
 
@@ -114,9 +118,10 @@ func (c callbacks) OnStreamResponse(_ context.Context, id int64, _ *discovery.Di
 	c.s.onResponse(c.key(false, id), resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 }
 
-// OnDeltaStreamOpen counts a new delta stream.
-func (c callbacks) OnDeltaStreamOpen(context.Context, int64, string) error {
+// OnDeltaStreamOpen counts a new delta stream and notes its peer.
+func (c callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
 	c.s.m.deltaActv.Inc()
+	c.s.opened(c.key(true, id), peerOf(ctx))
 	return nil
 }
 
@@ -169,20 +174,20 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 		if nodeID == "" {
 			return status.Error(codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
 		}
-		s.join(k, nodeID)
+		p := s.join(k, nodeID)
 		// Nothing was sent on this stream yet: no ACK or NACK, but maybe
 		// the version the node runs.
-		s.runs(nodeID, typeURL, version)
+		s.runs(nodeID, p, typeURL, version)
 		return nil
 	}
 	sent, ok := st.sent[typeURL]
 	if nonce == "" || !ok || nonce != sent.nonce || sent.answered {
 		// An initial request, a repeated one, or one with a stale nonce
 		// (go-control-plane ignores those).
-		node := st.node
+		node, p := st.node, st.peer
 		s.mu.Unlock()
 		if !ok {
-			s.runs(node, typeURL, version)
+			s.runs(node, p, typeURL, version)
 		}
 		return nil
 	}
@@ -202,7 +207,7 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 	var evs []event
 	if typeURL == resource.ListenerType && s.events.ev != nil {
 		for _, p := range s.portsOf(sent.version) {
-			evs = append(evs, event{node: node, port: p})
+			evs = append(evs, event{node: node, peer: st.peer, port: p})
 		}
 	}
 	s.mu.Unlock()
@@ -228,14 +233,24 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, version string) {
 	}
 }
 
-// join registers stream k of node (its first request). The node's first
-// stream gives the node the current snapshot, so that go-control-plane's
-// watch, created right after this callback returns, is answered at once.
-func (s *Server) join(k streamKey, node string) {
+// opened notes the peer of stream k until its first request joins it.
+func (s *Server) opened(k streamKey, p sockowner.Peer) {
+	s.mu.Lock()
+	s.peers[k] = p
+	s.mu.Unlock()
+}
+
+// join registers stream k of node (its first request) and returns the
+// stream's peer. The node's first stream gives the node the current
+// snapshot, so that go-control-plane's watch, created right after this
+// callback returns, is answered at once.
+func (s *Server) join(k streamKey, node string) sockowner.Peer {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
 	s.mu.Lock()
-	s.streams[k] = &streamState{node: node}
+	p := s.peers[k]
+	delete(s.peers, k)
+	s.streams[k] = &streamState{node: node, peer: p}
 	n := s.nodes[node]
 	if n == nil {
 		n = &nodeState{}
@@ -251,6 +266,7 @@ func (s *Server) join(k streamKey, node string) {
 			s.log.Warn("xds: set snapshot", "node", node, "error", err)
 		}
 	}
+	return p
 }
 
 // leave forgets stream k. When it was its node's last stream, the node's
@@ -260,6 +276,7 @@ func (s *Server) leave(k streamKey) {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
 	s.mu.Lock()
+	delete(s.peers, k) // a stream closed before its first request
 	st := s.streams[k]
 	if st == nil {
 		s.mu.Unlock()
@@ -286,14 +303,14 @@ func (s *Server) leave(k streamKey) {
 // ACK, even if it never ACKs another version (it may NACK the next):
 // ListenerACKed for the version's ports, when the version is a recent
 // one. Nothing for other types, an empty version or an unknown one.
-func (s *Server) runs(node, typeURL, version string) {
+func (s *Server) runs(node string, peer sockowner.Peer, typeURL, version string) {
 	if typeURL != resource.ListenerType || version == "" || s.events.ev == nil {
 		return
 	}
 	s.mu.Lock()
 	var evs []event
 	for _, p := range s.portsOf(version) {
-		evs = append(evs, event{node: node, port: p})
+		evs = append(evs, event{node: node, peer: peer, port: p})
 	}
 	s.mu.Unlock()
 	s.events.push(evs...)

@@ -3,6 +3,7 @@ package xds
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -23,6 +24,7 @@ type debugRejection struct {
 
 type debugNode struct {
 	Streams int                  `json:"streams"`
+	Peers   []string             `json:"peers"`
 	Types   map[string]debugType `json:"types"`
 }
 
@@ -60,6 +62,14 @@ func (s *Server) debugState() debugState {
 			dn.Types[url] = dt
 		}
 		d.Nodes[id] = dn
+	}
+	for _, st := range s.streams {
+		dn := d.Nodes[st.node]
+		if p := st.peer.String(); !slices.Contains(dn.Peers, p) {
+			dn.Peers = append(dn.Peers, p)
+			slices.Sort(dn.Peers)
+			d.Nodes[st.node] = dn
+		}
 	}
 	return d
 }

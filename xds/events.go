@@ -1,6 +1,10 @@
 package xds
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/realipd/realipd/sockowner"
+)
 
 // Events receives what the other roles need to know about the nodes served:
 // that a node's Envoy has accepted a listener on a port (so traffic may be
@@ -12,6 +16,13 @@ import "sync"
 // never on an xDS stream and never while the Server holds a lock, so a slow
 // method delays only the events after it. Implementations must still be
 // quick and must not block: hand long work to a goroutine of your own.
+//
+// Anyone who can reach xds.listen can open a stream, name any node and ACK
+// anything: an event is a claim, not a fact. Each carries the peer of the
+// stream it came from, as the kernel names it (sockowner.Peer), so that a
+// receiver can count only the claims of the user Envoy runs as, and must
+// still check what is claimed (the native listener checks that a listening
+// socket of that user really holds the port).
 type Events interface {
 	// ListenerACKed reports that node has ACKed a listener version with a
 	// listener bound to port (the port of the listener's socket address or
@@ -23,7 +34,7 @@ type Events interface {
 	// listeners naming, in version_info, a recent version it had ACKed
 	// (a node coming back says what it runs), before it answers the
 	// version it is then sent, which it may NACK.
-	ListenerACKed(node string, port uint32)
+	ListenerACKed(node string, peer sockowner.Peer, port uint32)
 	// NodeGone reports that the last ADS stream (SotW or delta) of node has
 	// closed; the Server has forgotten the node.
 	NodeGone(node string)
@@ -32,8 +43,9 @@ type Events interface {
 // event is one call of Events.
 type event struct {
 	node string
+	peer sockowner.Peer
 	port uint32
-	gone bool // NodeGone; otherwise ListenerACKed(node, port)
+	gone bool // NodeGone; otherwise ListenerACKed(node, peer, port)
 }
 
 // eventQueue delivers events to an Events in order from one goroutine,
@@ -76,7 +88,7 @@ func (e *eventQueue) run() {
 			if ev.gone {
 				e.ev.NodeGone(ev.node)
 			} else {
-				e.ev.ListenerACKed(ev.node, ev.port)
+				e.ev.ListenerACKed(ev.node, ev.peer, ev.port)
 			}
 		}
 	}

@@ -31,6 +31,9 @@
 //	                 when none was
 //	nodes            by node id, the connected nodes:
 //	  streams        its open ADS streams (SotW and delta)
+//	  peers          who opened them, as the kernel says: "uid=N" (with
+//	                 ",pid=P" on a unix socket) or "unknown" (a TCP peer
+//	                 outside this network namespace), sorted
 //	  types          by type URL:
 //	    last_sent_version   the version of the last response sent (for
 //	                        delta, its system_version_info)
@@ -79,6 +82,8 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/realipd/realipd/sockowner"
 )
 
 // ServiceName is the gRPC service the Server implements; grpc.health.v1
@@ -130,6 +135,7 @@ type Server struct {
 	recent    []versionPorts // listener ports of the last versions, newest last
 	rejected  *rejection
 	streams   map[streamKey]*streamState
+	peers     map[streamKey]sockowner.Peer // streams opened and not yet joined
 	nodes     map[string]*nodeState
 }
 
@@ -169,6 +175,7 @@ func New(opts Options) (*Server, error) {
 		drainTimeout: opts.DrainTimeout,
 		serverOpts:   opts.ServerOptions,
 		streams:      make(map[streamKey]*streamState),
+		peers:        make(map[streamKey]sockowner.Peer),
 		nodes:        make(map[string]*nodeState),
 	}
 	if s.drainTimeout <= 0 {
@@ -386,6 +393,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 			PermitWithoutStream: true,
 		}),
 	}
+	// Every connection is tagged with its peer as the kernel names it
+	// (peer.go); the options the caller gives come after, and may replace
+	// the credentials (tests).
+	opts = append(opts, grpc.Creds(peerCredentials{}))
 	opts = append(opts, s.serverOpts...)
 	gs := grpc.NewServer(opts...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, xs)

@@ -40,6 +40,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/realipd/realipd/sockowner"
 )
 
 // The ports of adsResources' listeners.
@@ -262,12 +264,25 @@ func (s recStream) RecvMsg(m any) error {
 // recEvents records Events calls in order.
 type recEvents struct {
 	ch chan string // "acked <node> <port>" or "gone <node>"
+
+	mu    sync.Mutex
+	peers []sockowner.Peer // of every ListenerACKed, in order
 }
 
 func newRecEvents() *recEvents { return &recEvents{ch: make(chan string, 1000)} }
 
-func (e *recEvents) ListenerACKed(node string, port uint32) {
+func (e *recEvents) ListenerACKed(node string, peer sockowner.Peer, port uint32) {
+	e.mu.Lock()
+	e.peers = append(e.peers, peer)
+	e.mu.Unlock()
 	e.ch <- "acked " + node + " " + strconv.FormatUint(uint64(port), 10)
+}
+
+// ackPeers returns the peers of the ListenerACKed calls so far.
+func (e *recEvents) ackPeers() []sockowner.Peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.peers)
 }
 func (e *recEvents) NodeGone(node string) { e.ch <- "gone " + node }
 
@@ -993,8 +1008,8 @@ type countEvents struct {
 	gone  atomic.Int64
 }
 
-func (c *countEvents) ListenerACKed(string, uint32) { c.acked.Add(1) }
-func (c *countEvents) NodeGone(string)              { c.gone.Add(1) }
+func (c *countEvents) ListenerACKed(string, sockowner.Peer, uint32) { c.acked.Add(1) }
+func (c *countEvents) NodeGone(string)                              { c.gone.Add(1) }
 
 func benchFanout(b *testing.B, n int) {
 	ev := &countEvents{}

@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
+	if spec := os.Getenv(adsClientEnv); spec != "" {
+		os.Exit(adsClientChild(spec))
+	}
+	netnstestRunChild()
 	code := m.Run()
 	if pluginDir != "" {
 		os.RemoveAll(pluginDir)

@@ -87,9 +87,11 @@ type origdstDump struct {
 }
 
 type origdstPortDump struct {
-	Holder string   `json:"holder"`          // native, envoy or none (binding again failed)
-	Nodes  []string `json:"nodes,omitempty"` // the Envoy nodes holding it
-	Error  string   `json:"error,omitempty"` // why binding it again failed
+	Holder  string   `json:"holder"`            // native, envoy or none (neither serves it: taking it back failed)
+	Nodes   []string `json:"nodes,omitempty"`   // the Envoy nodes holding it
+	Error   string   `json:"error,omitempty"`   // why taking it back failed
+	Claimed []string `json:"claimed,omitempty"` // nodes of Envoy's user claiming a port the native listener still serves
+	Waiting string   `json:"waiting,omitempty"` // why their claim is not honoured yet (no socket of Envoy's user listens there)
 }
 
 // origdstRole builds the native listener of cfg on the chains of chains
@@ -193,7 +195,7 @@ func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 func handoffDump(h *origdst.Handoff) *origdstDump {
 	d := &origdstDump{Fallback: "auto", Ports: map[string]origdstPortDump{}}
 	for _, p := range h.Ports() {
-		d.Ports[strconv.Itoa(int(p.Port))] = origdstPortDump{Holder: p.Holder, Nodes: p.Nodes, Error: p.Error}
+		d.Ports[strconv.Itoa(int(p.Port))] = origdstPortDump{Holder: p.Holder, Nodes: p.Nodes, Error: p.Error, Claimed: p.Claimed, Waiting: p.Waiting}
 	}
 	return d
 }

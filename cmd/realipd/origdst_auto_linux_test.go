@@ -5,8 +5,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/realipd/realipd/internal/config"
 )
@@ -74,13 +75,43 @@ func waitPort(t *testing.T, admin string, port int, want origdstPortDump) {
 	}
 }
 
+// reusePortListen listens on addr with SO_REUSEPORT, as Envoy's listeners
+// do: a stand-in Envoy that answers every connection with "envoy\n".
+func reusePortListen(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(t.Context(), "tcp4", addr)
+	if err != nil {
+		t.Fatalf("a stand-in Envoy cannot listen on %s beside the native listener: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "envoy\n")
+			c.Close()
+		}
+	}()
+	return ln
+}
+
 // TestServeOrigDstAuto: serve with the xDS role and origdst.fallback auto,
 // the capture port being xds.outbound_port. At start the native listener
-// serves the port; an Envoy-like ADS client that ACKs the listeners takes
-// it (the native listener stops listening, /config_dump names the node,
-// /readyz stays ready, the metrics count the handoff); once the client's
-// streams are gone for fallback_grace, the native listener binds the port
-// again.
+// serves the port; a stand-in Envoy listens there too (SO_REUSEPORT, the
+// same user) and its ADS client ACKs the listeners: the port is handed
+// over (the native listener stops accepting, /config_dump names the node,
+// /readyz stays ready, the metrics count the handoff) and new connections
+// reach the stand-in. Once the stand-in's socket is gone, the native
+// listener takes the port back, although the node is still connected.
 func TestServeOrigDstAuto(t *testing.T) {
 	needMark(t)
 	port := freePort(t)
@@ -111,6 +142,7 @@ origdst: {enabled: true, fallback: auto, fallback_grace: 300ms, listen: ["127.0.
 	ready("start")
 	metrics("start", "realipd_origdst_listeners 1", `realipd_origdst_ports{holder="native"} 1`)
 
+	envoy := reusePortListen(t, fmt.Sprintf("127.0.0.1:%d", port))
 	conn := dialADS(t, s.logs.wait(t, reXDSAddr, 0)[1])
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -120,19 +152,26 @@ origdst: {enabled: true, fallback: auto, fallback_grace: 300ms, listen: ["127.0.
 	metrics("handed off", "realipd_origdst_listeners 0", `realipd_origdst_ports{holder="envoy"} 1`,
 		`realipd_origdst_handoffs_total{to="envoy"} 1`, `realipd_origdst_handoffs_total{to="native"} 0`)
 	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
-	if err == nil {
-		c.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("connecting to the port Envoy holds (and does not listen on, in this test): %v, want refused", err)
+	if b, err := io.ReadAll(c); err != nil || string(b) != "envoy\n" {
+		t.Errorf("a connection to the port Envoy holds: %q, %v; want the stand-in's answer", b, err)
 	}
+	c.Close()
 
-	// The node's streams end: after the grace the port is bound again.
+	// The stand-in's socket is gone; its node is still connected.
+	envoy.Close()
+	waitPort(t, s.admin, port, origdstPortDump{Holder: "native", Claimed: []string{"sidecar-1"},
+		Waiting: fmt.Sprintf("no socket of uid 0 other than the native listener's listens on 127.0.0.1:%d", port)})
+	ready("taken back")
+	metrics("taken back", "realipd_origdst_listeners 1", `realipd_origdst_handoffs_total{to="native"} 1`,
+		`realipd_origdst_handoff_claims_refused_total{reason="socket_gone"} 1`)
+	s.logs.wait(t, regexp.MustCompile(fmt.Sprintf(`msg="origdst: serving" role=origdst address=127.0.0.1:%d`, port)), 1)
+
+	// The node goes: after the grace its claim is gone too.
 	conn.Close()
 	waitPort(t, s.admin, port, origdstPortDump{Holder: "native"})
-	ready("taken back")
-	metrics("taken back", "realipd_origdst_listeners 1", `realipd_origdst_handoffs_total{to="native"} 1`)
-	s.logs.wait(t, regexp.MustCompile(fmt.Sprintf(`msg="origdst: serving" role=origdst address=127.0.0.1:%d`, port)), 1)
 }
 
 // TestOrigDstAutoWithoutXDS: without the xDS role (which the validation

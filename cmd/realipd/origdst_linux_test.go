@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/realipd/realipd/internal/netnstest"
 )
 
 // TestServeOrigDstCannotStart: a native listener that cannot start stops
@@ -83,31 +85,13 @@ func worldReadable(t *testing.T, content string) string {
 // nobody (no capabilities) and returns its stderr and exit code.
 func runAsNobody(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The binary's directory must be reachable by nobody.
-	copyDir, err := os.MkdirTemp("", "realipd-bin-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(copyDir) })
-	os.Chmod(copyDir, 0o755)
-	bin := filepath.Join(copyDir, "realipd.test")
-	data, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := netnstest.ExecutableForAnyone(t)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "REALIPD_TEST_MAIN=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	err = cmd.Run()
+	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {
 		return stderr.String(), ee.ExitCode()
 	}

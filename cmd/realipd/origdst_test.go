@@ -11,6 +11,7 @@ import (
 
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/origdst"
+	"github.com/realipd/realipd/sockowner"
 )
 
 // TestServeOrigDstFallbackNever: fallback never runs the role idle, ready,
@@ -46,8 +47,8 @@ func TestServeOrigDstFallbackNever(t *testing.T) {
 // eventRecorder is an xds.Events that records what it hears.
 type eventRecorder struct{ got []string }
 
-func (r *eventRecorder) ListenerACKed(node string, port uint32) {
-	r.got = append(r.got, fmt.Sprintf("ack %s %d", node, port))
+func (r *eventRecorder) ListenerACKed(node string, peer sockowner.Peer, port uint32) {
+	r.got = append(r.got, fmt.Sprintf("ack %s %s %d", node, peer, port))
 }
 
 func (r *eventRecorder) NodeGone(node string) { r.got = append(r.got, "gone "+node) }
@@ -59,9 +60,9 @@ func TestXDSEventsFanOut(t *testing.T) {
 	a, b := &eventRecorder{}, &eventRecorder{}
 	e.add(a)
 	e.add(b)
-	e.ListenerACKed("n1", 15001)
+	e.ListenerACKed("n1", sockowner.Peer{UID: 101, Known: true}, 15001)
 	e.NodeGone("n1")
-	want := []string{"ack n1 15001", "gone n1"}
+	want := []string{"ack n1 uid=101 15001", "gone n1"}
 	if !slices.Equal(a.got, want) || !slices.Equal(b.got, want) {
 		t.Errorf("heard %q and %q, want %q each", a.got, b.got, want)
 	}

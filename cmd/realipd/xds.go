@@ -11,6 +11,7 @@ import (
 
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/origdst"
+	"github.com/realipd/realipd/sockowner"
 	"github.com/realipd/realipd/xds"
 )
 
@@ -87,8 +88,8 @@ func (rt *xdsRuntime) debugHandler() http.Handler { return rt.srv.DebugHandler()
 // level.
 type xdsEventLog struct{ log *slog.Logger }
 
-func (e xdsEventLog) ListenerACKed(node string, port uint32) {
-	e.log.Debug("xds: node ACKed a listener", "node", node, "port", port)
+func (e xdsEventLog) ListenerACKed(node string, peer sockowner.Peer, port uint32) {
+	e.log.Debug("xds: node ACKed a listener", "node", node, "peer", peer.String(), "port", port)
 }
 
 func (e xdsEventLog) NodeGone(node string) {
@@ -117,9 +118,9 @@ func (e *xdsEvents) listeners() []xds.Events {
 	return e.to
 }
 
-func (e *xdsEvents) ListenerACKed(node string, port uint32) {
+func (e *xdsEvents) ListenerACKed(node string, peer sockowner.Peer, port uint32) {
 	for _, ev := range e.listeners() {
-		ev.ListenerACKed(node, port)
+		ev.ListenerACKed(node, peer, port)
 	}
 }
 

@@ -93,6 +93,13 @@ func TestLayering(t *testing.T) {
 					t.Errorf("clientip imports %s; it may import the standard library only", imp)
 				}
 			}
+		case rel == "sockowner" || rel == "listenaddr":
+			// Shared by the roles: the standard library and x/sys only.
+			for _, imp := range p.Imports {
+				if !isStandard(imp) && !strings.HasPrefix(imp, "golang.org/x/sys/") {
+					t.Errorf("%s imports %s; it may import the standard library and golang.org/x/sys only", rel, imp)
+				}
+			}
 		case top == "plugins" || slices.Contains(roles, top):
 			// The roles meet only in cmd/realipd and internal/; plugins
 			// serves them all and imports none.

@@ -1,12 +1,19 @@
 package netnstest
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -218,4 +225,124 @@ func (n *Netns) Pool(t testing.TB, size int) (run func(func())) {
 		jobs <- j
 		<-j.done
 	}
+}
+
+// ExecutableForAnyone returns a copy of the running test binary that every
+// user may run (in a directory of mode 0755, removed when the test ends),
+// for tests that start it as another user: go test's own build directory
+// is readable by its owner only.
+func ExecutableForAnyone(t testing.TB) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := PublicDir(t)
+	bin := filepath.Join(dir, filepath.Base(exe))
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// PublicDir returns a new directory that every user may enter and read
+// (mode 0755), removed when the test ends.
+func PublicDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "realipd-public-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// bindChildEnv carries what a child started by ListenAs must bind:
+// "ADDR REUSEPORT" ("0.0.0.0:15001 1").
+const bindChildEnv = "NETNSTEST_LISTEN_AS"
+
+// RunChild runs the child part of ListenAs when this process is such a
+// child, and exits; otherwise it returns at once. A test binary that uses
+// ListenAs calls it first in its TestMain.
+func RunChild() {
+	spec := os.Getenv(bindChildEnv)
+	if spec == "" {
+		return
+	}
+	addr, reuse, _ := strings.Cut(spec, " ")
+	lc := net.ListenConfig{}
+	if reuse == "1" {
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	network := "tcp4"
+	if strings.HasPrefix(addr, "[") {
+		network = "tcp6"
+	}
+	ln, err := lc.Listen(context.Background(), network, addr)
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(0)
+	}
+	fmt.Println("listening")
+	_, _ = io.Copy(io.Discard, os.Stdin) // until the test closes stdin
+	ln.Close()
+	os.Exit(0)
+}
+
+// ListenAs makes a process of the user uid listen on addr in the
+// namespace (with SO_REUSEPORT when reuse), and returns nil while it
+// listens (until the test ends or stop is called), or the error of its
+// bind or listen (errors.Is EADDRINUSE works on it). The test binary's
+// TestMain must call RunChild.
+func (n *Netns) ListenAs(t testing.TB, uid uint32, addr string, reuse bool) (stop func(), err error) {
+	t.Helper()
+	spec := addr + " 0"
+	if reuse {
+		spec = addr + " 1"
+	}
+	bin := ExecutableForAnyone(t)
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), bindChildEnv+"="+spec)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Must(t, cmd.Start) // forked on a thread inside the namespace
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			stdin.Close()
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case line == "listening":
+		return stop, nil
+	case strings.Contains(line, "address already in use"):
+		stop()
+		return nil, fmt.Errorf("uid %d listen %s: %s: %w", uid, addr, line, syscall.EADDRINUSE)
+	}
+	stop()
+	return nil, fmt.Errorf("uid %d listen %s: %q", uid, addr, line)
 }
