@@ -8,6 +8,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/realipd/realipd/clientip"
@@ -71,8 +72,17 @@ type state struct {
 	clientIPHeader string
 	namespace      string
 	denyStatus     int
-	allowCount     interface{ Inc() }
-	denyCount      interface{ Inc() }
+	allowCount     prometheus.Counter
+	denyCount      map[string]prometheus.Counter // by deciding policy: the chain's and trust.on_unresolved
+}
+
+// denied returns the deny counter of policy.
+func (s *Server) denied(st *state, policy string) prometheus.Counter {
+	if c, ok := st.denyCount[policy]; ok {
+		return c
+	}
+	// A Chain names only its own policies: this is not reached.
+	return s.m.requests.WithLabelValues("deny", st.strategyName, policy)
 }
 
 // handle answers one serialized ProcessingRequest msg by filling out; it
@@ -146,7 +156,7 @@ func (s *Server) acquire() (st *state, held bool) {
 
 // policyUnresolved is the policy metadata field of a deny by
 // trust.on_unresolved: deny.
-const policyUnresolved = "trust.on_unresolved"
+const policyUnresolved = plugins.PolicyUnresolved
 
 // unresolvedBody and unresolvedDetails answer a request denied because its
 // client IP is unresolved.
@@ -217,8 +227,9 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 	var setBuf [1]header
 	var mut mutation
 
+	s.decisions.Log(ctx, plugins.Decided{Door: plugins.DoorExtProc, Peer: peer, Resolution: res, Deny: verdict.Deny, Policy: verdict.Policy})
 	if verdict.Deny {
-		st.denyCount.Inc()
+		s.denied(st, verdict.Policy).Inc()
 		fieldsBuf[4] = metaField{"decision", "deny"}
 		fieldsBuf[5] = metaField{"policy", verdict.Policy}
 		md.fields = fieldsBuf[:6]

@@ -78,6 +78,10 @@ type Options struct {
 	// LocalAddrs lists this host's addresses, which Envoy may append to
 	// X-Forwarded-For for a loopback peer; nil lists the interfaces'.
 	LocalAddrs func() ([]netip.Addr, error)
+	// DecisionLog records every decision (a deny at Info, an allow at
+	// Debug, rate-limited); nil makes one on Logger with the default rate.
+	// Roles that share one bound the log volume together.
+	DecisionLog *plugins.DecisionLog
 }
 
 // Server is realipd's envoy.service.ext_proc.v3.ExternalProcessor. It is safe
@@ -91,6 +95,7 @@ type Server struct {
 	warnNoPeer   rateLimit
 	warnMismatch rateLimit
 	local        *localAddrs
+	decisions    *plugins.DecisionLog
 	serving      atomic.Int32 // listeners serving and not draining
 }
 
@@ -112,6 +117,10 @@ func New(s Settings, opts Options) (*Server, error) {
 		warnNoPeer:   rateLimit{every: warnInterval},
 		warnMismatch: rateLimit{every: warnInterval},
 		local:        newLocalAddrs(opts.LocalAddrs),
+		decisions:    opts.DecisionLog,
+	}
+	if srv.decisions == nil {
+		srv.decisions = plugins.NewDecisionLog(log, plugins.DecisionLogOptions{})
 	}
 	if srv.drainTimeout <= 0 {
 		srv.drainTimeout = DefaultDrainTimeout
@@ -163,8 +172,18 @@ func (srv *Server) Update(s Settings) error {
 	if !plugins.ValidDenyStatus(st.denyStatus) {
 		return fmt.Errorf("extproc: settings: deny_status %d is not an HTTP status Envoy can send (a defined status code from 200 to 599)", s.DenyStatus)
 	}
-	st.allowCount = srv.m.requests.WithLabelValues("allow", st.strategyName)
-	st.denyCount = srv.m.requests.WithLabelValues("deny", st.strategyName)
+	// The deny series of every policy that can deny exist from now on, so
+	// that the hot path looks none up; the policy names come from the
+	// configuration, which bounds them.
+	st.allowCount = srv.m.requests.WithLabelValues("allow", st.strategyName, "")
+	names := s.Chain.Names()
+	if !s.PassUnresolved {
+		names = append(names, policyUnresolved)
+	}
+	st.denyCount = make(map[string]prometheus.Counter, len(names))
+	for _, name := range names {
+		st.denyCount[name] = srv.m.requests.WithLabelValues("deny", st.strategyName, name)
+	}
 	srv.state.Store(st)
 	return nil
 }
