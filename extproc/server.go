@@ -64,6 +64,14 @@ type Settings struct {
 	DenyStatus int
 }
 
+// TrimsEnvoyEntry reports whether a server with settings s removes the
+// entry Envoy appended to X-Forwarded-For before resolving
+// (TrimEnvoyEntry): with XFFAppendedByEnvoy, when the Resolver reads
+// X-Forwarded-For.
+func (s Settings) TrimsEnvoyEntry() bool {
+	return s.XFFAppendedByEnvoy && s.Resolver != nil && s.Resolver.Header() == "x-forwarded-for"
+}
+
 // Options are the fixed parts of a Server.
 type Options struct {
 	// Logger receives the server's logs; nil discards them.
@@ -151,7 +159,7 @@ func (srv *Server) Update(s Settings) error {
 		namespace:      s.MetadataNamespace,
 		denyStatus:     s.DenyStatus,
 	}
-	st.trimXFF = s.XFFAppendedByEnvoy && st.header == "x-forwarded-for"
+	st.trimXFF = s.TrimsEnvoyEntry()
 	// Whether any policy reads request headers is fixed for a Chain; which
 	// ones can change (a plugin restarted with other inputs), so the
 	// handler asks the Chain, allocation-free, per request.
