@@ -8,6 +8,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/realipd/realipd/clientip"
@@ -71,8 +72,17 @@ type state struct {
 	clientIPHeader string
 	namespace      string
 	denyStatus     int
-	allowCount     interface{ Inc() }
-	denyCount      interface{ Inc() }
+	allowCount     prometheus.Counter
+	denyCount      map[string]prometheus.Counter // by deciding policy: the chain's and trust.on_unresolved
+}
+
+// denied returns the deny counter of policy.
+func (s *Server) denied(st *state, policy string) prometheus.Counter {
+	if c, ok := st.denyCount[policy]; ok {
+		return c
+	}
+	// A Chain names only its own policies: this is not reached.
+	return s.m.requests.WithLabelValues("deny", st.strategyName, policy)
 }
 
 // handle answers one serialized ProcessingRequest msg by filling out; it
@@ -146,7 +156,7 @@ func (s *Server) acquire() (st *state, held bool) {
 
 // policyUnresolved is the policy metadata field of a deny by
 // trust.on_unresolved: deny.
-const policyUnresolved = "trust.on_unresolved"
+const policyUnresolved = plugins.PolicyUnresolved
 
 // unresolvedBody and unresolvedDetails answer a request denied because its
 // client IP is unresolved.
@@ -217,8 +227,9 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 	var setBuf [1]header
 	var mut mutation
 
+	s.decisions.Log(ctx, plugins.Decided{Door: plugins.DoorExtProc, Peer: peer, Resolution: res, Deny: verdict.Deny, Policy: verdict.Policy})
 	if verdict.Deny {
-		st.denyCount.Inc()
+		s.denied(st, verdict.Policy).Inc()
 		fieldsBuf[4] = metaField{"decision", "deny"}
 		fieldsBuf[5] = metaField{"policy", verdict.Policy}
 		md.fields = fieldsBuf[:6]
@@ -330,41 +341,90 @@ func peerAddr(s string) (netip.Addr, bool) {
 	return a, true
 }
 
-// removeEnvoyEntry removes the last X-Forwarded-For entry when it is the one
-// Envoy appended with use_remote_address: true — the IP of source.address,
-// or for a loopback peer Envoy's own address (destination.address, or one of
-// this host's addresses: Envoy appends its node's local address, and realipd
-// runs beside it). Anything else was not written by Envoy and stays: it is
-// counted and warned about, since Envoy then probably does not append. A
-// peer that is not an IP (a pipe) gets nothing appended, so nothing is
-// removed.
+// removeEnvoyEntry removes the last X-Forwarded-For entry when it is the
+// one Envoy appended (TrimEnvoyEntry). Anything else was not written by
+// Envoy and stays: it is counted and warned about, since Envoy then
+// probably does not append.
 func (s *Server) removeEnvoyEntry(lines []string, req *request) []string {
-	last := clientip.LastEntry(lines)
-	if h := peerHost(req.peer); h != "" && last == h {
-		// The common case, compared as text: Envoy writes source.address and
-		// the entry it appends from the same address.
-		return clientip.TrimLastEntry(lines)
-	}
-	src, ok := peerAddr(req.peer)
-	if !ok {
-		return lines // a pipe peer: Envoy appended nothing
-	}
-	if a, ok := bareAddr(last); ok {
-		if a == src.WithZone("") {
-			return clientip.TrimLastEntry(lines)
-		}
-		if src.IsLoopback() {
-			if dst, ok := peerAddr(req.destination); (ok && a == dst) || s.local.contains(a) {
-				return clientip.TrimLastEntry(lines)
-			}
-		}
+	lines, found := TrimEnvoyEntry(lines, req.peer, req.destination, s.local.contains)
+	if found != EnvoyEntryMismatch {
+		return lines
 	}
 	s.m.mismatch.Inc()
 	if s.warnMismatch.allow() {
 		s.log.Warn("extproc: the last X-Forwarded-For entry is not the address Envoy appends (source.address), so nothing was removed before resolving: Envoy is probably not running with use_remote_address: true (or has skip_xff_append set); if that is intended, set extproc.xff_appended_by_envoy: false",
-			"source_address", req.peer, "last_entry", last)
+			"source_address", req.peer, "last_entry", clientip.LastEntry(lines))
 	}
 	return lines
+}
+
+// EnvoyEntry is what TrimEnvoyEntry found at the end of X-Forwarded-For.
+type EnvoyEntry uint8
+
+// What TrimEnvoyEntry found.
+const (
+	// EnvoyEntryRemoved: the last entry is the one Envoy appends, and was
+	// removed.
+	EnvoyEntryRemoved EnvoyEntry = iota + 1
+	// EnvoyEntryNotAppended: the peer is not an IP (a pipe), so Envoy
+	// appended nothing and nothing was removed.
+	EnvoyEntryNotAppended
+	// EnvoyEntryMismatch: the last entry (or its absence) is not what
+	// Envoy appends, so nothing was removed: Envoy probably does not
+	// append (use_remote_address: false, skip_xff_append).
+	EnvoyEntryMismatch
+)
+
+// String returns removed, not_appended or mismatch.
+func (e EnvoyEntry) String() string {
+	switch e {
+	case EnvoyEntryRemoved:
+		return "removed"
+	case EnvoyEntryNotAppended:
+		return "not_appended"
+	case EnvoyEntryMismatch:
+		return "mismatch"
+	}
+	return "unknown"
+}
+
+// TrimEnvoyEntry is the server's step before resolving X-Forwarded-For with
+// extproc.xff_appended_by_envoy: given the lines of the header as Envoy
+// forwarded them and the source.address and destination.address
+// attributes, it removes the last entry when it is the one Envoy appended
+// with use_remote_address: true — the IP of source, or for a loopback
+// source Envoy's own address (destination, or an address of this host for
+// which isLocal is true: Envoy appends its node's local address, and
+// realipd runs beside it). A source that is not an IP (a pipe) gets
+// nothing appended, so nothing is removed. The lines are trimmed in place
+// (clientip.TrimLastEntry). A nil isLocal lists the host's interface
+// addresses when it is needed. It does not allocate (with a non-nil
+// isLocal that does not).
+func TrimEnvoyEntry(lines []string, source, destination string, isLocal func(netip.Addr) bool) ([]string, EnvoyEntry) {
+	last := clientip.LastEntry(lines)
+	if h := peerHost(source); h != "" && last == h {
+		// The common case, compared as text: Envoy writes source.address and
+		// the entry it appends from the same address.
+		return clientip.TrimLastEntry(lines), EnvoyEntryRemoved
+	}
+	src, ok := peerAddr(source)
+	if !ok {
+		return lines, EnvoyEntryNotAppended // a pipe peer: Envoy appended nothing
+	}
+	if a, ok := bareAddr(last); ok {
+		if a == src.WithZone("") {
+			return clientip.TrimLastEntry(lines), EnvoyEntryRemoved
+		}
+		if src.IsLoopback() {
+			if isLocal == nil {
+				isLocal = hostAddr
+			}
+			if dst, ok := peerAddr(destination); (ok && a == dst) || isLocal(a) {
+				return clientip.TrimLastEntry(lines), EnvoyEntryRemoved
+			}
+		}
+	}
+	return lines, EnvoyEntryMismatch
 }
 
 // peerHost returns the IP text of an "ip:port" or "[v6]:port" peer, or ""

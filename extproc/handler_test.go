@@ -385,8 +385,10 @@ func TestMetrics(t *testing.T) {
 		c    prometheus.Metric
 		want float64
 	}{
-		{"allow", srv.m.requests.WithLabelValues("allow", "rightmost_trusted_range"), 3},
-		{"deny", srv.m.requests.WithLabelValues("deny", "rightmost_trusted_range"), 3},
+		{"allow", srv.m.requests.WithLabelValues("allow", "rightmost_trusted_range", ""), 3},
+		// A deny counts under the policy that decided.
+		{"deny by bl", srv.m.requests.WithLabelValues("deny", "rightmost_trusted_range", "bl"), 1},
+		{"deny by trust.on_unresolved", srv.m.requests.WithLabelValues("deny", "rightmost_trusted_range", "trust.on_unresolved"), 2},
 		{"mismatch", srv.m.mismatch, 1},
 		{"unresolved all_trusted", srv.m.failures.WithLabelValues("all_trusted"), 0},
 		{"unresolved invalid", srv.m.failures.WithLabelValues("invalid"), 1},

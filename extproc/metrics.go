@@ -13,7 +13,7 @@ import (
 // every request are resolved to their label values once, so the hot path
 // does no label lookups.
 type metrics struct {
-	requests     *prometheus.CounterVec // decision, strategy
+	requests     *prometheus.CounterVec // decision, strategy, policy
 	failures     *prometheus.CounterVec // reason: unresolved requests
 	policyErrors *prometheus.CounterVec // policy
 	messages     *prometheus.CounterVec // phase
@@ -35,8 +35,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "extproc", Name: "requests_total",
-			Help: "Request headers messages answered, by decision (allow, deny) and strategy.",
-		}, []string{"decision", "strategy"}),
+			Help: "Request headers messages answered, by decision (allow, deny), strategy and, on deny, the deciding policy (a policies entry's name, or trust.on_unresolved).",
+		}, []string{"decision", "strategy", "policy"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "extproc", Name: "unresolved_total",
 			Help: "Requests whose client IP is unresolved (no client IP; trust.on_unresolved decides), by reason: invalid, bound, no_peer (no usable peer or no source.address), too_few_entries, no_public_entry.",

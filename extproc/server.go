@@ -64,6 +64,14 @@ type Settings struct {
 	DenyStatus int
 }
 
+// TrimsEnvoyEntry reports whether a server with settings s removes the
+// entry Envoy appended to X-Forwarded-For before resolving
+// (TrimEnvoyEntry): with XFFAppendedByEnvoy, when the Resolver reads
+// X-Forwarded-For.
+func (s Settings) TrimsEnvoyEntry() bool {
+	return s.XFFAppendedByEnvoy && s.Resolver != nil && s.Resolver.Header() == "x-forwarded-for"
+}
+
 // Options are the fixed parts of a Server.
 type Options struct {
 	// Logger receives the server's logs; nil discards them.
@@ -78,6 +86,10 @@ type Options struct {
 	// LocalAddrs lists this host's addresses, which Envoy may append to
 	// X-Forwarded-For for a loopback peer; nil lists the interfaces'.
 	LocalAddrs func() ([]netip.Addr, error)
+	// DecisionLog records every decision (a deny at Info, an allow at
+	// Debug, rate-limited); nil makes one on Logger with the default rate.
+	// Roles that share one bound the log volume together.
+	DecisionLog *plugins.DecisionLog
 }
 
 // Server is realipd's envoy.service.ext_proc.v3.ExternalProcessor. It is safe
@@ -91,6 +103,7 @@ type Server struct {
 	warnNoPeer   rateLimit
 	warnMismatch rateLimit
 	local        *localAddrs
+	decisions    *plugins.DecisionLog
 	serving      atomic.Int32 // listeners serving and not draining
 }
 
@@ -112,6 +125,10 @@ func New(s Settings, opts Options) (*Server, error) {
 		warnNoPeer:   rateLimit{every: warnInterval},
 		warnMismatch: rateLimit{every: warnInterval},
 		local:        newLocalAddrs(opts.LocalAddrs),
+		decisions:    opts.DecisionLog,
+	}
+	if srv.decisions == nil {
+		srv.decisions = plugins.NewDecisionLog(log, plugins.DecisionLogOptions{})
 	}
 	if srv.drainTimeout <= 0 {
 		srv.drainTimeout = DefaultDrainTimeout
@@ -142,7 +159,7 @@ func (srv *Server) Update(s Settings) error {
 		namespace:      s.MetadataNamespace,
 		denyStatus:     s.DenyStatus,
 	}
-	st.trimXFF = s.XFFAppendedByEnvoy && st.header == "x-forwarded-for"
+	st.trimXFF = s.TrimsEnvoyEntry()
 	// Whether any policy reads request headers is fixed for a Chain; which
 	// ones can change (a plugin restarted with other inputs), so the
 	// handler asks the Chain, allocation-free, per request.
@@ -163,8 +180,18 @@ func (srv *Server) Update(s Settings) error {
 	if !plugins.ValidDenyStatus(st.denyStatus) {
 		return fmt.Errorf("extproc: settings: deny_status %d is not an HTTP status Envoy can send (a defined status code from 200 to 599)", s.DenyStatus)
 	}
-	st.allowCount = srv.m.requests.WithLabelValues("allow", st.strategyName)
-	st.denyCount = srv.m.requests.WithLabelValues("deny", st.strategyName)
+	// The deny series of every policy that can deny exist from now on, so
+	// that the hot path looks none up; the policy names come from the
+	// configuration, which bounds them.
+	st.allowCount = srv.m.requests.WithLabelValues("allow", st.strategyName, "")
+	names := s.Chain.Names()
+	if !s.PassUnresolved {
+		names = append(names, policyUnresolved)
+	}
+	st.denyCount = make(map[string]prometheus.Counter, len(names))
+	for _, name := range names {
+		st.denyCount[name] = srv.m.requests.WithLabelValues("deny", st.strategyName, name)
+	}
 	srv.state.Store(st)
 	return nil
 }

@@ -96,6 +96,13 @@ func (l *localAddrs) refresh() {
 	}
 }
 
+// hostAddr reports whether a is an address of one of the host's network
+// interfaces, listing them now.
+func hostAddr(a netip.Addr) bool {
+	addrs, err := interfaceAddrs()
+	return err == nil && slices.Contains(addrs, a)
+}
+
 // interfaceAddrs lists the addresses of the host's network interfaces,
 // unmapped.
 func interfaceAddrs() ([]netip.Addr, error) {

@@ -45,6 +45,11 @@ const (
 	idleUpstreamTimeout = 60 * time.Second
 )
 
+// policyHTTPRefused names, in the decision log and the policy label, the
+// deny of a request that Envoy's HTTP connection manager refuses before
+// any filter runs (envoyRefuses).
+const policyHTTPRefused = "http_refused"
+
 // Bodies of the answers the HTTP mode gives itself, those of the ext_proc
 // server where it has one.
 const (
@@ -176,8 +181,10 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// filter runs (so ext_proc never sees it) is refused or rewritten
 	// here first.
 	if refusal := envoyRefuses(r); refusal != "" {
-		srv.m.httpRequests[1].Inc()
+		st := srv.state.Load()
+		srv.m.deniedHTTP(&st.denied, policyHTTPRefused)
 		srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
+		srv.decisions.Log(r.Context(), plugins.Decided{Door: plugins.DoorHTTP, Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst, Deny: true, Policy: policyHTTPRefused})
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusForbidden)
 		_, _ = io.WriteString(w, refusal+"\n")
@@ -223,8 +230,9 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			srv.log.Debug("origdst: policy failed; on_error applied", "policy", v.ErrPolicy, "error", v.Err, "deny", v.Deny)
 		}
 	}
+	srv.decisions.Log(r.Context(), plugins.Decided{Door: plugins.DoorHTTP, Peer: hc.peer, Resolution: res, OriginalDst: hc.dst, Deny: v.Deny, Policy: v.Policy})
 	if v.Deny {
-		srv.m.httpRequests[1].Inc()
+		srv.m.deniedHTTP(&st.denied, v.Policy)
 		hdr := w.Header()
 		for _, ph := range v.Headers {
 			if plugins.ValidHeader(ph) && ph.Name != "content-type" {
@@ -240,7 +248,7 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, body)
 		return
 	}
-	srv.m.httpRequests[0].Inc()
+	srv.m.httpAllowed.Inc()
 	rw := &rewrite{pc: hc.pc, dst: hc.dst, clientIPHeader: h.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: v.Headers}
 	if res.OK() {
 		rw.clientIP = res.IP.String()

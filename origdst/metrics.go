@@ -7,6 +7,8 @@ import (
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realipd/realipd/plugins"
 )
 
 // Why a connection was refused (the reason label of
@@ -43,8 +45,11 @@ func (c cutReason) String() string {
 }
 
 type metrics struct {
-	accepted     prometheus.Counter
+	accepted prometheus.Counter
+	// refused by reason, for every reason but policy_deny, which is
+	// counted by policy (refusedBy).
 	refused      [numRefusals]prometheus.Counter
+	refusedBy    *prometheus.CounterVec // reason, policy
 	active       prometheus.Gauge
 	listeners    prometheus.Gauge
 	bytesUp      prometheus.Counter // client → upstream
@@ -55,7 +60,8 @@ type metrics struct {
 	policyErrors *prometheus.CounterVec
 	setup        prometheus.Histogram
 
-	httpRequests       [2]prometheus.Counter // allow, deny
+	httpAllowed        prometheus.Counter
+	httpRequests       *prometheus.CounterVec // decision, policy
 	httpUnresolved     *prometheus.CounterVec
 	httpUpstreamErrors prometheus.Counter
 
@@ -67,8 +73,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	accepted := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_accepted_total",
 		Help: "TCP connections accepted on the capture listeners, refused ones included."})
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "connections_refused_total",
-		Help: "Connections closed without being proxied, by reason: not_redirected (the original destination is a capture address), policy_deny, proxy_header (a PROXY header missing from a trusted peer, malformed, or sent by an untrusted one), limit (max_connections), lookup_error (no original destination), dial_error (the original destination did not answer)."},
-		[]string{"reason"})
+		Help: "Connections closed without being proxied, by reason: not_redirected (the original destination is a capture address), policy_deny (with the deciding policy: a policies entry's name, or trust.on_unresolved), proxy_header (a PROXY header missing from a trusted peer, malformed, or sent by an untrusted one), limit (max_connections), lookup_error (no original destination), dial_error (the original destination did not answer)."},
+		[]string{"reason", "policy"})
 	active := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "active_connections",
 		Help: "Connections being set up or proxied."})
 	listeners := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "listeners",
@@ -92,15 +98,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Help:    "From accept to the upstream connection established (PROXY header, policies and dial included).",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
 	httpRequests := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_requests_total",
-		Help: "Requests of the HTTP ports (origdst.http_ports) decided on, by decision: allow (forwarded) or deny (answered with the deny status)."},
-		[]string{"decision"})
+		Help: "Requests of the HTTP ports (origdst.http_ports) decided on, by decision: allow (forwarded) or deny (answered with the deny status), and on deny the deciding policy (a policies entry's name, trust.on_unresolved, or http_refused: a request Envoy's HTTP connection manager would refuse)."},
+		[]string{"decision", "policy"})
 	httpUnresolved := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_unresolved_total",
 		Help: "Requests of the HTTP ports whose client IP is unresolved (trust.on_unresolved applies), by the resolution's reason."},
 		[]string{"reason"})
 	httpUpstreamErrors := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_upstream_errors_total",
 		Help: "Allowed requests of the HTTP ports that could not be forwarded to the original destination (answered 503 unless the client left)."})
 	m := &metrics{
-		httpRequests:       [2]prometheus.Counter{httpRequests.WithLabelValues("allow"), httpRequests.WithLabelValues("deny")},
+		httpAllowed:        httpRequests.WithLabelValues("allow", ""),
+		httpRequests:       httpRequests,
+		refusedBy:          refused,
 		httpUnresolved:     httpUnresolved,
 		httpUpstreamErrors: httpUpstreamErrors,
 		accepted:           accepted, active: active, listeners: listeners,
@@ -108,7 +116,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		dialErrors: dialErrors, lookupErrors: lookupErrors, cut: cut, policyErrors: policyErrors, setup: setup,
 	}
 	for r := range numRefusals {
-		m.refused[r] = refused.WithLabelValues(r.String())
+		if r != refusedPolicyDeny {
+			m.refused[r] = refused.WithLabelValues(r.String(), "")
+		}
 	}
 	for _, l := range []string{"timeout", "refused", "unreachable", "other"} {
 		dialErrors.WithLabelValues(l)
@@ -196,6 +206,52 @@ func newHandoffMetrics(reg prometheus.Registerer) (*handoffMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// denyCounters are the counters of the denies by each policy that can
+// deny: the chain's and, when unresolved clients are refused,
+// trust.on_unresolved. They are made with each Settings, so that no
+// request looks a series up; the policy names come from the
+// configuration, which bounds them.
+type denyCounters struct {
+	tcp  map[string]prometheus.Counter // connections_refused_total{reason="policy_deny"}
+	http map[string]prometheus.Counter // http_requests_total{decision="deny"}; nil without HTTP ports
+}
+
+func (m *metrics) denyCounters(chain *plugins.Chain, passUnresolved, httpPorts bool) denyCounters {
+	names := chain.Names()
+	if !passUnresolved {
+		names = append(names, policyUnresolved)
+	}
+	d := denyCounters{tcp: make(map[string]prometheus.Counter, len(names))}
+	for _, n := range names {
+		d.tcp[n] = m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), n)
+	}
+	if httpPorts {
+		d.http = make(map[string]prometheus.Counter, len(names)+1)
+		for _, n := range append(names, policyHTTPRefused) {
+			d.http[n] = m.httpRequests.WithLabelValues("deny", n)
+		}
+	}
+	return d
+}
+
+// deniedTCP counts a connection denied by policy.
+func (m *metrics) deniedTCP(d *denyCounters, policy string) {
+	if c, ok := d.tcp[policy]; ok {
+		c.Inc()
+		return
+	}
+	m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), policy).Inc() // not reached: a Chain names its own policies
+}
+
+// deniedHTTP counts a request of the HTTP ports denied by policy.
+func (m *metrics) deniedHTTP(d *denyCounters, policy string) {
+	if c, ok := d.http[policy]; ok {
+		c.Inc()
+		return
+	}
+	m.httpRequests.WithLabelValues("deny", policy).Inc()
 }
 
 // dialReason is the reason label of a dial error.

@@ -132,14 +132,15 @@ func (w *world) serve(t testing.TB, opts Options, s Settings) *running {
 	return r
 }
 
-// metric returns the value of a counter or gauge of r's registry, with
-// the given label value (if any).
+// metric returns the value of a counter or gauge of r's registry, summed
+// over its series with the given label value (if any).
 func (r *running) metric(t testing.TB, name, label string) float64 {
 	t.Helper()
 	mfs, err := r.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != "realipd_origdst_"+name {
 			continue
@@ -150,15 +151,15 @@ func (r *running) metric(t testing.TB, name, label string) float64 {
 			}
 			switch {
 			case m.Counter != nil:
-				return m.Counter.GetValue()
+				sum += m.Counter.GetValue()
 			case m.Gauge != nil:
-				return m.Gauge.GetValue()
+				sum += m.Gauge.GetValue()
 			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
+				sum += float64(m.Histogram.GetSampleCount())
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // waitMetric waits until a metric has the wanted value.

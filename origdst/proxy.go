@@ -25,7 +25,7 @@ import (
 
 // policyUnresolved names the deny of a connection whose client IP is
 // unresolved (trust.on_unresolved: deny), as in the ext_proc server.
-const policyUnresolved = "trust.on_unresolved"
+const policyUnresolved = plugins.PolicyUnresolved
 
 // proxyConn is one connection being set up or proxied.
 type proxyConn struct {
@@ -73,7 +73,9 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 	if err != nil {
 		abort(c.TCPConn)
 		if !srv.wasCut(pc) {
-			srv.m.refused[why].Inc()
+			if why != refusedPolicyDeny { // decide counted it, by policy
+				srv.m.refused[why].Inc()
+			}
 			if srv.log.Enabled(ctx, slog.LevelDebug) {
 				srv.log.Debug("origdst: refused", "reason", why.String(), "peer", c.RemoteAddr().String(), "original_dst", c.OriginalDst().String(), "error", err)
 			}
@@ -277,32 +279,46 @@ func proxyResult(h *proxyproto.Header, peer clientip.Result) clientip.Result {
 	return clientip.Result{IP: ip, Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}
 }
 
-// decide applies trust.on_unresolved and the policies to one connection.
+// decide applies trust.on_unresolved and the policies to one connection,
+// and logs and counts a deny by its policy (the caller counts the other
+// refusals).
 func (srv *Server) decide(ctx context.Context, c *Conn, peer netip.AddrPort, res clientip.Result, listener string) (plugins.Verdict, bool) {
 	st, held := srv.acquire()
 	if held {
 		defer st.chain.Release()
 	}
-	if !res.OK() && !st.passUnresolved {
-		return plugins.Verdict{Decision: plugins.Decision{Deny: true}, Policy: policyUnresolved}, true
+	var v plugins.Verdict
+	switch {
+	case !res.OK() && !st.passUnresolved:
+		v = plugins.Verdict{Decision: plugins.Decision{Deny: true}, Policy: policyUnresolved}
+	case st.chain.Len() > 0:
+		v = st.chain.Decide(ctx, &plugins.Request{
+			ClientIP:    res.IP,
+			Peer:        peer.String(),
+			OriginalDst: c.OriginalDst(),
+			Resolution:  res,
+			Strategy:    clientip.RemoteAddr,
+			Listener:    listener,
+		})
+		if v.Err != nil {
+			srv.m.policyErrors.WithLabelValues(v.ErrPolicy).Inc()
+			srv.log.Debug("origdst: policy failed; on_error applied", "policy", v.ErrPolicy, "error", v.Err, "deny", v.Deny)
+		}
 	}
-	if st.chain.Len() == 0 {
-		return plugins.Verdict{}, false
+	from := "" // header, peer or none, from res
+	if res.OK() && res.Source == clientip.SourceHeader {
+		from = resolvedProxyHeader
 	}
-	v := st.chain.Decide(ctx, &plugins.Request{
-		ClientIP:    res.IP,
-		Peer:        peer.String(),
-		OriginalDst: c.OriginalDst(),
-		Resolution:  res,
-		Strategy:    clientip.RemoteAddr,
-		Listener:    listener,
-	})
-	if v.Err != nil {
-		srv.m.policyErrors.WithLabelValues(v.ErrPolicy).Inc()
-		srv.log.Debug("origdst: policy failed; on_error applied", "policy", v.ErrPolicy, "error", v.Err, "deny", v.Deny)
+	srv.decisions.Log(ctx, plugins.Decided{Door: plugins.DoorTCP, PeerAddr: peer, Resolution: res, ResolvedFrom: from, OriginalDst: c.OriginalDst(), Deny: v.Deny, Policy: v.Policy})
+	if v.Deny {
+		srv.m.deniedTCP(&st.denied, v.Policy)
 	}
 	return v, v.Deny
 }
+
+// resolvedProxyHeader is the decision log's resolved_from for a client
+// named by a trusted peer's PROXY header.
+const resolvedProxyHeader = "proxy_header"
 
 // pipe copies both ways until both directions have ended: first pre to
 // the upstream (and, with detect, the check of the client's first bytes

@@ -87,6 +87,11 @@ type Options struct {
 	// Registerer receives the server's metrics; nil keeps them
 	// unregistered.
 	Registerer prometheus.Registerer
+	// DecisionLog records every decision on a connection or a request of
+	// the HTTP ports (a deny at Info, an allow at Debug, rate-limited); nil
+	// makes one on Logger with the default rate. Roles that share one
+	// bound the log volume together.
+	DecisionLog *plugins.DecisionLog
 }
 
 // Settings are the runtime settings of a Server. They can be replaced
@@ -129,6 +134,7 @@ type state struct {
 	passUnresolved bool
 	trusted        clientip.PrefixSet
 	http           httpState
+	denied         denyCounters
 }
 
 // Server is realipd's native listener: it accepts the connections steered
@@ -162,6 +168,7 @@ type Server struct {
 	connCtx  context.Context // the connections' context, cancelled when they are cut
 
 	warnLookup, warnAccept rateLimit
+	decisions              *plugins.DecisionLog
 
 	httpPorts          []uint16
 	reverseProxy       *httputil.ReverseProxy // the HTTP mode's forwarding
@@ -230,6 +237,10 @@ func New(opts Options, s Settings) (*Server, error) {
 		warnAccept:  rateLimit{every: 10 * time.Second},
 		httpPorts:   httpPorts,
 		httpServers: map[*proxyConn]*http.Server{},
+		decisions:   opts.DecisionLog,
+	}
+	if srv.decisions == nil {
+		srv.decisions = plugins.NewDecisionLog(log, plugins.DecisionLogOptions{})
 	}
 	srv.dialOn = opts.RunDial
 	srv.reverseProxy = srv.newReverseProxy()
@@ -280,6 +291,7 @@ func (srv *Server) Update(s Settings) error {
 		passUnresolved: s.PassUnresolved,
 		trusted:        clientip.NewPrefixSet(s.TrustedCIDRs),
 		http:           hs,
+		denied:         srv.m.denyCounters(s.Chain, s.PassUnresolved, len(srv.httpPorts) > 0),
 	})
 	return nil
 }

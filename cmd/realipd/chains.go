@@ -26,6 +26,9 @@ type chainRuntime struct {
 	reg prometheus.Registerer
 	// drain bounds close's wait when no role ran.
 	drain time.Duration
+	// decisions is the decision log of every role deciding on the chains,
+	// so that its rate limit bounds their lines together.
+	decisions *plugins.DecisionLog
 
 	mu        sync.Mutex
 	consumers []chainConsumer
@@ -47,6 +50,7 @@ type chainConsumer struct {
 // newChainRuntime builds the policy chain of cfg (starting its plugins).
 func newChainRuntime(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, drain time.Duration) (*chainRuntime, error) {
 	rt := &chainRuntime{log: logger.With("role", "policies"), reg: reg, drain: drain, retiring: map[*plugins.Chain]struct{}{}}
+	rt.decisions = plugins.NewDecisionLog(logger, plugins.DecisionLogOptions{})
 	chain, err := rt.build(cfg)
 	if err != nil {
 		return nil, err

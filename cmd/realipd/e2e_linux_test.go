@@ -170,6 +170,15 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("x-forwarded-for %q: %q, want %q", tr.xff, got, tr.want)
 		}
 	}
+	// The decision log: a deny at Info with the policy that decided; at
+	// debug, the allows too.
+	for _, line := range []string{
+		`level=INFO msg=denied door=extproc decision=deny policy=denylist client_ip=198.51.100.66 peer=10.0.0.5:4321 resolved_from=header`,
+		`level=INFO msg=denied door=extproc decision=deny policy=trust.on_unresolved client_ip="" peer=10.0.0.5:4321 resolved_from=none reason=invalid`,
+		`level=DEBUG msg=allowed door=extproc decision=allow policy="" client_ip=203.0.113.10 peer=10.0.0.5:4321 resolved_from=header`,
+	} {
+		logs.wait(t, regexp.MustCompile(regexp.QuoteMeta(line)+"\n"), 0)
+	}
 
 	// xDS: an Envoy-like node fetches and ACKs the clusters and listeners.
 	conn, err := grpc.NewClient("passthrough:///"+xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpcDial)
@@ -230,6 +239,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("through the native listener: %q, %v\n%s", greeting, err, logs)
 		}
 		nativeConns = 1
+		logs.wait(t, regexp.MustCompile(`level=DEBUG msg=allowed door=origdst_tcp decision=allow policy="" client_ip=10\.77\.0\.1 peer=10\.77\.0\.1:\d+ resolved_from=peer original_dst=10\.77\.0\.2:80\n`), 0)
 	}
 
 	// The admin listener.
@@ -262,8 +272,10 @@ func TestEndToEnd(t *testing.T) {
 	// /metrics counts exactly what was sent.
 	metrics, _ := get("/metrics")
 	want := []string{
-		`realipd_extproc_requests_total{decision="allow",strategy="rightmost_trusted_range"} 3`,
-		`realipd_extproc_requests_total{decision="deny",strategy="rightmost_trusted_range"} 3`,
+		`realipd_extproc_requests_total{decision="allow",policy="",strategy="rightmost_trusted_range"} 3`,
+		`realipd_extproc_requests_total{decision="deny",policy="block",strategy="rightmost_trusted_range"} 1`,
+		`realipd_extproc_requests_total{decision="deny",policy="denylist",strategy="rightmost_trusted_range"} 1`,
+		`realipd_extproc_requests_total{decision="deny",policy="trust.on_unresolved",strategy="rightmost_trusted_range"} 1`,
 		`realipd_extproc_unresolved_total{reason="invalid"} 1`,
 		`realipd_xds_acks_total{type_url="` + resource.ListenerType + `"} 1`,
 		`realipd_config_reloads_total{result="applied"} 0`,

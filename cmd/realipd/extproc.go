@@ -29,6 +29,7 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		Logger:       log,
 		Registerer:   reg,
 		DrainTimeout: cfg.ExtProc.DrainTimeout.Duration,
+		DecisionLog:  chains.decisions,
 	})
 	if err != nil {
 		return role{}, nil, err

@@ -204,12 +204,20 @@ func TestResolveJSON(t *testing.T) {
 			if (code != 0) != strings.Contains(errOut, "unresolved") {
 				t.Errorf("stderr = %q", errOut)
 			}
-			var got clientip.Explanation
+			var all resolveOutput
 			dec := json.NewDecoder(strings.NewReader(out))
 			dec.DisallowUnknownFields()
-			if err := dec.Decode(&got); err != nil {
-				t.Fatalf("stdout is not an Explanation: %v\n%s", err, out)
+			if err := dec.Decode(&all); err != nil {
+				t.Fatalf("stdout is not resolve's output: %v\n%s", err, out)
 			}
+			// The input model is named; no policy runs without --config.
+			if all.Model != "as_sent_by_peer" || all.Entry != "" || all.Policies == nil || len(all.Policies) != 0 {
+				t.Errorf("input %q, envoy_entry %q, policies %v: want as_sent_by_peer, none, []", all.Model, all.Entry, all.Policies)
+			}
+			if wantDecision := map[bool]string{true: "allow", false: "deny"}[tt.wantCode == 0]; all.Decision != wantDecision {
+				t.Errorf("decision %q, want %q", all.Decision, wantDecision)
+			}
+			got := all.Explanation
 			if got.Strategy != tt.want.Strategy || got.Peer != tt.want.Peer || got.ClientIP != tt.want.ClientIP ||
 				got.ResolvedFrom != tt.want.ResolvedFrom || got.Reason != tt.want.Reason || got.Detail == "" {
 				t.Errorf("explanation = %+v, want %+v", got, tt.want)

@@ -111,6 +111,7 @@ func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 	if err != nil {
 		return nil, fmt.Errorf("the origdst role cannot start: origdst.mode: %w", err)
 	}
+	opts.DecisionLog = chains.decisions
 	settings, err := origdstSettings(cfg, chains.current())
 	if err != nil {
 		return nil, fmt.Errorf("the origdst role cannot start: %w", err)

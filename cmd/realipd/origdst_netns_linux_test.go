@@ -41,8 +41,8 @@ policies:
 // inside a namespace whose REDIRECT rules 'realipd iptables --apply' wrote:
 // a client's connection to a peer is proxied, a client the policy denies
 // is reset, a reload that changes the policies applies to the native
-// listener too, /readyz names origdst and the metrics are served; SIGTERM
-// stops it cleanly.
+// listener too, /readyz names origdst, the metrics are served, and the
+// deny is counted and logged with its policy; SIGTERM stops it cleanly.
 func TestServeOrigDstNetns(t *testing.T) {
 	a, b := netnstest.New(t), netnstest.New(t)
 	netnstest.Veth(t, a, b, []string{"10.77.0.1/24", "10.77.0.3/24"}, []string{"10.77.0.2/24"})
@@ -118,6 +118,11 @@ func TestServeOrigDstNetns(t *testing.T) {
 		t.Fatalf("proxied connection: %q %q %v\n%s", greeting, rest, err, logs)
 	}
 	refused("10.77.0.3")
+	// The decision log names the policy (serve logs at info: the deny only).
+	logs.wait(t, regexp.MustCompile(`level=INFO msg=denied door=origdst_tcp decision=deny policy=block client_ip=10\.77\.0\.3 peer=10\.77\.0\.3:\d+ resolved_from=peer original_dst=10\.77\.0\.2:80\n`), 0)
+	if strings.Contains(logs.String(), "msg=allowed") {
+		t.Errorf("an allow was logged at info:\n%s", logs)
+	}
 
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (c net.Conn, err error) {
 		inA(func() { c, err = (&net.Dialer{}).DialContext(ctx, network, addr) })
@@ -144,7 +149,8 @@ func TestServeOrigDstNetns(t *testing.T) {
 	metrics, _ := get("/metrics")
 	for _, want := range []string{
 		"realipd_origdst_connections_accepted_total 2",
-		`realipd_origdst_connections_refused_total{reason="policy_deny"} 1`,
+		`realipd_origdst_connections_refused_total{policy="block",reason="policy_deny"} 1`,
+		`realipd_origdst_connections_refused_total{policy="trust.on_unresolved",reason="policy_deny"} 0`,
 		`realipd_origdst_bytes_total{direction="upstream"} 4`,
 		"realipd_origdst_listeners 1",
 	} {

@@ -7,32 +7,53 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/internal/policies"
+	"github.com/realipd/realipd/plugins"
 )
 
 const resolveSynopsis = `resolve [--config FILE] --remote-addr ADDR [-H 'Name: value']...
+                  [--as-forwarded-by-envoy [--destination-addr ADDR]]
                   [--strategy S] [--header H] [--trusted-cidrs a,b] [--trusted-hops N]
                   [--use-remote-address] [--json]`
 
 const resolveDescription = `
-Resolve the client IP of one request, exactly as the server would, and print
+Resolve the client IP of one request as the ext_proc server would, and print
 it alone on stdout (exit 0). The peer stands in as the client only when it is
 not trusted, when the request carries no forwarding header, or when every
 entry is trusted; any other failure leaves the client IP unresolved: the
 reason goes to stderr and the exit status is 1. A bad command line exits 2.
 
 The request is the peer that connected (--remote-addr) and the header lines
-it sent (-H, repeatable, kept in order; names are case-insensitive). --config
-takes the trust section of a configuration file; flags given on the command
-line override it. A --strategy other than the file's discards the file's
-trust settings.`
+(-H, repeatable, kept in order; names are case-insensitive). By default the
+lines are the request as the peer sent it, before Envoy appended its entry
+to X-Forwarded-For: what the server resolves once it has removed that entry
+(extproc.xff_appended_by_envoy), and what the native listener's HTTP mode
+resolves. With --as-forwarded-by-envoy they are the request as realipd
+receives it from Envoy, X-Forwarded-For ending with the entry Envoy appended
+(use_remote_address: true), and resolve removes that entry first with the
+server's own code.
+
+--config takes the trust section of a configuration file, and its
+extproc.xff_appended_by_envoy; flags given on the command line override the
+trust keys. A --strategy other than the file's discards the file's trust
+settings. With --json and --config, the file's policies run too (plugins
+are started, and stopped before resolve exits) and the output shows the
+decision and the deciding policy; the exit status still tells only whether
+the client IP resolved.`
 
 const resolveExamples = `
   realipd resolve --strategy rightmost_trusted_range --trusted-cidrs 10.0.0.0/8 \
       --remote-addr 10.0.0.5:80 -H 'X-Forwarded-For: 203.0.113.9, 10.1.1.1'
+  realipd resolve --strategy rightmost_trusted_count --trusted-hops 1 --as-forwarded-by-envoy \
+      --remote-addr 10.0.0.5:80 -H 'X-Forwarded-For: 203.0.113.9, 10.0.0.5'
   realipd resolve --config /etc/realipd.yaml --remote-addr 10.0.0.5:80 \
       -H 'Forwarded: for="[2001:db8::1]:4711"' --header Forwarded --json`
 
@@ -93,9 +114,10 @@ var trustFlags = map[string]string{
 // resolveFlags are the flags of resolve.
 type resolveFlags struct {
 	config, peer, strategy, header, cidrs *string
+	destination                           *string
 	headers                               *headerLines
 	hops                                  *int
-	useRemote, asJSON                     *bool
+	useRemote, asJSON, asForwarded        *bool
 }
 
 // resolveFlagSet builds resolve's FlagSet without running it.
@@ -103,15 +125,17 @@ func resolveFlagSet() (*flag.FlagSet, resolveFlags) {
 	def := config.Default().Trust
 	fs := newFlagSet("resolve", resolveSynopsis, resolveDescription, resolveExamples)
 	f := resolveFlags{headers: &headerLines{}}
-	f.config = fs.String("config", "", "configuration `FILE` whose trust section is used; flags override it")
+	f.config = fs.String("config", "", "configuration `FILE` whose trust section (and extproc.xff_appended_by_envoy) is used, flags overriding it; with --json its policies run too")
 	f.peer = fs.String("remote-addr", "", "the peer that connected: `ADDR` as ip:port, [v6]:port or an IP; '' is a peer that is not an IP (required)")
 	fs.Var(f.headers, "H", "a request header line `'Name: value'`; repeatable, in order; 'Name:' is a line with an empty value")
+	f.asForwarded = fs.Bool("as-forwarded-by-envoy", false, "the -H lines are the request as realipd receives it from Envoy, whose use_remote_address: true appended the peer to X-Forwarded-For: remove that entry first, as the ext_proc server does (extproc.xff_appended_by_envoy); without it the lines are as the peer sent them, which is also what the native listener's HTTP mode resolves (it appends the peer like Envoy, but only to what it forwards)")
+	f.destination = fs.String("destination-addr", "", "with --as-forwarded-by-envoy: Envoy's destination.address `ADDR` (ip:port), the entry Envoy appends for a loopback peer")
 	f.strategy = fs.String("strategy", def.Strategy, "strategy `S`: "+strings.Join(clientip.StrategyNames(), ", "))
 	f.header = fs.String("header", def.Header, "header `H` to read (ignored by remote_addr)")
 	f.cidrs = fs.String("trusted-cidrs", "", "comma-separated trusted `CIDRs` (rightmost_trusted_range; envoy_xff: xff_trusted_cidrs)")
 	f.hops = fs.Int("trusted-hops", 0, "trusted hops `N` (rightmost_trusted_count, default 1; envoy_xff: xff_num_trusted_hops, default 0)")
 	f.useRemote = fs.Bool("use-remote-address", false, "envoy_xff: emulate the HTTP connection manager's use_remote_address: true")
-	f.asJSON = fs.Bool("json", false, "print the whole explanation as JSON on stdout")
+	f.asJSON = fs.Bool("json", false, "print the input model, the whole explanation and the decision as JSON on stdout")
 	return fs, f
 }
 
@@ -127,17 +151,27 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if !set["remote-addr"] {
 		return usageError("resolve: --remote-addr is required (--remote-addr '' is a peer that is not an IP)")
 	}
+	if set["destination-addr"] {
+		if !*f.asForwarded {
+			return usageError("resolve: --destination-addr is Envoy's destination.address: it goes with --as-forwarded-by-envoy")
+		}
+		if _, err := netip.ParseAddrPort(*f.destination); err != nil {
+			return usageError("resolve: --destination-addr: %q is not an ip:port", *f.destination)
+		}
+	}
 
-	trust := def
+	defaults := config.Default()
+	cfg := &defaults
 	fileTrust := false // whether trust's unset keys come from the file
 	if *configPath != "" {
 		fileTrust = true
-		cfg, err := config.Load(*configPath)
+		loaded, err := config.Load(*configPath)
 		if err != nil {
 			return failure(err)
 		}
-		trust = cfg.Trust
+		cfg = loaded
 	}
+	trust := cfg.Trust
 	if set["strategy"] && *strategy != trust.Strategy {
 		// The file's parameters belong to the file's strategy.
 		trust = config.Trust{Strategy: *strategy, Header: def.Header, OnUnresolved: trust.OnUnresolved}
@@ -160,16 +194,39 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := trust.Validate(); err != nil {
 		return usageError("resolve: %s", flagErrors(err, func(f string) bool { return set[f] || !fileTrust }))
 	}
+	cfg.Trust = trust
 
-	r, err := clientip.New(trust.ClientIP())
+	// The ext_proc server's own settings, so that the resolver and the
+	// removal of Envoy's entry are the server's.
+	settings, err := extprocSettings(cfg, nil)
 	if err != nil {
 		return failure(fmt.Errorf("resolve: %w", err))
 	}
-	res, expl := r.Explain(*peer, f.headers.lines(r.Header()))
+	r := settings.Resolver
+	in := resolveInput{Model: inputAsSent}
+	lines := f.headers.lines(r.Header())
+	if *f.asForwarded {
+		in.Model = inputAsForwarded
+		in.Entry = "not_removed"
+		if settings.TrimsEnvoyEntry() {
+			var found extproc.EnvoyEntry
+			last := clientip.LastEntry(lines)
+			lines, found = extproc.TrimEnvoyEntry(slices.Clone(lines), *peer, *f.destination, nil)
+			in.Entry = found.String()
+			if found == extproc.EnvoyEntryMismatch {
+				fmt.Fprintf(stderr, "realipd: warning: the last X-Forwarded-For entry %q is not the address Envoy appends for the peer %q, so nothing was removed, as the server does (it counts realipd_extproc_xff_mismatch_total): Envoy probably does not append, or this header is not as Envoy forwarded it\n", last, *peer)
+			}
+		}
+	}
+	res, expl := r.Explain(*peer, lines)
 	if *asJSON {
+		out := resolveOutput{resolveInput: in, Explanation: expl}
+		if err := decideForResolve(ctx, cfg, *configPath != "", settings, *peer, res, *f.headers, &out, stderr); err != nil {
+			return failure(fmt.Errorf("resolve: %w", err))
+		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(expl); err != nil {
+		if err := enc.Encode(out); err != nil {
 			return failure(fmt.Errorf("resolve: write: %w", err))
 		}
 	} else if res.OK() {
@@ -187,6 +244,98 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return failure(fmt.Errorf("%s (%s); %s", reason, res.Reason, action))
 	}
 	return nil
+}
+
+// The input models of resolve (the input field of its JSON output).
+const (
+	inputAsSent      = "as_sent_by_peer"       // the lines as the peer sent them, before Envoy appended to them
+	inputAsForwarded = "as_forwarded_by_envoy" // the lines as realipd receives them from Envoy
+)
+
+// resolveInput says which input model resolve used.
+type resolveInput struct {
+	Model string `json:"input"`
+	// Entry is, with as_forwarded_by_envoy, what became of the entry Envoy
+	// appended: removed, not_appended (a peer that is not an IP), mismatch
+	// (the last entry is not what Envoy appends: nothing removed), or
+	// not_removed (extproc.xff_appended_by_envoy is false, or the strategy
+	// does not read X-Forwarded-For).
+	Entry string `json:"envoy_entry,omitempty"`
+}
+
+// resolveOutput is resolve's JSON output: the input model, the
+// explanation of the resolution, and the decision.
+type resolveOutput struct {
+	resolveInput
+	clientip.Explanation
+	// Policies are the policies that ran, in order: those of --config's
+	// file; none without it.
+	Policies []string `json:"policies"`
+	Decision string   `json:"decision"`         // allow or deny
+	Policy   string   `json:"policy,omitempty"` // the deciding policy of a deny, or trust.on_unresolved
+	Status   int      `json:"status,omitempty"` // the HTTP status of a deny
+	// PolicyError is the first policy error, settled by its on_error.
+	PolicyError string            `json:"policy_error,omitempty"`
+	Metadata    map[string]string `json:"metadata,omitempty"` // the policies' metadata fields
+}
+
+// decideForResolve fills out's decision as the ext_proc server decides on
+// the request: trust.on_unresolved, then the policies of cfg (when
+// withPolicies; their plugins are started and stopped before it returns),
+// each seeing the header lines it reads. The ext_proc server, the native
+// listener and resolve each decide this way until one package does it for
+// all of them.
+func decideForResolve(ctx context.Context, cfg *config.Config, withPolicies bool, settings extproc.Settings, peer string, res clientip.Result, headers headerLines, out *resolveOutput, stderr io.Writer) error {
+	out.Policies = []string{}
+	var v plugins.Verdict
+	switch {
+	case !res.OK() && !settings.PassUnresolved:
+		v = plugins.Verdict{Decision: plugins.Decision{Deny: true}, Policy: plugins.PolicyUnresolved}
+	case withPolicies && len(cfg.Policies) > 0:
+		// The plugins' own logs go to stderr, their warnings and errors only.
+		logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		chain, err := policies.BuildWith(cfg.Policies, policies.Options{Logger: logger})
+		if err != nil {
+			return err
+		}
+		defer chain.Close() // stops the plugin processes before resolve exits
+		out.Policies = chain.Names()
+		r := settings.Resolver
+		v = chain.Decide(ctx, &plugins.Request{
+			ClientIP:   res.IP,
+			Peer:       peer,
+			Resolution: res,
+			Strategy:   r.Strategy(),
+			Headers:    headers.forPolicies(chain),
+		})
+		if v.Err != nil {
+			out.PolicyError = v.Err.Error()
+		}
+	}
+	out.Decision, out.Policy, out.Metadata = "allow", v.Policy, v.Metadata
+	if v.Deny {
+		status := settings.DenyStatus
+		if status == 0 {
+			status = extproc.DefaultDenyStatus
+		}
+		out.Decision, out.Status = "deny", plugins.DenyStatus(v.Decision, status)
+	}
+	return nil
+}
+
+// forPolicies returns the lines the policies of chain read
+// (plugins.HeaderInputs), names lower-case, in order, as the ext_proc
+// server collects them.
+func (h headerLines) forPolicies(chain *plugins.Chain) []plugins.Header {
+	names, all := chain.RequestHeaders()
+	var out []plugins.Header
+	for _, l := range h {
+		name := strings.ToLower(l.name)
+		if all || slices.Contains(names, name) {
+			out = append(out, plugins.Header{Name: name, Value: l.value})
+		}
+	}
+	return out
 }
 
 // flagErrors rewrites the key paths of a trust validation error as the
