@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -16,27 +15,6 @@ import (
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/policies"
 )
-
-// restartOnlyKeys are the configuration keys a reload cannot change: a
-// section name stands for each of its keys. A reload that changes one is
-// rejected, naming the key. A role that learns to reload a key removes it
-// here.
-var restartOnlyKeys = []string{
-	"extproc.enabled",
-	"extproc.listen",
-	"extproc.drain_timeout",
-	"xds.enabled",
-	"xds.listen",
-	// The interception rules, installed once (an init container's
-	// realipd iptables --apply, or the eBPF capture), steer to these
-	// ports in this mode: Envoy moved elsewhere would lose the traffic.
-	"xds.mode",
-	"xds.outbound_port",
-	"xds.inbound_port",
-	"origdst",
-	"intercept",
-	"admin",
-}
 
 // errShuttingDown fails a reload that races with shutdown.
 var errShuttingDown = errors.New("serve is shutting down")
@@ -65,8 +43,8 @@ type staged struct {
 
 // reloader reloads the configuration file into the running roles: on a
 // change of the file or a SIGHUP it loads and checks the file, and when the
-// file is valid and changes only keys that can change while serving, it
-// stages every target and commits them. Otherwise the last good
+// file is valid and changes only keys that can change while serving
+// (config.ChangedRestartKeys), it stages every target and commits them. Otherwise the last good
 // configuration keeps serving. It is safe for concurrent use; reloads run
 // one at a time.
 type reloader struct {
@@ -136,7 +114,7 @@ func (r *reloader) reload(why string) bool {
 		log.Info("configuration reloaded: unchanged")
 		return r.applied()
 	}
-	if keys := changedKeys(old, cfg, restartOnlyKeys); len(keys) > 0 {
+	if keys := config.ChangedRestartKeys(old, cfg); len(keys) > 0 {
 		ve := &config.ValidationError{File: r.path}
 		for _, k := range keys {
 			log.Error("configuration rejected", "key", k, "reason", "changing it needs a restart")
@@ -224,60 +202,6 @@ func logProblems(log *slog.Logger, err error) {
 		return
 	}
 	log.Error("configuration rejected", "error", err)
-}
-
-// changedKeys lists the keys of keys that differ between a and b; a
-// top-level section is expanded into the section's keys.
-func changedKeys(a, b *config.Config, keys []string) []string {
-	var changed []string
-	for _, key := range keys {
-		va, vb := lookupKey(reflect.ValueOf(a).Elem(), key), lookupKey(reflect.ValueOf(b).Elem(), key)
-		if !va.IsValid() || !vb.IsValid() {
-			panic("realipd: restart-only key " + key + " is not a configuration key")
-		}
-		if strings.Contains(key, ".") || va.Kind() != reflect.Struct {
-			if !reflect.DeepEqual(va.Interface(), vb.Interface()) {
-				changed = append(changed, key)
-			}
-			continue
-		}
-		for i := range va.NumField() {
-			f := va.Type().Field(i)
-			if !f.IsExported() {
-				continue // parsed forms of exported keys
-			}
-			if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
-				changed = append(changed, key+"."+jsonName(f))
-			}
-		}
-	}
-	return changed
-}
-
-// lookupKey returns the field of v at a dotted key path of JSON names.
-func lookupKey(v reflect.Value, key string) reflect.Value {
-	for name := range strings.SplitSeq(key, ".") {
-		if v.Kind() != reflect.Struct {
-			return reflect.Value{}
-		}
-		next := reflect.Value{}
-		for i := range v.NumField() {
-			if f := v.Type().Field(i); f.IsExported() && jsonName(f) == name {
-				next = v.Field(i)
-				break
-			}
-		}
-		if !next.IsValid() {
-			return next
-		}
-		v = next
-	}
-	return v
-}
-
-func jsonName(f reflect.StructField) string {
-	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-	return name
 }
 
 // watchConfig reloads the configuration of r on every change of its file

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	"github.com/realipd/realipd/extproc/extproctest"
-	"github.com/realipd/realipd/internal/config"
 )
 
 // logTail collects log output, safe for concurrent use, and lets a test
@@ -366,53 +364,4 @@ func TestIgnoreReloads(t *testing.T) {
 	logs.wait(t, regexp.MustCompile(`level=WARN msg="SIGHUP ignored`), 0)
 	cancel()
 	wait()
-}
-
-func TestChangedKeys(t *testing.T) {
-	base := config.Default()
-	tests := []struct {
-		name   string
-		change func(c *config.Config)
-		want   string
-	}{
-		{"nothing", func(*config.Config) {}, ""},
-		{"trust and policies reload", func(c *config.Config) {
-			c.Trust.TrustedCIDRs = []string{"10.0.0.0/8"}
-			c.Policies = []config.Policy{{Name: "p", Type: "cidr"}}
-			c.ExtProc.DenyStatus = 429
-			c.ExtProc.ClientIPHeader = "x-client-ip"
-		}, ""},
-		{"extproc restart keys", func(c *config.Config) {
-			c.ExtProc.Enabled = false
-			c.ExtProc.Listen = "unix:///run/x.sock"
-			c.ExtProc.DrainTimeout.Duration = time.Second
-		}, "extproc.enabled,extproc.listen,extproc.drain_timeout"},
-		{"sections", func(c *config.Config) {
-			c.XDS.IPFamilies = []string{"ipv4", "ipv6"} // reloadable
-			c.XDS.Listen = "127.0.0.1:18001"
-			c.OrigDst.Listen = []string{"0.0.0.0:15001", "[::]:15001"}
-			c.OrigDst.Enabled = true
-			c.Admin.Enabled = false
-		}, "xds.listen,origdst.enabled,origdst.listen,admin.enabled"},
-		{"the ports the interception rules steer to", func(c *config.Config) {
-			c.XDS.HTTPPorts = []int{8081} // reloadable
-			c.XDS.Mode = "tproxy"
-			c.XDS.OutboundPort = 16001
-			c.XDS.InboundPort = 16006
-		}, "xds.mode,xds.outbound_port,xds.inbound_port"},
-		{"admin allowed hosts", func(c *config.Config) {
-			c.Admin.AllowedHosts = []string{"admin.internal"}
-		}, "admin.allowed_hosts"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := base
-			c.XDS.IPFamilies = slices.Clone(base.XDS.IPFamilies)
-			c.OrigDst.Listen = slices.Clone(base.OrigDst.Listen)
-			tt.change(&c)
-			if got := strings.Join(changedKeys(&base, &c, restartOnlyKeys), ","); got != tt.want {
-				t.Errorf("changedKeys = %q, want %q", got, tt.want)
-			}
-		})
-	}
 }
