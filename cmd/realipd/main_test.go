@@ -281,6 +281,7 @@ func TestValidateCommand(t *testing.T) {
 		{name: "plugin checksum mismatch", args: []string{"--config", wrongPlugin}, wantCode: 1, wantErr: []string{`policy "custom"`, filepath.Join(filepath.Dir(wrongPlugin), "bin", "my-policy"), "sha256"}},
 		{name: "missing flag", wantCode: 2, wantErr: []string{"--config is required"}},
 		{name: "missing file", args: []string{"--config", "absent.yaml"}, wantCode: 1, wantErr: []string{"absent.yaml"}},
+		{name: "empty file", args: []string{"--config", writeFile(t, "empty.yaml", "# nothing yet\n")}, wantCode: 1, wantErr: []string{"empty.yaml: the file is empty"}},
 		{name: "help", args: []string{"--help"}, wantOut: []string{"Usage:\n  realipd validate --config FILE"}},
 	}
 	for _, tt := range tests {
@@ -589,7 +590,7 @@ func TestRunRoles(t *testing.T) {
 }
 
 func TestLoadOrDefault(t *testing.T) {
-	cfg, err := loadOrDefault("")
+	cfg, err := loadOrDefault(t.Context(), "")
 	if err != nil {
 		t.Fatalf("loadOrDefault(\"\") = %v", err)
 	}

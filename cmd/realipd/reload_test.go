@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/realipd/realipd/extproc/extproctest"
+	"github.com/realipd/realipd/internal/config"
 )
 
 // logTail collects log output, safe for concurrent use, and lets a test
@@ -85,18 +86,34 @@ type serveRun struct {
 	stop func()
 }
 
+// testSettle is the settle time of the reload tests' serve: the two reads
+// of a changed file are this far apart (serve's default is
+// config.DefaultSettle).
+const testSettle = 20 * time.Millisecond
+
 // startServe runs serve --config path in-process with hup as its SIGHUP
-// channel until the test ends.
+// channel until the test ends, reading a changed file after testSettle.
 func startServe(t *testing.T, path string, hup <-chan os.Signal) *serveRun {
 	t.Helper()
-	ctx, cancel := context.WithCancel(withReloadSignal(t.Context(), hup))
+	return startServeTimed(t, path, hup, reloadTiming{settler: config.Settler{Settle: testSettle}})
+}
+
+// startServeTimed is startServe with the reload timing given.
+func startServeTimed(t *testing.T, path string, hup <-chan os.Signal, timing reloadTiming) *serveRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(withReloadTiming(withReloadSignal(t.Context(), hup), timing))
 	logs := newLogTail()
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve", "--config", path}, io.Discard, logs) }()
 	stop := sync.OnceFunc(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve after cancel = %v\n%s", err, logs)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve after cancel = %v\n%s", err, logs)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("serve still running 30s after its context ended:\n%s", logs)
 		}
 	})
 	t.Cleanup(stop)
@@ -149,20 +166,29 @@ func replaceFile(t *testing.T, path, content string) {
 // outcome is what one request got: the x-real-ip set, or the deny status.
 func (s *serveRun) outcome(t *testing.T) string {
 	t.Helper()
+	got, err := s.tryOutcome(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// tryOutcome is outcome for any goroutine.
+func (s *serveRun) tryOutcome(ctx context.Context) (string, error) {
 	// The peer 10.0.0.5 (appended by Envoy) got the request from
 	// 192.168.1.1, which forwarded it for 203.0.113.9.
-	res, err := s.client.Process(t.Context(), extproctest.Request{
+	res, err := s.client.Process(ctx, extproctest.Request{
 		SourceAddress: "10.0.0.5:4321",
 		Headers:       []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "x-forwarded-for", Value: "203.0.113.9, 192.168.1.1, 10.0.0.5"}},
 	})
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if res.Immediate != nil {
-		return "deny " + res.Immediate.GetStatus().GetCode().String()
+		return "deny " + res.Immediate.GetStatus().GetCode().String(), nil
 	}
 	ip, _ := res.SetHeader("x-real-ip")
-	return ip
+	return ip, nil
 }
 
 // metric returns the /metrics lines that start with name.

@@ -14,12 +14,12 @@ import (
 // validateFlagSet builds validate's FlagSet without running it.
 func validateFlagSet() (fs *flag.FlagSet, path *string) {
 	fs = newFlagSet("validate", "validate --config FILE", `
-Check a configuration file. Every error is listed with its key path (for
-example trust.trusted_cidrs[1]) and the exit status is 1; a valid file prints
-a one-line summary and exits 0. Besides the keys, it checks that every plugin
-binary exists, is executable and matches its sha256 (nothing is started),
-and, when xds.enabled is true, that the Envoy resources the xDS control
-plane would serve can be built.`, `
+Check a configuration file as serve would load it. Every error is listed
+with its key path (for example trust.trusted_cidrs[1]) and the exit status
+is 1; a valid file prints a one-line summary and exits 0. Besides the keys,
+it checks that every plugin binary exists, is executable and matches its
+sha256 (nothing is started), and, when xds.enabled is true, that the Envoy
+resources the xDS control plane would serve can be built.`, `
   realipd validate --config /etc/realipd/realipd.yaml`)
 	path = fs.String("config", "", "configuration `FILE` to check (required)")
 	return fs, path
@@ -33,7 +33,7 @@ func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *path == "" {
 		return usageError("validate: --config is required")
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.LoadContext(ctx, *path)
 	if err != nil {
 		return failure(err)
 	}
