@@ -99,7 +99,15 @@ type Policy struct {
 	Config   map[string]any `json:"config,omitempty" reload:"live"`
 
 	deny, allow []netip.Prefix // parsed by Validate
+	dir         string         // the configuration file's directory (plugin policies loaded from a file)
 }
+
+// Dir is the directory a plugin policy's process runs in: the directory of
+// the configuration file it was loaded from (absolute), so that relative
+// paths in its config are relative to that file as policies[].path is; ""
+// for a configuration that did not come from a file (the plugin then runs
+// in realipd's working directory).
+func (p Policy) Dir() string { return p.dir }
 
 // Duration is a time.Duration written as a Go duration string ("20ms").
 type Duration struct{ time.Duration }

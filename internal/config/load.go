@@ -105,7 +105,7 @@ func Parse(data []byte) (*Config, error) {
 // and comments) is refused: it is far more likely a file caught while being
 // written, or truncated, than a wish for the defaults, and running on them
 // would trust no proxy and drop every policy; "{}" says that wish. Relative
-// plugin paths are made relative to the file's directory.
+// paths are made relative to the file's directory (see Policy.Dir).
 func ParseFile(data []byte, path string) (*Config, error) {
 	return parse(data, path)
 }
@@ -165,18 +165,27 @@ func parse(data []byte, file string) (*Config, error) {
 		return nil, &ValidationError{File: file, Errors: errs}
 	}
 	if file != "" {
-		resolvePluginPaths(&cfg, filepath.Dir(file))
+		dir, err := filepath.Abs(filepath.Dir(file))
+		if err != nil {
+			return nil, fmt.Errorf("config: %s: %w", file, err)
+		}
+		resolvePluginPaths(&cfg, dir)
 	}
 	return &cfg, nil
 }
 
 // resolvePluginPaths makes relative plugin paths relative to dir, the
-// configuration file's directory, so that a file means the same whatever
-// directory realipd is started from.
+// configuration file's directory (absolute), and records dir as the
+// directory plugins run in, so that a file means the same whatever
+// directory realipd is started from: the paths in a plugin's config too.
 func resolvePluginPaths(cfg *Config, dir string) {
 	for i := range cfg.Policies {
 		p := &cfg.Policies[i]
-		if p.Type == "plugin" && p.Path != "" && !filepath.IsAbs(p.Path) {
+		if p.Type != "plugin" {
+			continue
+		}
+		p.dir = dir
+		if p.Path != "" && !filepath.IsAbs(p.Path) {
 			p.Path = filepath.Join(dir, p.Path)
 		}
 	}

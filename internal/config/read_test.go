@@ -176,3 +176,40 @@ func TestEmptyFileRefused(t *testing.T) {
 		t.Errorf("Parse(nil) = %v, want the defaults", err)
 	}
 }
+
+// TestPluginPathsRelativeToTheFile: policies[].path and the directory the
+// plugin runs in (so the paths in its config) are the file's directory,
+// whatever the working directory.
+func TestPluginPathsRelativeToTheFile(t *testing.T) {
+	dir := t.TempDir()
+	doc := "policies:\n  - {name: p, type: plugin, path: ./bin/p, sha256: \"" + strings.Repeat("0", 64) + "\", config: {list: ./deny.txt}}\n" +
+		"  - {name: c, type: cidr, deny: [192.0.2.1]}\n"
+	cfg, err := ParseFile([]byte(doc), filepath.Join(dir, "realipd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Policies[0]
+	if p.Path != filepath.Join(dir, "bin", "p") || p.Dir() != dir {
+		t.Errorf("path %q, dir %q; want both in %s", p.Path, p.Dir(), dir)
+	}
+	if cfg.Policies[1].Dir() != "" {
+		t.Errorf("a cidr policy has a directory: %q", cfg.Policies[1].Dir())
+	}
+	// A relative file name is made absolute once, at load.
+	t.Chdir(dir)
+	cfg, err = ParseFile([]byte(doc), "realipd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Policies[0]; p.Dir() != dir || p.Path != filepath.Join(dir, "bin", "p") {
+		t.Errorf("from %s: path %q, dir %q; want absolute ones in it", dir, p.Path, p.Dir())
+	}
+	// Parse has no file: the plugin runs where realipd runs.
+	cfg, err = Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cfg.Policies[0]; p.Dir() != "" || p.Path != "./bin/p" {
+		t.Errorf("Parse: path %q, dir %q; want them as written", p.Path, p.Dir())
+	}
+}
