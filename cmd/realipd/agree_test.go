@@ -271,7 +271,7 @@ type extProcHarness struct {
 
 func newExtProcHarness(t *testing.T) *extProcHarness {
 	t.Helper()
-	cfg, err := loadOrDefault("")
+	cfg, err := loadOrDefault(t.Context(), "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func runBootstrap(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	cfg := config.Default()
 	if *path != "" {
-		loaded, err := config.Load(*path)
+		loaded, err := config.LoadContext(ctx, *path)
 		if err != nil {
 			return failure(err)
 		}

@@ -69,7 +69,7 @@ func runEBPF(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parseFlags(fs, rest, stdout, stderr); err != nil {
 		return err
 	}
-	cfg, err := loadOrDefault(*path)
+	cfg, err := loadOrDefault(ctx, *path)
 	if err != nil {
 		return failure(err)
 	}

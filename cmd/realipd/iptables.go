@@ -117,7 +117,7 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	cfg := config.Default()
 	if *configPath != "" {
-		loaded, err := config.Load(*configPath)
+		loaded, err := config.LoadContext(ctx, *configPath)
 		if err != nil {
 			return failure(err)
 		}

@@ -233,44 +233,49 @@ func TestResolveJSON(t *testing.T) {
 	}
 }
 
-// pluginConfig copies testdata/good/full.yaml into a new directory with a
-// plugin "binary" at its relative path ./bin/my-policy holding content (the
-// file pins sha256("test")) and returns the copy's path.
-func pluginConfig(t *testing.T, content string) string {
+// pluginConfig copies testdata/good/full.yaml into a new directory with,
+// at its relative path ./bin/my-policy, a plugin binary holding content
+// (none when content is nil), the file pinning sum, and returns the copy's
+// path. The plugin's config names ./deny.txt, which the caller writes.
+func pluginConfig(t *testing.T, content []byte, sum string) string {
 	t.Helper()
 	dir := t.TempDir()
 	data, err := os.ReadFile("../../internal/config/testdata/good/full.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The file pins sha256("test").
+	data = bytes.ReplaceAll(data, []byte("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"), []byte(sum))
 	path := filepath.Join(dir, "realipd.yaml")
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if content != "" {
+	if content != nil {
 		if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "bin", "my-policy"), []byte(content), 0o755); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "bin", "my-policy"), content, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return path
 }
 
+// validateCase is one run of realipd validate and what it must print.
+type validateCase struct {
+	name     string
+	args     []string
+	wantCode int
+	wantOut  []string
+	wantErr  []string
+}
+
 func TestValidateCommand(t *testing.T) {
+	const testSum = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" // sha256("test")
 	bad := "../../internal/config/testdata/bad/many.yaml"
-	good := pluginConfig(t, "test")
-	noPlugin := pluginConfig(t, "")
-	wrongPlugin := pluginConfig(t, "not the pinned binary")
-	tests := []struct {
-		name     string
-		args     []string
-		wantCode int
-		wantOut  []string
-		wantErr  []string
-	}{
-		{name: "good", args: []string{"--config", good}, wantOut: []string{good + ": OK", "strategy rightmost_trusted_range", "admin, extproc, xds, origdst", "3 policies"}},
+	noPlugin := pluginConfig(t, nil, testSum)
+	wrongPlugin := pluginConfig(t, []byte("not the pinned binary"), testSum)
+	tests := []validateCase{
 		{name: "bad lists every error", args: []string{"--config", bad}, wantCode: 1, wantErr: []string{
 			"27 errors",
 			`trust.trusted_cidrs[1]: "10.0.0.0/33" is not a CIDR`,
@@ -281,7 +286,31 @@ func TestValidateCommand(t *testing.T) {
 		{name: "plugin checksum mismatch", args: []string{"--config", wrongPlugin}, wantCode: 1, wantErr: []string{`policy "custom"`, filepath.Join(filepath.Dir(wrongPlugin), "bin", "my-policy"), "sha256"}},
 		{name: "missing flag", wantCode: 2, wantErr: []string{"--config is required"}},
 		{name: "missing file", args: []string{"--config", "absent.yaml"}, wantCode: 1, wantErr: []string{"absent.yaml"}},
+		{name: "empty file", args: []string{"--config", writeFile(t, "empty.yaml", "# nothing yet\n")}, wantCode: 1, wantErr: []string{"empty.yaml: the file is empty"}},
 		{name: "help", args: []string{"--help"}, wantOut: []string{"Usage:\n  realipd validate --config FILE"}},
+	}
+	if !testing.Short() {
+		// validate starts the plugins, so the binary must be a real one;
+		// its config names ./deny.txt, next to the file.
+		bin, sum, err := builtPlugin("denylist")
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		good := pluginConfig(t, content, sum)
+		if err := os.WriteFile(filepath.Join(filepath.Dir(good), "deny.txt"), []byte("192.0.2.1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		noList := pluginConfig(t, content, sum)
+		tests = append(tests,
+			validateCase{name: "good", args: []string{"--config", good}, wantOut: []string{good + ": OK", "strategy rightmost_trusted_range", "admin, extproc, xds, origdst", "3 policies"}},
+			validateCase{name: "the plugin refuses its config", args: []string{"--config", noList}, wantCode: 1, wantErr: []string{
+				"policies[2]", `policy "custom"`, "rejected its config", filepath.Join(filepath.Dir(noList), "deny.txt"),
+			}},
+		)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -589,7 +618,7 @@ func TestRunRoles(t *testing.T) {
 }
 
 func TestLoadOrDefault(t *testing.T) {
-	cfg, err := loadOrDefault("")
+	cfg, err := loadOrDefault(t.Context(), "")
 	if err != nil {
 		t.Fatalf("loadOrDefault(\"\") = %v", err)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The commands the README and envoy/README.md show, in their sh blocks,
@@ -236,5 +237,91 @@ func TestREADMEHasOneRunAndOneTestCommand(t *testing.T) {
 		if len(blocks) != 1 || strings.TrimSpace(blocks[0][1]) != want {
 			t.Errorf("%s: want exactly one block with %q, got %q", strings.TrimSpace(heading), want, blocks)
 		}
+	}
+}
+
+// readmeConfigExample returns the yaml block of the README's "Configure
+// it" section.
+func readmeConfigExample(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	i := strings.Index(s, "## Configure it\n")
+	if i < 0 {
+		t.Fatal("README has no Configure it section")
+	}
+	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(s[i:])
+	if m == nil {
+		t.Fatal("README's Configure it section has no yaml block")
+	}
+	return m[1]
+}
+
+// TestREADMEConfigExample puts the README's example in a directory of its
+// own, with the plugin built where its comment says and the list its
+// config names, and runs it from another directory: validate accepts it,
+// serve runs it (the plugin reading its list next to the file) and denies
+// a listed client, and without the list validate refuses it, as serve
+// would.
+func TestREADMEConfigExample(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the denylist plugin")
+	}
+	example := readmeConfigExample(t)
+	const placeholder = `"<sha256sum bin/denylist>"`
+	if !strings.Contains(example, placeholder) || !strings.Contains(example, "path: ./bin/denylist") || !strings.Contains(example, "list: ./deny.txt") {
+		t.Fatalf("the README's example changed; update this test:\n%s", example)
+	}
+	bin, sum, err := builtPlugin("denylist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	content, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "denylist"), content, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The requests of serveRun.outcome come from 192.168.1.1 through the
+	// README's trusted 10.0.0.0/8.
+	list := filepath.Join(dir, "deny.txt")
+	if err := os.WriteFile(list, []byte("192.168.1.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "realipd.yaml")
+	// Listeners on ports the kernel picks, so that the test collides with
+	// nothing; the paths are the README's.
+	text := strings.Replace(example, placeholder, `"`+sum+`"`, 1) + "extproc: {listen: 127.0.0.1:0}\nadmin: {listen: 127.0.0.1:0}\nxds: {enabled: false}\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if wd, _ := os.Getwd(); wd == dir {
+		t.Fatal("the test must run from another directory than the file's")
+	}
+
+	if out, errOut, code := runCmd(t, "validate", "--config", cfg); code != 0 {
+		t.Errorf("validate: exit %d\n%s%s", code, out, errOut)
+	}
+	s := startServe(t, cfg, nil)
+	s.client.MessageTimeout = 5 * time.Second // the first call to a plugin sets up TLS
+	if got := s.outcome(t); got != "deny Forbidden" {
+		t.Errorf("serve: the listed client got %q, want it denied", got)
+	}
+	s.stop()
+
+	if err := os.Remove(list); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runCmd(t, "validate", "--config", cfg)
+	if code != 1 || !strings.Contains(errOut, "policies[1]") || !strings.Contains(errOut, list) {
+		t.Errorf("validate without the list: exit %d, stderr %q; want exit 1 naming policies[1] and %s", code, errOut, list)
 	}
 }

@@ -5,38 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/policies"
 )
-
-// restartOnlyKeys are the configuration keys a reload cannot change: a
-// section name stands for each of its keys. A reload that changes one is
-// rejected, naming the key. A role that learns to reload a key removes it
-// here.
-var restartOnlyKeys = []string{
-	"extproc.enabled",
-	"extproc.listen",
-	"extproc.drain_timeout",
-	"xds.enabled",
-	"xds.listen",
-	// The interception rules, installed once (an init container's
-	// realipd iptables --apply, or the eBPF capture), steer to these
-	// ports in this mode: Envoy moved elsewhere would lose the traffic.
-	"xds.mode",
-	"xds.outbound_port",
-	"xds.inbound_port",
-	"origdst",
-	"intercept",
-	"admin",
-}
 
 // errShuttingDown fails a reload that races with shutdown.
 var errShuttingDown = errors.New("serve is shutting down")
@@ -64,8 +46,9 @@ type staged struct {
 }
 
 // reloader reloads the configuration file into the running roles: on a
-// change of the file or a SIGHUP it loads and checks the file, and when the
-// file is valid and changes only keys that can change while serving, it
+// change of the file or a SIGHUP it reads the file once it has settled
+// (config.Settler), checks it, and when it is valid and changes only
+// keys that can change while serving (config.ChangedRestartKeys), it
 // stages every target and commits them. Otherwise the last good
 // configuration keeps serving. It is safe for concurrent use; reloads run
 // one at a time.
@@ -75,6 +58,9 @@ type reloader struct {
 	current *atomic.Pointer[config.Config] // the configuration in force
 	targets []reloadTarget
 	m       *reloadMetrics
+	// settler reads the file once two reads agree (its zero value waits
+	// config.DefaultSettle between them).
+	settler config.Settler
 
 	mu sync.Mutex // one reload at a time
 }
@@ -89,7 +75,7 @@ type reloadMetrics struct {
 func newReloadMetrics(reg prometheus.Registerer) (*reloadMetrics, error) {
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "realipd_config_reloads_total",
-		Help: "Configuration reloads (file changes and SIGHUP) by result: applied, or rejected (invalid, a restart-only key changed, a plugin failed to start) with the last good configuration kept.",
+		Help: "Configuration reloads (file changes and SIGHUP) by result: applied, or rejected (invalid, empty or not a regular file, a restart-only key changed, a plugin failed to start) with the last good configuration kept.",
 	}, []string{"result"})
 	lastSuccess := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "realipd_config_last_reload_success_timestamp_seconds",
@@ -117,13 +103,23 @@ func newReloadMetrics(reg prometheus.Registerer) (*reloadMetrics, error) {
 
 // reload loads the file and applies it if it is valid and can be applied
 // while serving; it reports whether the configuration in force is the
-// file's. why says what asked for the reload, for the logs.
-func (r *reloader) reload(why string) bool {
+// file's. why says what asked for the reload, for the logs. When ctx ends
+// (serve is stopping) while the file is being read or settling, the reload
+// is abandoned at once.
+func (r *reloader) reload(ctx context.Context, why string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	log := r.log.With("file", r.path, "trigger", why)
 
-	cfg, err := config.Load(r.path)
+	data, err := r.settler.Read(ctx, r.path)
+	if ctx.Err() != nil {
+		log.Info("configuration reload abandoned: serve is shutting down")
+		return false
+	}
+	var cfg *config.Config
+	if err == nil {
+		cfg, err = config.ParseFile(data, r.path)
+	}
 	if err == nil {
 		err = policies.Check(cfg.Policies)
 	}
@@ -136,7 +132,7 @@ func (r *reloader) reload(why string) bool {
 		log.Info("configuration reloaded: unchanged")
 		return r.applied()
 	}
-	if keys := changedKeys(old, cfg, restartOnlyKeys); len(keys) > 0 {
+	if keys := config.ChangedRestartKeys(old, cfg); len(keys) > 0 {
 		ve := &config.ValidationError{File: r.path}
 		for _, k := range keys {
 			log.Error("configuration rejected", "key", k, "reason", "changing it needs a restart")
@@ -180,9 +176,116 @@ func (r *reloader) reload(why string) bool {
 	}
 	r.current.Store(cfg)
 	ci := cfg.Trust.ClientIP()
-	log.Info("configuration reloaded", "strategy", ci.Strategy.String(), "header", ci.Header,
-		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies))
+	attrs := []any{"strategy", ci.Strategy.String(), "header", ci.Header,
+		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies)}
+	if diff := securityDiff(old, cfg); len(diff) > 0 {
+		// Who is trusted and what is denied decide every request's
+		// answer: a change of them is worth an operator's eye, the more
+		// so when it was not meant (a file truncated to a few keys).
+		log.Warn("configuration reloaded", append(attrs, diff...)...)
+	} else {
+		log.Info("configuration reloaded", attrs...)
+	}
 	return r.applied()
+}
+
+// securityDiff describes, as log attributes, what changed from a to b in
+// the trust section and the policies: the trust keys changed, the strategy
+// it was, the trusted CIDRs added and removed, the policies added, removed
+// and changed (by name). It is empty when neither changed.
+func securityDiff(a, b *config.Config) []any {
+	var attrs []any
+	var trustKeys []string
+	ta, tb := reflect.ValueOf(a.Trust), reflect.ValueOf(b.Trust)
+	for i := range ta.NumField() {
+		f := ta.Type().Field(i)
+		if f.IsExported() && !reflect.DeepEqual(ta.Field(i).Interface(), tb.Field(i).Interface()) {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			trustKeys = append(trustKeys, "trust."+name)
+		}
+	}
+	if len(trustKeys) > 0 {
+		attrs = append(attrs, "trust_changed", trustKeys)
+		if a.Trust.Strategy != b.Trust.Strategy {
+			attrs = append(attrs, "strategy_was", a.Trust.Strategy)
+		}
+		added, removed := setDiff(prefixStrings(a.Trust.TrustedCIDRs), prefixStrings(b.Trust.TrustedCIDRs))
+		if len(added) > 0 || len(removed) > 0 {
+			attrs = append(attrs, "trusted_cidrs_added", len(added), "trusted_cidrs_removed", len(removed))
+		}
+	}
+	byName := func(list []config.Policy) map[string]config.Policy {
+		m := make(map[string]config.Policy, len(list))
+		for _, p := range list {
+			m[p.Name] = p
+		}
+		return m
+	}
+	pa, pb := byName(a.Policies), byName(b.Policies)
+	var added, removed, changed []string
+	for _, p := range b.Policies {
+		if old, ok := pa[p.Name]; !ok {
+			added = append(added, p.Name)
+		} else if !reflect.DeepEqual(old, p) {
+			changed = append(changed, p.Name)
+		}
+	}
+	for _, p := range a.Policies {
+		if _, ok := pb[p.Name]; !ok {
+			removed = append(removed, p.Name)
+		}
+	}
+	order := func(list []config.Policy) []string {
+		names := make([]string, len(list))
+		for i, p := range list {
+			names[i] = p.Name
+		}
+		return names
+	}
+	reordered := len(added) == 0 && len(removed) == 0 && !slices.Equal(order(a.Policies), order(b.Policies))
+	for _, l := range []struct {
+		key   string
+		names []string
+	}{{"policies_added", added}, {"policies_removed", removed}, {"policies_changed", changed}} {
+		if len(l.names) > 0 {
+			attrs = append(attrs, l.key, l.names)
+		}
+	}
+	if reordered {
+		attrs = append(attrs, "policies_order", order(b.Policies))
+	}
+	return attrs
+}
+
+// prefixStrings writes each CIDR or IP of a validated list in its canonical
+// form (a bare IP as a single-address prefix), so that "192.0.2.7" and
+// "192.0.2.7/32" are the same entry.
+func prefixStrings(list []string) []string {
+	out := make([]string, len(list))
+	for i, s := range list {
+		out[i] = s
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out[i] = p.Masked().String()
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			out[i] = netip.PrefixFrom(a, a.BitLen()).String()
+		}
+	}
+	return out
+}
+
+// setDiff returns the entries of b not in a, and those of a not in b.
+func setDiff(a, b []string) (added, removed []string) {
+	for _, s := range b {
+		if !slices.Contains(a, s) && !slices.Contains(added, s) {
+			added = append(added, s)
+		}
+	}
+	for _, s := range a {
+		if !slices.Contains(b, s) && !slices.Contains(removed, s) {
+			removed = append(removed, s)
+		}
+	}
+	return added, removed
 }
 
 func (r *reloader) applied() bool {
@@ -226,69 +329,16 @@ func logProblems(log *slog.Logger, err error) {
 	log.Error("configuration rejected", "error", err)
 }
 
-// changedKeys lists the keys of keys that differ between a and b; a
-// top-level section is expanded into the section's keys.
-func changedKeys(a, b *config.Config, keys []string) []string {
-	var changed []string
-	for _, key := range keys {
-		va, vb := lookupKey(reflect.ValueOf(a).Elem(), key), lookupKey(reflect.ValueOf(b).Elem(), key)
-		if !va.IsValid() || !vb.IsValid() {
-			panic("realipd: restart-only key " + key + " is not a configuration key")
-		}
-		if strings.Contains(key, ".") || va.Kind() != reflect.Struct {
-			if !reflect.DeepEqual(va.Interface(), vb.Interface()) {
-				changed = append(changed, key)
-			}
-			continue
-		}
-		for i := range va.NumField() {
-			f := va.Type().Field(i)
-			if !f.IsExported() {
-				continue // parsed forms of exported keys
-			}
-			if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
-				changed = append(changed, key+"."+jsonName(f))
-			}
-		}
-	}
-	return changed
-}
-
-// lookupKey returns the field of v at a dotted key path of JSON names.
-func lookupKey(v reflect.Value, key string) reflect.Value {
-	for name := range strings.SplitSeq(key, ".") {
-		if v.Kind() != reflect.Struct {
-			return reflect.Value{}
-		}
-		next := reflect.Value{}
-		for i := range v.NumField() {
-			if f := v.Type().Field(i); f.IsExported() && jsonName(f) == name {
-				next = v.Field(i)
-				break
-			}
-		}
-		if !next.IsValid() {
-			return next
-		}
-		v = next
-	}
-	return v
-}
-
-func jsonName(f reflect.StructField) string {
-	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-	return name
-}
-
 // watchConfig reloads the configuration of r on every change of its file
 // and every SIGHUP on hup (nil: none) until ctx ends, then returns. The
 // file watch is in place when it returns the wait function; wait returns
-// once no reload runs any more.
-func watchConfig(ctx context.Context, r *reloader, hup <-chan os.Signal) (wait func()) {
+// once no reload runs any more: a reload in progress is abandoned when ctx
+// ends, even one whose read of the file is stuck (the read is left behind).
+func watchConfig(ctx context.Context, r *reloader, hup <-chan os.Signal, debounce time.Duration) (wait func()) {
 	var wg sync.WaitGroup
-	stopped, err := config.Watch(ctx, r.path, config.WatchOptions{Logger: r.log}, func(c config.Change) {
+	stopped, err := config.Watch(ctx, r.path, config.WatchOptions{Logger: r.log, Debounce: debounce}, func(c config.Change) {
 		r.log.Info("configuration file changed", "file", r.path, "events", c.Events)
-		r.reload("file changed")
+		r.reload(ctx, "file changed")
 	})
 	if err != nil {
 		r.log.Warn("not watching the configuration file; reload it with SIGHUP", "file", r.path, "error", err)
@@ -296,7 +346,7 @@ func watchConfig(ctx context.Context, r *reloader, hup <-chan os.Signal) (wait f
 		r.log.Info("watching the configuration file", "file", r.path)
 		wg.Go(func() { <-stopped })
 	}
-	onSignals(ctx, &wg, hup, func() { r.reload("SIGHUP") })
+	onSignals(ctx, &wg, hup, func() { r.reload(ctx, "SIGHUP") })
 	return wg.Wait
 }
 
@@ -316,6 +366,28 @@ func onSignals(ctx context.Context, wg *sync.WaitGroup, hup <-chan os.Signal, fn
 			}
 		}
 	})
+}
+
+// reloadTimingKey is the context key of reloadTiming.
+type reloadTimingKey struct{}
+
+// reloadTiming tunes how serve notices and reads a changed file; the zero
+// value takes the defaults (config.DefaultDebounce, config.DefaultSettle).
+// Tests shorten them, and change the file between the reads.
+type reloadTiming struct {
+	debounce time.Duration  // quiet time that ends a burst of file events
+	settler  config.Settler // reads the file once two reads agree
+}
+
+// withReloadTiming returns ctx carrying t for serve.
+func withReloadTiming(ctx context.Context, t reloadTiming) context.Context {
+	return context.WithValue(ctx, reloadTimingKey{}, t)
+}
+
+// reloadTimingOf returns the reloadTiming of ctx, or the zero one.
+func reloadTimingOf(ctx context.Context) reloadTiming {
+	t, _ := ctx.Value(reloadTimingKey{}).(reloadTiming)
+	return t
 }
 
 // reloadSignalKey is the context key of reload requests (SIGHUP).

@@ -25,21 +25,34 @@ import (
 // pluginDir holds the plugins built by the tests; TestMain removes it.
 var pluginDir string
 
-// testPolicy builds the plugin host's test plugin once per test binary, when
-// a test first needs it, and returns its path and sha256.
-var testPolicy = sync.OnceValues(func() ([2]string, error) {
+// builtPlugins builds the plugins the tests run once per test binary, when
+// a test first needs one, and returns their paths by name: the plugin
+// host's test plugin (testpolicy) and the example denylist.
+var builtPlugins = sync.OnceValues(func() (map[string]string, error) {
 	dir, err := os.MkdirTemp("", "realipd-cmd-test-")
 	if err != nil {
-		return [2]string{}, err
+		return nil, err
 	}
 	pluginDir = dir
-	bins, err := plugintest.Build(dir, "../../plugins/host/testdata/testpolicy")
-	if err != nil {
-		return [2]string{}, err
-	}
-	sum, err := plugintest.SHA256(bins["testpolicy"])
-	return [2]string{bins["testpolicy"], sum}, err
+	return plugintest.Build(dir, "../../plugins/host/testdata/testpolicy", "../../examples/plugins/denylist")
 })
+
+// builtPlugin returns the path and sha256 of the built plugin name (see
+// builtPlugins).
+func builtPlugin(name string) (path, sum string, err error) {
+	bins, err := builtPlugins()
+	if err != nil {
+		return "", "", err
+	}
+	sum, err = plugintest.SHA256(bins[name])
+	return bins[name], sum, err
+}
+
+// testPolicy returns the path and sha256 of the plugin host's test plugin.
+func testPolicy() ([2]string, error) {
+	path, sum, err := builtPlugin("testpolicy")
+	return [2]string{path, sum}, err
+}
 
 // pluginFile is a reload test configuration with one plugin policy whose
 // config is cfg.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,18 +86,34 @@ type serveRun struct {
 	stop func()
 }
 
+// testSettle is the settle time of the reload tests' serve: the two reads
+// of a changed file are this far apart (serve's default is
+// config.DefaultSettle).
+const testSettle = 20 * time.Millisecond
+
 // startServe runs serve --config path in-process with hup as its SIGHUP
-// channel until the test ends.
+// channel until the test ends, reading a changed file after testSettle.
 func startServe(t *testing.T, path string, hup <-chan os.Signal) *serveRun {
 	t.Helper()
-	ctx, cancel := context.WithCancel(withReloadSignal(t.Context(), hup))
+	return startServeTimed(t, path, hup, reloadTiming{settler: config.Settler{Settle: testSettle}})
+}
+
+// startServeTimed is startServe with the reload timing given.
+func startServeTimed(t *testing.T, path string, hup <-chan os.Signal, timing reloadTiming) *serveRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(withReloadTiming(withReloadSignal(t.Context(), hup), timing))
 	logs := newLogTail()
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve", "--config", path}, io.Discard, logs) }()
 	stop := sync.OnceFunc(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve after cancel = %v\n%s", err, logs)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve after cancel = %v\n%s", err, logs)
+			}
+		case <-time.After(30 * time.Second):
+			t.Errorf("serve still running 30s after its context ended:\n%s", logs)
 		}
 	})
 	t.Cleanup(stop)
@@ -151,20 +166,29 @@ func replaceFile(t *testing.T, path, content string) {
 // outcome is what one request got: the x-real-ip set, or the deny status.
 func (s *serveRun) outcome(t *testing.T) string {
 	t.Helper()
+	got, err := s.tryOutcome(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// tryOutcome is outcome for any goroutine.
+func (s *serveRun) tryOutcome(ctx context.Context) (string, error) {
 	// The peer 10.0.0.5 (appended by Envoy) got the request from
 	// 192.168.1.1, which forwarded it for 203.0.113.9.
-	res, err := s.client.Process(t.Context(), extproctest.Request{
+	res, err := s.client.Process(ctx, extproctest.Request{
 		SourceAddress: "10.0.0.5:4321",
 		Headers:       []extproctest.Header{{Name: ":path", Value: "/"}, {Name: "x-forwarded-for", Value: "203.0.113.9, 192.168.1.1, 10.0.0.5"}},
 	})
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if res.Immediate != nil {
-		return "deny " + res.Immediate.GetStatus().GetCode().String()
+		return "deny " + res.Immediate.GetStatus().GetCode().String(), nil
 	}
 	ip, _ := res.SetHeader("x-real-ip")
-	return ip
+	return ip, nil
 }
 
 // metric returns the /metrics lines that start with name.
@@ -366,53 +390,4 @@ func TestIgnoreReloads(t *testing.T) {
 	logs.wait(t, regexp.MustCompile(`level=WARN msg="SIGHUP ignored`), 0)
 	cancel()
 	wait()
-}
-
-func TestChangedKeys(t *testing.T) {
-	base := config.Default()
-	tests := []struct {
-		name   string
-		change func(c *config.Config)
-		want   string
-	}{
-		{"nothing", func(*config.Config) {}, ""},
-		{"trust and policies reload", func(c *config.Config) {
-			c.Trust.TrustedCIDRs = []string{"10.0.0.0/8"}
-			c.Policies = []config.Policy{{Name: "p", Type: "cidr"}}
-			c.ExtProc.DenyStatus = 429
-			c.ExtProc.ClientIPHeader = "x-client-ip"
-		}, ""},
-		{"extproc restart keys", func(c *config.Config) {
-			c.ExtProc.Enabled = false
-			c.ExtProc.Listen = "unix:///run/x.sock"
-			c.ExtProc.DrainTimeout.Duration = time.Second
-		}, "extproc.enabled,extproc.listen,extproc.drain_timeout"},
-		{"sections", func(c *config.Config) {
-			c.XDS.IPFamilies = []string{"ipv4", "ipv6"} // reloadable
-			c.XDS.Listen = "127.0.0.1:18001"
-			c.OrigDst.Listen = []string{"0.0.0.0:15001", "[::]:15001"}
-			c.OrigDst.Enabled = true
-			c.Admin.Enabled = false
-		}, "xds.listen,origdst.enabled,origdst.listen,admin.enabled"},
-		{"the ports the interception rules steer to", func(c *config.Config) {
-			c.XDS.HTTPPorts = []int{8081} // reloadable
-			c.XDS.Mode = "tproxy"
-			c.XDS.OutboundPort = 16001
-			c.XDS.InboundPort = 16006
-		}, "xds.mode,xds.outbound_port,xds.inbound_port"},
-		{"admin allowed hosts", func(c *config.Config) {
-			c.Admin.AllowedHosts = []string{"admin.internal"}
-		}, "admin.allowed_hosts"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := base
-			c.XDS.IPFamilies = slices.Clone(base.XDS.IPFamilies)
-			c.OrigDst.Listen = slices.Clone(base.OrigDst.Listen)
-			tt.change(&c)
-			if got := strings.Join(changedKeys(&base, &c, restartOnlyKeys), ","); got != tt.want {
-				t.Errorf("changedKeys = %q, want %q", got, tt.want)
-			}
-		})
-	}
 }

@@ -165,7 +165,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fileTrust := false // whether trust's unset keys come from the file
 	if *configPath != "" {
 		fileTrust = true
-		loaded, err := config.Load(*configPath)
+		loaded, err := config.LoadContext(ctx, *configPath)
 		if err != nil {
 			return failure(err)
 		}

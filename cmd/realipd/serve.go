@@ -24,13 +24,17 @@ SIGTERM or SIGINT, then shut them down gracefully and exit 0. Without --config
 the defaults apply: ext_proc on 127.0.0.1:9001, xDS on 127.0.0.1:18000, admin
 on 127.0.0.1:9902, the native listener off. Logs go to stderr.
 
-With --config, the file is reloaded when it changes and on SIGHUP. An
-invalid file, or one that changes a key needing a restart (listen addresses,
-enabled flags, the admin, origdst and intercept sections,
-extproc.drain_timeout, xds.mode and the capture ports), is rejected with every problem logged with its key
-path, and the last good configuration keeps serving. A role that cannot
-start (an address in use, a missing privilege, a plugin that fails its
-sha256 check) stops serve with exit 1 before anything serves.`, `
+With --config, the file must be a regular file with at least one key (an
+empty file is refused; {} means the defaults). It is reloaded when it
+changes and on SIGHUP, once two reads agree. An invalid or empty file, or
+one that changes a key needing a restart (listen addresses, enabled flags,
+the admin, origdst and intercept sections, extproc.drain_timeout, xds.mode
+and the capture ports), is rejected with every problem logged with its key
+path, and the last good configuration keeps serving; a reload that changes
+trust or the policies is logged at WARN. Write the file atomically (a
+rename over it). A role that cannot start (an address in use, a missing
+privilege, a plugin that fails its sha256 check) stops serve with exit 1
+before anything serves.`, `
   realipd serve
   realipd serve --config /etc/realipd/realipd.yaml --log-format json
   realipd serve --config realipd.yaml --log-level debug`)
@@ -51,7 +55,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageError("serve: %v", err)
 	}
-	cfg, err := loadOrDefault(*path)
+	cfg, err := loadOrDefault(ctx, *path)
 	if err != nil {
 		return failure(err)
 	}
@@ -72,7 +76,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rctx, stopReloads := context.WithCancel(ctx)
 	var waitReloads func()
 	if *path != "" {
-		waitReloads = watchConfig(rctx, s.reloader(*path, logger), reloadSignal(ctx))
+		timing := reloadTimingOf(ctx)
+		r := s.reloader(*path, logger)
+		r.settler = timing.settler
+		waitReloads = watchConfig(rctx, r, reloadSignal(ctx), timing.debounce)
 	} else {
 		waitReloads = ignoreReloads(rctx, logger, reloadSignal(ctx))
 	}
@@ -82,10 +89,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return runRoles(ctx, logger, s.roles, grace)
 }
 
-// loadOrDefault loads path, or validates the defaults when path is "".
-func loadOrDefault(path string) (*config.Config, error) {
+// loadOrDefault loads path, or validates the defaults when path is "". A
+// file is refused when it is not a regular file or is empty (see
+// config.LoadContext); ctx ends a read stuck in the file system.
+func loadOrDefault(ctx context.Context, path string) (*config.Config, error) {
 	if path != "" {
-		return config.Load(path)
+		return config.LoadContext(ctx, path)
 	}
 	cfg := config.Default()
 	if err := cfg.Validate(); err != nil {

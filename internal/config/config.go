@@ -7,50 +7,55 @@ import (
 	"github.com/realipd/realipd/clientip"
 )
 
-// Config is the whole file. Field tags are the YAML keys (README.md, "Configure it").
+// Config is the whole file. Field tags are the YAML keys (README.md,
+// "Configure it") and whether `realipd serve` applies a change of the key
+// while serving (see ReloadLive).
 type Config struct {
 	Trust     Trust     `json:"trust"`
 	ExtProc   ExtProc   `json:"extproc"`
 	XDS       XDS       `json:"xds"`
-	OrigDst   OrigDst   `json:"origdst"`
-	Intercept Intercept `json:"intercept"`
-	Admin     Admin     `json:"admin"`
+	OrigDst   OrigDst   `json:"origdst" reload:"restart"`
+	Intercept Intercept `json:"intercept" reload:"restart"`
+	Admin     Admin     `json:"admin" reload:"restart"`
 	Policies  []Policy  `json:"policies"`
 }
 
 // Trust selects the client-IP resolution strategy.
 type Trust struct {
-	Strategy         string   `json:"strategy"`
-	Header           string   `json:"header"`
-	TrustedCIDRs     []string `json:"trusted_cidrs"`
-	TrustedHops      *int     `json:"trusted_hops"`
-	UseRemoteAddress *bool    `json:"use_remote_address"`
-	OnUnresolved     string   `json:"on_unresolved"` // deny | pass
+	Strategy         string   `json:"strategy" reload:"live"`
+	Header           string   `json:"header" reload:"live"`
+	TrustedCIDRs     []string `json:"trusted_cidrs" reload:"live"`
+	TrustedHops      *int     `json:"trusted_hops" reload:"live"`
+	UseRemoteAddress *bool    `json:"use_remote_address" reload:"live"`
+	OnUnresolved     string   `json:"on_unresolved" reload:"live"` // deny | pass
 
 	clientIP clientip.Config // parsed by Validate
 }
 
 // ExtProc configures the ext_proc gRPC server.
 type ExtProc struct {
-	Enabled            bool     `json:"enabled"`
-	Listen             string   `json:"listen"`
-	ClientIPHeader     string   `json:"client_ip_header"`
-	MetadataNamespace  string   `json:"metadata_namespace"`
-	XFFAppendedByEnvoy bool     `json:"xff_appended_by_envoy"`
-	DenyStatus         int      `json:"deny_status"`
-	DrainTimeout       Duration `json:"drain_timeout"`
+	Enabled            bool     `json:"enabled" reload:"restart"`
+	Listen             string   `json:"listen" reload:"restart"`
+	ClientIPHeader     string   `json:"client_ip_header" reload:"live"`
+	MetadataNamespace  string   `json:"metadata_namespace" reload:"live"`
+	XFFAppendedByEnvoy bool     `json:"xff_appended_by_envoy" reload:"live"`
+	DenyStatus         int      `json:"deny_status" reload:"live"`
+	DrainTimeout       Duration `json:"drain_timeout" reload:"restart"`
 }
 
 // XDS configures the xDS control plane.
 type XDS struct {
-	Enabled        bool     `json:"enabled"`
-	Listen         string   `json:"listen"`
-	Mode           string   `json:"mode"`
-	OutboundPort   int      `json:"outbound_port"`
-	InboundPort    int      `json:"inbound_port"`
-	IPFamilies     []string `json:"ip_families"`
-	HTTPPorts      []int    `json:"http_ports"`
-	ExtProcAddress string   `json:"extproc_address"`
+	Enabled bool   `json:"enabled" reload:"restart"`
+	Listen  string `json:"listen" reload:"restart"`
+	// The interception rules, installed once (an init container's realipd
+	// iptables --apply, or the eBPF capture), steer to these ports in this
+	// mode: Envoy moved elsewhere would lose the traffic.
+	Mode           string   `json:"mode" reload:"restart"`
+	OutboundPort   int      `json:"outbound_port" reload:"restart"`
+	InboundPort    int      `json:"inbound_port" reload:"restart"`
+	IPFamilies     []string `json:"ip_families" reload:"live"`
+	HTTPPorts      []int    `json:"http_ports" reload:"live"`
+	ExtProcAddress string   `json:"extproc_address" reload:"live"`
 }
 
 // OrigDst configures the native fallback listener.
@@ -82,19 +87,27 @@ type Admin struct {
 
 // Policy is one entry of the policies list.
 type Policy struct {
-	Name     string         `json:"name"`
-	Type     string         `json:"type"` // cidr | plugin
-	Deny     []string       `json:"deny,omitempty"`
-	Allow    []string       `json:"allow,omitempty"`
-	Path     string         `json:"path,omitempty"`
-	SHA256   string         `json:"sha256,omitempty"`
-	Timeout  Duration       `json:"timeout,omitempty"`
-	OnError  string         `json:"on_error,omitempty"` // allow | deny
-	CacheTTL Duration       `json:"cache_ttl,omitempty"`
-	Config   map[string]any `json:"config,omitempty"`
+	Name     string         `json:"name" reload:"live"`
+	Type     string         `json:"type" reload:"live"` // cidr | plugin
+	Deny     []string       `json:"deny,omitempty" reload:"live"`
+	Allow    []string       `json:"allow,omitempty" reload:"live"`
+	Path     string         `json:"path,omitempty" reload:"live"`
+	SHA256   string         `json:"sha256,omitempty" reload:"live"`
+	Timeout  Duration       `json:"timeout,omitempty" reload:"live"`
+	OnError  string         `json:"on_error,omitempty" reload:"live"` // allow | deny
+	CacheTTL Duration       `json:"cache_ttl,omitempty" reload:"live"`
+	Config   map[string]any `json:"config,omitempty" reload:"live"`
 
 	deny, allow []netip.Prefix // parsed by Validate
+	dir         string         // the configuration file's directory (plugin policies loaded from a file)
 }
+
+// Dir is the directory a plugin policy's process runs in: the directory of
+// the configuration file it was loaded from (absolute), so that relative
+// paths in its config are relative to that file as policies[].path is; ""
+// for a configuration that did not come from a file (the plugin then runs
+// in realipd's working directory).
+func (p Policy) Dir() string { return p.dir }
 
 // Duration is a time.Duration written as a Go duration string ("20ms").
 type Duration struct{ time.Duration }

@@ -25,8 +25,6 @@ type docKey struct {
 	field reflect.Type // the Go type of the field
 }
 
-var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
-
 // configKeys lists every key of the configuration file, in field order:
 // the leaves of the Config structs by their json tags, the keys of a list
 // of mappings (policies) written as "list[].key".
@@ -426,5 +424,77 @@ func TestConfigDoc(t *testing.T) {
 	}
 	if !slices.ContainsFunc(keys, func(k docKey) bool { return k.path == "policies[].cache_ttl" }) {
 		t.Error("configKeys does not reach the policies' keys")
+	}
+}
+
+// TestConfigDocSaysWhatReloads: the paragraph under each section's
+// heading in docs/config.md says which of its keys need a restart, as the
+// reload tags declare (RestartKeys): "Every key reloads", "Every key ...
+// needs a restart", or the restart keys named before "need a restart".
+func TestConfigDocSaysWhatReloads(t *testing.T) {
+	data, err := os.ReadFile(configDocPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The text between a section's heading and its first table.
+	intro := map[string]string{}
+	for _, part := range strings.Split(string(data), "\n## ")[1:] {
+		heading, body, _ := strings.Cut(part, "\n")
+		section, _, _ := strings.Cut(heading, ".")
+		if _, seen := intro[section]; seen {
+			continue
+		}
+		if i := strings.Index(body, "\n|"); i >= 0 {
+			body = body[:i]
+		}
+		intro[section] = strings.Join(strings.Fields(body), " ")
+	}
+	restart := RestartKeys()
+	var sections []string
+	for _, k := range configKeys() {
+		section, _, _ := strings.Cut(k.path, ".")
+		section, _, _ = strings.Cut(section, "[")
+		if !slices.Contains(sections, section) {
+			sections = append(sections, section)
+		}
+	}
+	for _, section := range sections {
+		text, ok := intro[section]
+		if !ok {
+			t.Errorf("%s: no section %q", configDocPath, section)
+			continue
+		}
+		var all, names []string
+		for _, k := range configKeys() {
+			if strings.HasPrefix(k.path, section+".") || strings.HasPrefix(k.path, section+"[") {
+				all = append(all, k.path)
+				if slices.Contains(restart, k.path) {
+					names = append(names, k.path[strings.LastIndex(k.path, ".")+1:])
+				}
+			}
+		}
+		switch {
+		case len(names) == 0:
+			if !strings.Contains(text, "Every key reloads") {
+				t.Errorf("%s: section %s: every key reloads, and the text does not say \"Every key reloads\": %q", configDocPath, section, text)
+			}
+		case len(names) == len(all):
+			if !regexp.MustCompile(`(?i)every key [^.]*needs a restart`).MatchString(text) {
+				t.Errorf("%s: section %s: every key needs a restart, and the text does not say so: %q", configDocPath, section, text)
+			}
+		default:
+			before, _, found := strings.Cut(text, "need a restart")
+			before = before[strings.LastIndex(before, ". ")+1:] // that sentence
+			said := regexp.MustCompile("`([a-z_]+)`").FindAllStringSubmatch(before, -1)
+			var got []string
+			for _, m := range said {
+				got = append(got, m[1])
+			}
+			slices.Sort(got)
+			slices.Sort(names)
+			if !found || !slices.Equal(got, names) {
+				t.Errorf("%s: section %s: the text names %v before \"need a restart\", want the restart keys %v: %q", configDocPath, section, got, names, text)
+			}
+		}
 	}
 }

@@ -3,10 +3,10 @@ package config
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -78,14 +78,19 @@ func Default() Config {
 	}
 }
 
-// Load reads, parses and validates the YAML file at path. A validation
-// failure is a *ValidationError naming the file.
+// Load reads, parses and validates the YAML file at path (see ReadFile and
+// ParseFile). A validation failure is a *ValidationError naming the file.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	return LoadContext(context.Background(), path)
+}
+
+// LoadContext is Load, giving up when ctx ends (see ReadFile).
+func LoadContext(ctx context.Context, path string) (*Config, error) {
+	data, err := ReadFile(ctx, path)
 	if err != nil {
-		return nil, fmt.Errorf("config: read: %w", err)
+		return nil, err
 	}
-	return parse(data, path)
+	return ParseFile(data, path)
 }
 
 // Parse parses and validates a YAML document. Keys that are absent keep
@@ -94,6 +99,20 @@ func Load(path string) (*Config, error) {
 func Parse(data []byte) (*Config, error) {
 	return parse(data, "")
 }
+
+// ParseFile is Parse for data read from the file at path, and adds what
+// only a file has. A file with no keys at all (empty, or only whitespace
+// and comments) is refused: it is far more likely a file caught while being
+// written, or truncated, than a wish for the defaults, and running on them
+// would trust no proxy and drop every policy; "{}" says that wish. Relative
+// paths are made relative to the file's directory (see Policy.Dir).
+func ParseFile(data []byte, path string) (*Config, error) {
+	return parse(data, path)
+}
+
+// emptyFileMsg is the error of a file with no keys.
+const emptyFileMsg = "the file is empty (no keys, only whitespace or comments): refused, since a truncated or half-written file looks the same; " +
+	"write {} to run on the defaults"
 
 func parse(data []byte, file string) (*Config, error) {
 	where := ""
@@ -111,6 +130,9 @@ func parse(data []byte, file string) (*Config, error) {
 		return nil, fmt.Errorf("config: %sparse YAML: %w", where, err)
 	}
 
+	if tree == nil && file != "" {
+		return nil, &ValidationError{File: file, Errors: []FieldError{{Msg: emptyFileMsg}}}
+	}
 	cfg := Default()
 	var errs errorList
 	if tree != nil {
@@ -143,18 +165,27 @@ func parse(data []byte, file string) (*Config, error) {
 		return nil, &ValidationError{File: file, Errors: errs}
 	}
 	if file != "" {
-		resolvePluginPaths(&cfg, filepath.Dir(file))
+		dir, err := filepath.Abs(filepath.Dir(file))
+		if err != nil {
+			return nil, fmt.Errorf("config: %s: %w", file, err)
+		}
+		resolvePluginPaths(&cfg, dir)
 	}
 	return &cfg, nil
 }
 
 // resolvePluginPaths makes relative plugin paths relative to dir, the
-// configuration file's directory, so that a file means the same whatever
-// directory realipd is started from.
+// configuration file's directory (absolute), and records dir as the
+// directory plugins run in, so that a file means the same whatever
+// directory realipd is started from: the paths in a plugin's config too.
 func resolvePluginPaths(cfg *Config, dir string) {
 	for i := range cfg.Policies {
 		p := &cfg.Policies[i]
-		if p.Type == "plugin" && p.Path != "" && !filepath.IsAbs(p.Path) {
+		if p.Type != "plugin" {
+			continue
+		}
+		p.dir = dir
+		if p.Path != "" && !filepath.IsAbs(p.Path) {
 			p.Path = filepath.Join(dir, p.Path)
 		}
 	}

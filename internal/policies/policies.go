@@ -81,6 +81,7 @@ func build(list []config.Policy, opts Options, start bool) (*plugins.Chain, erro
 				Path:       p.Path,
 				SHA256:     p.SHA256,
 				Settings:   p.Config,
+				Dir:        p.Dir(),
 				Timeout:    p.Timeout.Duration,
 				CacheTTL:   p.CacheTTL.Duration,
 				Logger:     opts.Logger,

@@ -46,9 +46,13 @@ var (
 // fields take the defaults above.
 type Config struct {
 	Name     string         // the policies entry's name; required
-	Path     string         // the plugin binary; relative paths are taken from the working directory
+	Path     string         // the plugin binary; relative paths are taken from the host's working directory
 	SHA256   string         // hex sha256 of the binary; required
 	Settings map[string]any // the entry's `config` map, handed to the plugin's Configure
+	// Dir is the plugin process's working directory, so the directory
+	// relative paths in Settings are taken from: realipd passes the
+	// configuration file's directory. "": the host's working directory.
+	Dir string
 
 	Timeout  time.Duration // deadline of one Decide call (and of nothing else)
 	CacheTTL time.Duration // upper bound on how long a decision is reused; 0 disables the cache

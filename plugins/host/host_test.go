@@ -718,3 +718,30 @@ func TestUpGaugeSharedAcrossHosts(t *testing.T) {
 		t.Fatalf("realipd_plugin_up after both closed = %v, want 0", got)
 	}
 }
+
+// TestPluginRunsInDir: the plugin's process runs in Config.Dir, so that a
+// relative path in its settings is taken from there (realipd passes the
+// configuration file's directory), at the first start and at restarts.
+func TestPluginRunsInDir(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "headers.txt"), "x-from-dir\n")
+	settings := map[string]any{"headers_file": "headers.txt"}
+	h, _ := newHost(t, Config{Path: bin.testpolicy, Settings: settings, Dir: dir, MinBackoff: 10 * time.Millisecond})
+	if names, _ := h.RequestHeaders(); !slices.Equal(names, []string{"x-from-dir"}) {
+		t.Fatalf("RequestHeaders = %q, want the file in Dir read", names)
+	}
+	kill(t, decide(t, h, req("192.0.2.1")).Metadata["pid"])
+	waitState(t, h, "restart", func(up bool, restarts int) bool { return up && restarts == 1 })
+	if names, _ := h.RequestHeaders(); !slices.Equal(names, []string{"x-from-dir"}) {
+		t.Errorf("after a restart RequestHeaders = %q, want the file in Dir read", names)
+	}
+	// Without Dir the plugin runs in the host's working directory, which
+	// has no headers.txt: Configure fails.
+	cfg := Config{Name: "nodir", Path: bin.testpolicy, SHA256: sha(t, bin.testpolicy), Settings: settings}
+	if h, err := New(cfg); err == nil {
+		h.Close()
+		t.Errorf("New without Dir read headers.txt from %s", dir)
+	} else if !strings.Contains(err.Error(), "headers.txt") {
+		t.Errorf("New without Dir = %v, want the missing headers.txt named", err)
+	}
+}

@@ -46,6 +46,7 @@ func (h *Host) start() (*instance, *inputs, error) {
 		return nil, nil, fmt.Errorf("host: policy %q: plugin %s: start: %w", h.cfg.Name, h.path, err)
 	}
 	cmd.SysProcAttr = sysProcAttr()
+	cmd.Dir = h.cfg.Dir
 	cmd.Env = []string{sdk.LogLevelEnv + "=" + h.pluginLogLevel()}
 	// No SecureConfig: command has verified what cmd runs, and go-plugin
 	// would only hash cmd.Path once more (on Linux a path that names another
