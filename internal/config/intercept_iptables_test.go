@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -60,5 +61,29 @@ func TestPortOrAllJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(bad), &p); err == nil {
 			t.Errorf("Unmarshal(%s) accepted", bad)
 		}
+	}
+}
+
+// TestIPTablesMode: the mode of the role that takes the connections.
+func TestIPTablesMode(t *testing.T) {
+	tests := []struct{ name, yaml, want, err string }{
+		{"defaults", "", "redirect", ""},
+		{"xds", "xds: {mode: tproxy}", "tproxy", ""},
+		{"native listener alone", "xds: {enabled: false}\norigdst: {enabled: true, mode: tproxy}", "tproxy", ""},
+		{"both alike", "xds: {mode: tproxy}\norigdst: {enabled: true, mode: tproxy}", "tproxy", ""},
+		{"both differ", "origdst: {enabled: true, mode: tproxy}", "", "origdst.mode: tproxy differs from xds.mode (redirect)"},
+		{"native listener never binds", "origdst: {enabled: true, mode: tproxy, fallback: never}", "redirect", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.IPTablesMode()
+			if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+				t.Errorf("IPTablesMode() = %q, %v; want %q, %q", got, err, tt.want, tt.err)
+			}
+		})
 	}
 }
