@@ -239,3 +239,43 @@ func (c *Config) IPTablesMode() (string, error) {
 	}
 	return c.XDS.Mode, nil
 }
+
+// UnservedCapturePorts lists the capture ports the interception rules
+// steer connections to (xds.outbound_port when outbound connections are
+// captured, xds.inbound_port when inbound ones are) where no role of this
+// configuration listens, each with the key that names it. Envoy (xds
+// enabled) listens on both; without it, the native listener listens on
+// the ports of origdst.listen, or nowhere when its fallback is never. With
+// neither role on, no connection is meant to be steered: nil.
+func (c *Config) UnservedCapturePorts() []CapturePort {
+	xds, native := c.takesTraffic()
+	if xds || !c.OrigDst.Enabled {
+		return nil
+	}
+	it := c.Intercept.IPTables
+	var want []CapturePort
+	if it.IncludeAllOutbound() || len(it.IncludeOutboundCIDRs) > 0 {
+		want = append(want, CapturePort{Key: "xds.outbound_port", Port: c.XDS.OutboundPort, Direction: "outbound"})
+	}
+	if len(it.IncludeInboundPorts) > 0 {
+		want = append(want, CapturePort{Key: "xds.inbound_port", Port: c.XDS.InboundPort, Direction: "inbound"})
+	}
+	var out []CapturePort
+	for _, w := range want {
+		served := false
+		for _, a := range c.OrigDst.listen {
+			served = served || (native && int(a.Port()) == w.Port)
+		}
+		if !served {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// CapturePort is a port the interception rules steer to.
+type CapturePort struct {
+	Key       string // xds.outbound_port or xds.inbound_port
+	Port      int
+	Direction string // outbound or inbound
+}
