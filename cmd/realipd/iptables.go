@@ -175,16 +175,26 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	switch {
 	case *apply:
 		summary := iptablesSummary(&opts, family)
+		refused := func(err error) error {
+			return failure(fmt.Errorf("iptables --apply: refused: %w.\n"+
+				"Apply the rules inside the network namespace of the pod or container whose traffic realipd takes\n"+
+				"(an init container, or ip netns exec NAME realipd iptables ...), or give --host to capture this host's own connections.\n"+
+				"They would do this:\n%s", err, summary))
+		}
+		if !opts.Host { // ApplyIPTables checks too; here the summary is not printed as if applied
+			if host, err := intercept.HostNetns(); err != nil {
+				return refused(fmt.Errorf("%w: cannot tell whether this is the host's network namespace: %v", intercept.ErrHostNetns, err))
+			} else if host {
+				return refused(intercept.ErrHostNetns)
+			}
+		}
+		fmt.Fprint(stdout, summary)
 		if err := intercept.ApplyIPTables(ctx, opts, family); err != nil {
 			if errors.Is(err, intercept.ErrHostNetns) {
-				return failure(fmt.Errorf("iptables --apply: refused: %w.\n"+
-					"Apply the rules inside the network namespace of the pod or container whose traffic realipd takes\n"+
-					"(an init container, or ip netns exec NAME realipd iptables ...), or give --host to capture this host's own connections.\n"+
-					"They would do this:\n%s", err, summary))
+				return refused(err)
 			}
 			return failure(fmt.Errorf("iptables --apply: %w", err))
 		}
-		fmt.Fprint(stdout, summary)
 		fmt.Fprintf(stdout, "realipd iptables: applied the %s rules (%v)\n", opts.Mode, family)
 	case *remove:
 		if err := intercept.RemoveIPTables(ctx, opts, family); err != nil {
@@ -269,16 +279,20 @@ func iptablesSummary(o *intercept.IPTablesOptions, f intercept.Family) string {
 			}
 			list = append(list, s)
 		}
-		b.WriteString(", except to ports " + join(list))
+		if len(list) == 1 {
+			b.WriteString(", except to port " + list[0])
+		} else {
+			b.WriteString(", except to ports " + join(list))
+		}
 	}
 	b.WriteString("\n")
 
 	fmt.Fprintf(&b, "  left alone: connections open before the rules; connections to the capture ports %d and %d; outbound connections to this host's own addresses (loopback included)\n", o.OutboundPort, o.InboundPort)
-	marks := fmt.Sprintf("%#x (origdst.mark)", o.Mark)
+	marks := fmt.Sprintf("%#x (origdst.mark: realipd's upstream dials)", o.Mark)
 	if o.Mode == intercept.ModeTProxy {
-		marks += fmt.Sprintf(" and %#x (origdst.tproxy_mark)", o.TProxyMark)
+		marks += fmt.Sprintf(" and %#x (origdst.tproxy_mark: Envoy's original_src connections)", o.TProxyMark)
 	}
-	fmt.Fprintf(&b, "  left alone: connections from sockets marked %s: realipd's upstream dials\n", marks)
+	fmt.Fprintf(&b, "  left alone: connections from sockets marked %s\n", marks)
 	var owners []string
 	for _, u := range o.ExcludeUIDs {
 		owners = append(owners, "uid "+strconv.FormatUint(uint64(u), 10))

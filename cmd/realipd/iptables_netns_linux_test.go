@@ -174,7 +174,7 @@ func TestIPTablesHostLeavesSSHCLI(t *testing.T) {
 			t.Errorf("--apply --host: %v: %s", err, errb.String())
 			return
 		}
-		if !strings.Contains(out.String(), "except to ports 22 (SSH: --host)") {
+		if !strings.Contains(out.String(), "except to port 22 (SSH: --host)") {
 			t.Errorf("--apply --host printed:\n%s", out.String())
 		}
 		saved, _ := save("iptables-save")
