@@ -133,7 +133,18 @@ type IPTablesOptions struct {
 	IncludeAllInbound   bool
 	IncludeInboundPorts []uint16
 	ExcludeInboundPorts []uint16
+
+	// Host lets ApplyIPTables install the rules in the host's network
+	// namespace (see HostNetns), where they capture the host's own
+	// connections: its sshd's and every program's on it. Without it,
+	// ApplyIPTables refuses there with ErrHostNetns. It changes nothing in
+	// the rules.
+	Host bool
 }
+
+// ErrHostNetns is ApplyIPTables' refusal to apply in the host's network
+// namespace without IPTablesOptions.Host.
+var ErrHostNetns = errors.New("intercept: this is the host's network namespace: the rules would capture the host's own connections (new SSH ones included)")
 
 // OptionError is one problem with an IPTablesOptions. Option names the
 // setting as realipd's configuration spells it (exclude_uids,
@@ -386,6 +397,14 @@ func (r rule) spec() string {
 
 func dport(p uint16) []string { return []string{"-m", "tcp", "--dport", strconv.Itoa(int(p))} }
 
+// synOnly matches a connection's opening SYN (iptables' --syn, as
+// iptables-save prints it). The steering rules take nothing else, so that
+// a connection conntrack meets mid-stream (one established before the
+// rules, in a namespace where nothing tracked connections yet) is never
+// redirected, which would reset it, nor handed to TPROXY, which drops the
+// packets of a socket that is not transparent.
+var synOnly = []string{"-m", "tcp", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN"}
+
 func markMatch(m uint32) []string { return []string{"-m", "mark", "--mark", hex(m)} }
 
 func hex(m uint32) string { return fmt.Sprintf("%#x", m) }
@@ -443,7 +462,9 @@ func (b *tableBuilder) done() TableRules {
 // ExcludeOutboundPorts, and REDIRECTs the included destinations to
 // OutboundPort. In redirect mode PREROUTING jumps to REALIPD_INBOUND, which
 // leaves alone the capture ports and ExcludeInboundPorts and REDIRECTs the
-// included ports to InboundPort.
+// included ports to InboundPort. Only a connection's opening SYN is
+// REDIRECTed (or TPROXYed): connections established before the rules go
+// on untouched.
 //
 // mangle (TPROXY mode): PREROUTING jumps to REALIPD_INBOUND, which saves
 // TProxyMark as the connection's mark and stops there for packets that
@@ -491,7 +512,7 @@ func renderNAT(o *IPTablesOptions, f Family) TableRules {
 	for _, p := range o.IncludeInboundPorts {
 		b.add(ChainInbound, rule{proto: "tcp", matches: dport(p), target: ChainInRedirect})
 	}
-	b.add(ChainInRedirect, rule{proto: "tcp", target: "REDIRECT --to-ports " + strconv.Itoa(int(o.InboundPort))})
+	b.add(ChainInRedirect, rule{proto: "tcp", matches: synOnly, target: "REDIRECT --to-ports " + strconv.Itoa(int(o.InboundPort))})
 
 	// Outbound.
 	b.add(ChainOutput, rule{matches: markMatch(o.Mark), target: "RETURN"})
@@ -526,7 +547,7 @@ func renderNAT(o *IPTablesOptions, f Family) TableRules {
 	for _, p := range o.IncludeOutboundCIDRs {
 		b.add(ChainOutput, rule{dst: p.String(), target: ChainRedirect})
 	}
-	b.add(ChainRedirect, rule{proto: "tcp", target: "REDIRECT --to-ports " + strconv.Itoa(int(o.OutboundPort))})
+	b.add(ChainRedirect, rule{proto: "tcp", matches: synOnly, target: "REDIRECT --to-ports " + strconv.Itoa(int(o.OutboundPort))})
 	return b.done()
 }
 
@@ -555,7 +576,7 @@ func renderMangle(o *IPTablesOptions, f Family) TableRules {
 	}
 	b.add(ChainDivert, rule{target: "MARK --set-xmark " + mark + "/0xffffffff"})
 	b.add(ChainDivert, rule{target: "ACCEPT"})
-	b.add(ChainTProxy, rule{dst: f.loopback(), notDst: true, proto: "tcp",
+	b.add(ChainTProxy, rule{dst: f.loopback(), notDst: true, proto: "tcp", matches: synOnly,
 		target: fmt.Sprintf("TPROXY --on-port %d --on-ip %s --tproxy-mark %s/0xffffffff", o.InboundPort, f.anyIP(), mark)})
 	b.add(ChainRestoreMark, rule{matches: []string{"-m", "connmark", "--mark", mark}, target: "CONNMARK --restore-mark" + masks})
 	return b.done()

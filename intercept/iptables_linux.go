@@ -27,11 +27,21 @@ import (
 // when it is missing, and a table already as wanted is not written at all.
 // Jumps and chains of realipd's that the options no longer call for (after
 // a change of mode) are removed in the same transaction. It needs
-// CAP_NET_ADMIN.
+// CAP_NET_ADMIN. In the host's network namespace (HostNetns) it refuses
+// with ErrHostNetns unless opts.Host is set.
 func ApplyIPTables(ctx context.Context, opts IPTablesOptions, f Family) error {
 	rules, err := RenderIPTables(opts, f)
 	if err != nil {
 		return err
+	}
+	if !opts.Host {
+		host, err := HostNetns()
+		if err != nil {
+			return fmt.Errorf("%w: cannot tell whether this is the host's network namespace: %v", ErrHostNetns, err)
+		}
+		if host {
+			return ErrHostNetns
+		}
 	}
 	tools, err := lookTools(f)
 	if err != nil {
@@ -45,14 +55,21 @@ func ApplyIPTables(ctx context.Context, opts IPTablesOptions, f Family) error {
 			return err
 		}
 	}
-	return tools.converge(ctx, rules)
+	saved, err := tools.save(ctx)
+	if err != nil {
+		return err
+	}
+	return tools.converge(ctx, saved, rules)
 }
 
-// RemoveIPTables deletes what ApplyIPTables added for family f: the jumps
+// RemoveIPTables deletes what ApplyIPTables added for family f, as the
+// namespace has it now, whatever the mode and marks of opts: the jumps
 // from built-in chains to realipd's chains (those whose names start with
-// REALIPD_), then realipd's chains, in nat and mangle whatever the mode,
-// and in TPROXY mode the policy rule and the route of opts.RouteTable that
-// ApplyIPTables would add. Nothing else is touched; removing what is not
+// REALIPD_), then realipd's chains, in nat and mangle, and the TPROXY
+// policy routing: the rules "fwmark MARK lookup TABLE", for the marks
+// realipd's mangle rules set (read before they go) and opts.TProxyMark,
+// whose table is opts.RouteTable or holds realipd's route ("local default
+// dev lo"), and that route. Nothing else is touched; removing what is not
 // there is not an error. iptables cannot delete a table, so a table that
 // ApplyIPTables had to create stays, with empty built-in chains.
 func RemoveIPTables(ctx context.Context, opts IPTablesOptions, f Family) error {
@@ -66,18 +83,23 @@ func RemoveIPTables(ctx context.Context, opts IPTablesOptions, f Family) error {
 	if err := checkNetAdmin(); err != nil {
 		return err
 	}
-	if err := tools.converge(ctx, &IPTablesRules{Family: f, Mode: opts.Mode}); err != nil {
+	saved, err := tools.save(ctx)
+	if err != nil {
 		return err
 	}
-	if opts.Mode == ModeTProxy {
-		return removeRouting(&TProxyRouting{Family: f, Mark: opts.TProxyMark, Table: opts.RouteTable})
+	marks := saved[TableMangle].tproxyMarks()
+	if opts.TProxyMark != 0 {
+		marks = append(marks, opts.TProxyMark)
 	}
-	return nil
+	if err := tools.converge(ctx, saved, &IPTablesRules{Family: f, Mode: opts.Mode}); err != nil {
+		return err
+	}
+	return removeRouting(f, marks, opts.RouteTable)
 }
 
 // tools are the iptables binaries of one family.
 type tools struct {
-	save, restore string
+	save_, restore string
 }
 
 func lookTools(f Family) (tools, error) {
@@ -89,7 +111,7 @@ func lookTools(f Family) (tools, error) {
 	for _, x := range []struct {
 		dst  *string
 		name string
-	}{{&t.save, prefix + "-save"}, {&t.restore, prefix + "-restore"}} {
+	}{{&t.save_, prefix + "-save"}, {&t.restore, prefix + "-restore"}} {
 		p, err := exec.LookPath(x.name)
 		if err != nil {
 			return tools{}, fmt.Errorf("%s is not on PATH (%s): install iptables (Debian and Ubuntu: apt-get install iptables)", x.name, os.Getenv("PATH"))
@@ -123,17 +145,22 @@ func checkNetAdmin() error {
 	return nil
 }
 
-// converge makes every table realipd writes to as rules wants it (a table
-// rules does not name: none of realipd's rules).
-func (t tools) converge(ctx context.Context, rules *IPTablesRules) error {
-	out, err := t.run(ctx, t.save, nil)
+// save reads the tables as iptables-save prints them.
+func (t tools) save(ctx context.Context) (map[Table]*savedTable, error) {
+	out, err := t.run(ctx, t.save_, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	saved, err := parseSave(out)
 	if err != nil {
-		return fmt.Errorf("%s: %w", t.save, err)
+		return nil, fmt.Errorf("%s: %w", t.save_, err)
 	}
+	return saved, nil
+}
+
+// converge makes every table realipd writes to, as saved holds it, as
+// rules wants it (a table rules does not name: none of realipd's rules).
+func (t tools) converge(ctx context.Context, saved map[Table]*savedTable, rules *IPTablesRules) error {
 	for _, table := range []Table{TableNAT, TableMangle} {
 		input := planTable(table, rules.Table(table), saved[table])
 		if input == "" {
@@ -200,15 +227,19 @@ func isDefault(n *net.IPNet) bool {
 }
 
 // findRules lists the policy rules that are exactly "fwmark MARK lookup
-// TABLE": no other selector.
+// TABLE": no other selector. Table 0 stands for any table.
 func findRules(h *netlink.Handle, r *TProxyRouting) ([]netlink.Rule, error) {
-	list, err := h.RuleListFiltered(afFamily(r.Family), &netlink.Rule{Mark: r.Mark, Table: int(r.Table)}, netlink.RT_FILTER_MARK|netlink.RT_FILTER_TABLE)
+	filter := uint64(netlink.RT_FILTER_MARK | netlink.RT_FILTER_TABLE)
+	if r.Table == 0 {
+		filter = netlink.RT_FILTER_MARK
+	}
+	list, err := h.RuleListFiltered(afFamily(r.Family), &netlink.Rule{Mark: r.Mark, Table: int(r.Table)}, filter)
 	if err != nil {
 		return nil, fmt.Errorf("list %v policy rules: %w", r.Family, err)
 	}
 	var out []netlink.Rule
 	for _, x := range list {
-		if x.Mark != r.Mark || x.Table != int(r.Table) || x.Invert || x.Src != nil || x.Dst != nil ||
+		if x.Mark != r.Mark || (r.Table != 0 && x.Table != int(r.Table)) || x.Invert || x.Src != nil || x.Dst != nil ||
 			x.IifName != "" || x.OifName != "" || x.Dport != nil || x.Sport != nil || x.IPProto != 0 || x.UIDRange != nil ||
 			(x.Mask != nil && *x.Mask != 0xffffffff) {
 			continue
@@ -297,31 +328,62 @@ func setupRouting(r *TProxyRouting) error {
 	return err
 }
 
-// removeRouting deletes the rule and the route setupRouting adds, if
-// they are there.
-func removeRouting(r *TProxyRouting) error {
+// removeRouting deletes, for each of marks, the policy rules "fwmark
+// MARK lookup TABLE" (exactly that) whose table is table or holds the
+// route setupRouting adds, and that route. Tables the system owns (0, 253,
+// 254, 255) are never touched.
+func removeRouting(f Family, marks []uint32, table uint32) error {
 	h, lo, err := routingHandle()
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	rules, err := findRules(h, r)
-	if err != nil {
-		return err
-	}
-	for i := range rules {
-		if err := h.RuleDel(&rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("delete the policy rule fwmark %#x lookup %d: %w", r.Mark, r.Table, err)
+	done := map[[2]uint32]bool{}
+	for _, mark := range marks {
+		rules, err := findRules(h, &TProxyRouting{Family: f, Mark: mark})
+		if err != nil {
+			return err
+		}
+		for i := range rules {
+			r := &TProxyRouting{Family: f, Mark: mark, Table: uint32(rules[i].Table)}
+			if reservedTable(r.Table) || done[[2]uint32{mark, r.Table}] {
+				continue
+			}
+			routes, err := findRoutes(h, r, lo)
+			if err != nil {
+				return err
+			}
+			if r.Table != table && len(routes) == 0 {
+				continue // not realipd's: its table lacks realipd's route
+			}
+			done[[2]uint32{mark, r.Table}] = true
+			if err := h.RuleDel(&rules[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("delete the policy rule fwmark %#x lookup %d: %w", mark, r.Table, err)
+			}
+			for j := range routes {
+				if err := h.RouteDel(&routes[j]); err != nil && !errors.Is(err, unix.ESRCH) {
+					return fmt.Errorf("delete the route local default dev lo table %d: %w", r.Table, err)
+				}
+			}
 		}
 	}
-	routes, err := findRoutes(h, r, lo)
+	// The route alone, its rule gone already (an earlier remove that failed
+	// half way): only in table, the one realipd was told is its own.
+	if reservedTable(table) {
+		return nil
+	}
+	routes, err := findRoutes(h, &TProxyRouting{Family: f, Table: table}, lo)
 	if err != nil {
 		return err
 	}
 	for i := range routes {
 		if err := h.RouteDel(&routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("delete the route local default dev lo table %d: %w", r.Table, err)
+			return fmt.Errorf("delete the route local default dev lo table %d: %w", table, err)
 		}
 	}
 	return nil
 }
+
+// reservedTable reports whether t is not a table realipd may own: 0
+// (unspecified), 253 (default), 254 (main), 255 (local).
+func reservedTable(t uint32) bool { return t == 0 || t >= 253 && t <= 255 }

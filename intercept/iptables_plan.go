@@ -3,6 +3,7 @@ package intercept
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -90,6 +91,33 @@ func (t *savedTable) jumps() []savedRule {
 	for _, r := range t.rules {
 		if t.builtin[r.chain] && strings.HasPrefix(r.target(), ChainPrefix) {
 			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// tproxyMarks lists the marks realipd's TPROXY rules in t (mangle) set:
+// the --tproxy-mark of REALIPD_TPROXY and the --set-xmark of
+// REALIPD_DIVERT, each once.
+func (t *savedTable) tproxyMarks() []uint32 {
+	var out []uint32
+	if t == nil {
+		return nil
+	}
+	for _, r := range t.rules {
+		if r.chain != ChainTProxy && r.chain != ChainDivert {
+			continue
+		}
+		f := strings.Fields(r.line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] != "--tproxy-mark" && f[i] != "--set-xmark" {
+				continue
+			}
+			value, _, _ := strings.Cut(f[i+1], "/")
+			m, err := strconv.ParseUint(value, 0, 32)
+			if err == nil && m != 0 && !slices.Contains(out, uint32(m)) {
+				out = append(out, uint32(m))
+			}
 		}
 	}
 	return out

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,37 +16,48 @@ import (
 	"github.com/realipd/realipd/internal/config"
 )
 
-const iptablesSynopsis = `iptables [--mode redirect|tproxy] [--ipv6] [--apply | --remove] [--config FILE]
+const iptablesSynopsis = `iptables [--mode redirect|tproxy] [--ipv6] [--apply [--host] | --remove] [--config FILE]
                   [--outbound-port N] [--inbound-port N] [--exclude-uids a,b] [--exclude-gids a,b]
                   [--mark N] [--tproxy-mark N] [--route-table N]
                   [--include-outbound-cidrs '*'|a,b] [--exclude-outbound-cidrs a,b] [--exclude-outbound-ports a,b]
                   [--include-inbound-ports '*'|a,b] [--exclude-inbound-ports a,b]`
 
 const iptablesDescription = `
-Render, apply or remove the iptables rules that steer TCP connections to the
-capture ports: outbound ones to xds.outbound_port (REDIRECT), inbound ones to
-xds.inbound_port (REDIRECT, or TPROXY with --mode tproxy). The rules live in
-realipd's own chains (REALIPD_*), each reached by one jump from a built-in
-chain; see docs/interception.md, "realipd iptables: the rules, for operators".
+Render, apply or remove the iptables rules that steer new TCP connections to
+the capture ports: outbound ones to xds.outbound_port (REDIRECT), inbound
+ones to xds.inbound_port (REDIRECT, or TPROXY in tproxy mode). Connections
+already open are left alone. The rules live in realipd's own chains
+(REALIPD_*), each reached by one jump from a built-in chain; see
+docs/interception.md, "realipd iptables: the rules, for operators".
 
 Without --apply or --remove the rules are printed on stdout as
-iptables-restore input (ip6tables-restore with --ipv6). --apply installs them
-in this network namespace: one iptables-restore --noflush transaction per
-table, a jump added only when missing, so applying twice is applying once; in
+iptables-restore input (ip6tables-restore with --ipv6). --apply says what
+will be captured and what is left alone, then installs the rules in this
+network namespace: one iptables-restore --noflush transaction per table, a
+jump added only when missing, so applying twice is applying once; in
 tproxy mode it also adds the policy routing (ip rule fwmark MARK lookup
-TABLE, ip route local default dev lo table TABLE). --remove deletes the jumps,
-realipd's chains and that routing, and nothing else. Both need CAP_NET_ADMIN
-and iptables-save/iptables-restore on PATH; each run handles one family.
+TABLE, ip route local default dev lo table TABLE). It refuses in the host's
+own network namespace, where the rules would capture the host's
+connections (new SSH sessions included), unless --host is given; with
+--host and every inbound port captured, port 22 (SSH) is left alone.
+--remove deletes the jumps, realipd's chains and the policy routing they
+use, as the namespace has them (whatever the mode and marks given), and
+nothing else. Both need CAP_NET_ADMIN and iptables-save/iptables-restore on
+PATH; each run handles one family.
 
---config takes the mode (xds.mode), the capture ports (xds), the marks
-(origdst.mark, origdst.tproxy_mark) and intercept.iptables from a file;
-flags given on the command line override it. Lists are comma-separated;
-'' is an empty list and '*' every destination or port. The CIDRs of a flag
-must be of the family rendered; those of the file are sorted by family.`
+--config takes the capture ports (xds), the marks (origdst.mark,
+origdst.tproxy_mark), intercept.iptables and the mode of the role that
+takes the connections (xds.mode, or origdst.mode with xds off; a file where
+xds and the native listener would differ is refused) from a file; flags
+given on the command line override it. Lists are comma-separated; '' is an
+empty list and '*' every destination or port. The CIDRs of a flag must be
+of the family rendered; those of the file are sorted by family.`
 
 const iptablesExamples = `
   realipd iptables --mode tproxy                       # print the IPv4 rules
   sudo realipd iptables --config /etc/realipd.yaml --apply
+  sudo ip netns exec demo realipd iptables --apply     # in the namespace demo
+  sudo realipd iptables --config /etc/realipd.yaml --apply --host   # this host's own traffic
   sudo realipd iptables --config /etc/realipd.yaml --apply --ipv6
   sudo realipd iptables --config /etc/realipd.yaml --remove`
 
@@ -71,19 +84,20 @@ var iptablesSettings = []iptablesSetting{
 // iptablesFlagValues are the flags of iptables: the actions, and the
 // settings (by flag name) that override the file, parsed by iptablesFlags.
 type iptablesFlagValues struct {
-	config, mode        *string
-	ipv6, apply, remove *bool
-	str                 map[string]*string
+	config, mode              *string
+	ipv6, apply, remove, host *bool
+	str                       map[string]*string
 }
 
 // iptablesFlagSet builds iptables' FlagSet without running it.
 func iptablesFlagSet() (*flag.FlagSet, iptablesFlagValues) {
 	fs := newFlagSet("iptables", iptablesSynopsis, iptablesDescription, iptablesExamples)
 	configPath := fs.String("config", "", "configuration `FILE` for the mode, ports, marks and intercept.iptables; flags override it")
-	mode := fs.String("mode", "", "`MODE` of the inbound side: redirect or tproxy (default: xds.mode, redirect)")
+	mode := fs.String("mode", "", "`MODE` of the inbound side: redirect or tproxy (default: xds.mode, or origdst.mode with xds off; redirect)")
 	ipv6 := fs.Bool("ipv6", false, "render or apply the IPv6 rules (ip6tables) instead of the IPv4 ones")
 	apply := fs.Bool("apply", false, "install the rules in this network namespace (idempotent; needs CAP_NET_ADMIN)")
-	remove := fs.Bool("remove", false, "delete realipd's jumps, chains and TPROXY routing from this network namespace")
+	remove := fs.Bool("remove", false, "delete realipd's jumps, chains and TPROXY routing from this network namespace, as they are there")
+	host := fs.Bool("host", false, "let --apply capture in the host's own network namespace (port 22 is then left alone)")
 	str := map[string]*string{}
 	for _, s := range []struct{ flag, usage string }{
 		{"outbound-port", "outbound capture `PORT` (default: xds.outbound_port, 15001)"},
@@ -101,7 +115,7 @@ func iptablesFlagSet() (*flag.FlagSet, iptablesFlagValues) {
 	} {
 		str[s.flag] = fs.String(s.flag, "", s.usage)
 	}
-	return fs, iptablesFlagValues{config: configPath, mode: mode, ipv6: ipv6, apply: apply, remove: remove, str: str}
+	return fs, iptablesFlagValues{config: configPath, mode: mode, ipv6: ipv6, apply: apply, remove: remove, host: host, str: str}
 }
 
 func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -113,6 +127,9 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	set := flagsSet(fs)
 	if *apply && *remove {
 		return usageError("iptables: --apply and --remove exclude each other")
+	}
+	if *f.host && !*apply {
+		return usageError("iptables: --host goes with --apply")
 	}
 
 	cfg := config.Default()
@@ -130,11 +147,22 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		family = intercept.IPv6
 	}
 	opts := iptablesOptions(&cfg, family)
-	if set["mode"] {
+	switch m, err := cfg.IPTablesMode(); {
+	case set["mode"]:
 		opts.Mode = intercept.Mode(*mode)
+	case err != nil && !*remove: // removing takes away what is there, whatever the mode
+		return failure(fmt.Errorf("iptables: %w (or give --mode)", err))
+	case err == nil:
+		opts.Mode = intercept.Mode(m)
 	}
 	if errs := iptablesFlags(&opts, str, set); len(errs) > 0 {
 		return usageError("iptables: %s", strings.Join(errs, "\n  "))
+	}
+	if *f.host {
+		opts.Host = true
+		if opts.IncludeAllInbound && !slices.Contains(opts.ExcludeInboundPorts, sshPort) {
+			opts.ExcludeInboundPorts = append(opts.ExcludeInboundPorts, sshPort)
+		}
 	}
 	if err := opts.Validate(family); err != nil {
 		msgs, byFlag := iptablesErrors(err, set)
@@ -146,7 +174,25 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 
 	switch {
 	case *apply:
+		summary := iptablesSummary(&opts, family)
+		refused := func(err error) error {
+			return failure(fmt.Errorf("iptables --apply: refused: %w.\n"+
+				"Apply the rules inside the network namespace of the pod or container whose traffic realipd takes\n"+
+				"(an init container, or ip netns exec NAME realipd iptables ...), or give --host to capture this host's own connections.\n"+
+				"They would do this:\n%s", err, summary))
+		}
+		if !opts.Host { // ApplyIPTables checks too; here the summary is not printed as if applied
+			if host, err := intercept.HostNetns(); err != nil {
+				return refused(fmt.Errorf("%w: cannot tell whether this is the host's network namespace: %v", intercept.ErrHostNetns, err))
+			} else if host {
+				return refused(intercept.ErrHostNetns)
+			}
+		}
+		fmt.Fprint(stdout, summary)
 		if err := intercept.ApplyIPTables(ctx, opts, family); err != nil {
+			if errors.Is(err, intercept.ErrHostNetns) {
+				return refused(err)
+			}
 			return failure(fmt.Errorf("iptables --apply: %w", err))
 		}
 		fmt.Fprintf(stdout, "realipd iptables: applied the %s rules (%v)\n", opts.Mode, family)
@@ -165,8 +211,109 @@ func runIPTables(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
+// sshPort is the inbound port --host leaves alone when every inbound port
+// is captured: as Istio does on virtual machines, where its
+// `istioctl x workload entry configure` excludes 22 (istio-iptables itself
+// stopped hard-coding it in 2021; a pod has no sshd).
+const sshPort = 22
+
+// iptablesSummary says, in a few lines, what the rules of o capture and
+// what they leave alone, for --apply to print before it applies them.
+func iptablesSummary(o *intercept.IPTablesOptions, f intercept.Family) string {
+	var b strings.Builder
+	join := func(list []string) string { return strings.Join(list, ", ") }
+	ports := func(list []uint16) []string {
+		var out []string
+		for _, p := range list {
+			out = append(out, strconv.Itoa(int(p)))
+		}
+		return out
+	}
+	cidrs := func(list []netip.Prefix) []string {
+		var out []string
+		for _, p := range list {
+			out = append(out, p.String())
+		}
+		return out
+	}
+	inbound := "REDIRECT"
+	if o.Mode == intercept.ModeTProxy {
+		inbound = "TPROXY"
+	}
+	fmt.Fprintf(&b, "realipd iptables: %s mode, %v, in this network namespace:\n", o.Mode, f)
+
+	switch {
+	case o.IncludeAllOutbound:
+		fmt.Fprintf(&b, "  captured: new outbound TCP connections to any address that is not local, to port %d (REDIRECT)", o.OutboundPort)
+	case len(o.IncludeOutboundCIDRs) > 0:
+		fmt.Fprintf(&b, "  captured: new outbound TCP connections to %s, to port %d (REDIRECT)", join(cidrs(o.IncludeOutboundCIDRs)), o.OutboundPort)
+	default:
+		b.WriteString("  captured: no outbound connection")
+	}
+	var except []string
+	if len(o.ExcludeOutboundCIDRs) > 0 {
+		except = append(except, "to "+join(cidrs(o.ExcludeOutboundCIDRs)))
+	}
+	if len(o.ExcludeOutboundPorts) > 0 {
+		except = append(except, "to ports "+join(ports(o.ExcludeOutboundPorts)))
+	}
+	if len(except) > 0 && (o.IncludeAllOutbound || len(o.IncludeOutboundCIDRs) > 0) {
+		b.WriteString(", except " + strings.Join(except, " and "))
+	}
+	b.WriteString("\n")
+
+	switch {
+	case o.IncludeAllInbound:
+		fmt.Fprintf(&b, "  captured: new inbound TCP connections to any local port, to port %d (%s)", o.InboundPort, inbound)
+	case len(o.IncludeInboundPorts) > 0:
+		fmt.Fprintf(&b, "  captured: new inbound TCP connections to local ports %s, to port %d (%s)", join(ports(o.IncludeInboundPorts)), o.InboundPort, inbound)
+	default:
+		b.WriteString("  captured: no inbound connection")
+	}
+	if (o.IncludeAllInbound || len(o.IncludeInboundPorts) > 0) && len(o.ExcludeInboundPorts) > 0 {
+		var list []string
+		for _, p := range o.ExcludeInboundPorts {
+			s := strconv.Itoa(int(p))
+			if p == sshPort && o.Host {
+				s += " (SSH: --host)"
+			}
+			list = append(list, s)
+		}
+		if len(list) == 1 {
+			b.WriteString(", except to port " + list[0])
+		} else {
+			b.WriteString(", except to ports " + join(list))
+		}
+	}
+	b.WriteString("\n")
+
+	fmt.Fprintf(&b, "  left alone: connections open before the rules; connections to the capture ports %d and %d; outbound connections to this host's own addresses (loopback included)\n", o.OutboundPort, o.InboundPort)
+	marks := fmt.Sprintf("%#x (origdst.mark: realipd's upstream dials)", o.Mark)
+	if o.Mode == intercept.ModeTProxy {
+		marks += fmt.Sprintf(" and %#x (origdst.tproxy_mark: Envoy's original_src connections)", o.TProxyMark)
+	}
+	fmt.Fprintf(&b, "  left alone: connections from sockets marked %s\n", marks)
+	var owners []string
+	for _, u := range o.ExcludeUIDs {
+		owners = append(owners, "uid "+strconv.FormatUint(uint64(u), 10))
+	}
+	for _, g := range o.ExcludeGIDs {
+		owners = append(owners, "gid "+strconv.FormatUint(uint64(g), 10))
+	}
+	if len(owners) > 0 {
+		fmt.Fprintf(&b, "  left alone: outbound connections of %s (Envoy's: intercept.iptables.exclude_uids, exclude_gids)\n", join(owners))
+	} else {
+		b.WriteString("  left alone: no process by its owner (exclude_uids, exclude_gids are empty): an Envoy here would capture its own connections and loop\n")
+	}
+	if u, err := strconv.ParseUint(os.Getenv("SUDO_UID"), 10, 32); err == nil && !slices.Contains(o.ExcludeUIDs, uint32(u)) {
+		fmt.Fprintf(&b, "  note: your own uid %d (sudo) is not excluded: an Envoy you start as yourself would have its connections captured again and loop (--exclude-uids %d)\n", u, u)
+	}
+	return b.String()
+}
+
 // iptablesOptions takes the options from a validated configuration. The
-// CIDRs of the other family are left out.
+// CIDRs of the other family are left out, and the mode is xds.mode: the
+// caller takes it from Config.IPTablesMode.
 func iptablesOptions(cfg *config.Config, f intercept.Family) intercept.IPTablesOptions {
 	it := cfg.Intercept.IPTables
 	o := intercept.IPTablesOptions{

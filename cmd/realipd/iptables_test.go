@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -155,5 +156,50 @@ func TestIPTablesUsage(t *testing.T) {
 	out, _, code = runCmd(t, "iptables", "--help")
 	if code != 0 || !strings.Contains(out, "--exclude-inbound-ports") {
 		t.Errorf("--help: exit %d\n%s", code, out)
+	}
+}
+
+// TestIPTablesModeFromRole: the rules take the mode of the role that takes
+// the connections: the native listener's with xds off, Envoy's (xds.mode)
+// otherwise, which the native listener must then share; --mode overrides.
+func TestIPTablesModeFromRole(t *testing.T) {
+	tests := []struct {
+		name, config string
+		args         []string
+		mode         intercept.Mode // "": refused
+	}{
+		{"native listener alone, tproxy", "xds: {enabled: false}\norigdst: {enabled: true, mode: tproxy}\n", nil, intercept.ModeTProxy},
+		{"native listener alone, off", "xds: {enabled: false}\norigdst: {mode: tproxy}\n", nil, intercept.ModeTProxy},
+		{"xds alone", "xds: {mode: tproxy}\norigdst: {mode: redirect}\n", nil, intercept.ModeTProxy},
+		{"both, one mode", "xds: {mode: tproxy}\norigdst: {enabled: true, mode: tproxy, fallback: auto}\n", nil, intercept.ModeTProxy},
+		{"both, the native listener never binds", "origdst: {enabled: true, mode: tproxy, fallback: never}\n", nil, intercept.ModeRedirect},
+		{"both, two modes", "origdst: {enabled: true, mode: tproxy}\n", nil, ""},
+		{"both, two modes, --mode", "origdst: {enabled: true, mode: tproxy}\n", []string{"--mode", "tproxy"}, intercept.ModeTProxy},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := writeFile(t, "realipd.yaml", tt.config)
+			out, errOut, code := runCmd(t, append([]string{"iptables", "--config", file}, tt.args...)...)
+			if tt.mode == "" {
+				if code != 1 || !strings.Contains(errOut, "origdst.mode: tproxy differs from xds.mode (redirect)") {
+					t.Errorf("exit %d, stderr %q; want exit 1 naming origdst.mode and xds.mode", code, errOut)
+				}
+				return
+			}
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			if want := fmt.Sprintf("# realipd iptables: %s mode,", tt.mode); !strings.HasPrefix(out, want) {
+				t.Errorf("rendered %q, want %s mode", strings.SplitN(out, "\n", 2)[0], tt.mode)
+			}
+		})
+	}
+}
+
+// TestIPTablesHostFlag: --host only goes with --apply.
+func TestIPTablesHostFlag(t *testing.T) {
+	_, errOut, code := runCmd(t, "iptables", "--host")
+	if code != 2 || !strings.Contains(errOut, "--host goes with --apply") {
+		t.Errorf("--host alone: exit %d, stderr %q", code, errOut)
 	}
 }

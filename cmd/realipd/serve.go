@@ -68,6 +68,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logger.Info("client IP resolution", "strategy", ci.Strategy.String(), "header", ci.Header,
 		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies))
 
+	warnInterception(cfg, logger)
+
 	s, err := buildRoles(cfg, logger)
 	if err != nil {
 		return failure(fmt.Errorf("serve: %w", err))
@@ -116,4 +118,19 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q is not one of text, json", format)
+}
+
+// warnInterception says, once at start, what in cfg would make the rules
+// `realipd iptables --config` renders from the same file fail the roles
+// that take the connections: a capture port no role listens on (the
+// connections steered there are refused), or xds and the native listener
+// in different modes (realipd iptables refuses the file).
+func warnInterception(cfg *config.Config, logger *slog.Logger) {
+	if _, err := cfg.IPTablesMode(); err != nil {
+		logger.Warn("the interception rules: realipd iptables refuses this configuration", "error", err)
+	}
+	for _, p := range cfg.UnservedCapturePorts() {
+		logger.Warn("the interception rules steer "+p.Direction+" connections to a port no role listens on: they will be refused",
+			"port", p.Port, "key", p.Key, "fix", fmt.Sprintf("add \"0.0.0.0:%d\" to origdst.listen", p.Port))
+	}
 }

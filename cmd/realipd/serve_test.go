@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/realipd/realipd/extproc/extproctest"
@@ -190,5 +192,51 @@ func TestServeRoleCannotStart(t *testing.T) {
 				t.Errorf("roles ran before the failure:\n%s", errb.String())
 			}
 		})
+	}
+}
+
+// TestServeWarnsAboutInterception: serve says at start when the rules
+// `realipd iptables` would render from its file steer to a port no role
+// listens on, and when they would be refused (xds and the native listener
+// in different modes). The native listener never binds here (fallback
+// never), so nothing needs root.
+func TestServeWarnsAboutInterception(t *testing.T) {
+	for _, tt := range []struct {
+		name, config string
+		want         []*regexp.Regexp
+	}{
+		{"no listener on the capture ports", "xds: {enabled: false}\norigdst: {enabled: true, fallback: never}\n", []*regexp.Regexp{
+			regexp.MustCompile(`level=WARN msg="the interception rules steer outbound connections to a port no role listens on: they will be refused" port=15001 key=xds.outbound_port fix="add \\"0.0.0.0:15001\\" to origdst.listen"`),
+			regexp.MustCompile(`level=WARN msg="the interception rules steer inbound connections to a port no role listens on: they will be refused" port=15006 key=xds.inbound_port`),
+		}},
+		{"two modes", "xds: {listen: 127.0.0.1:0, extproc_address: 127.0.0.1:9001}\norigdst: {enabled: true, mode: tproxy, fallback: never}\n", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := writeFile(t, "serve.yaml", "extproc: {listen: 127.0.0.1:0}\nadmin: {enabled: false}\n"+tt.config)
+			cmd, logs, exited := startMain(t, "serve", "--config", cfg)
+			for _, re := range tt.want {
+				logs.wait(t, re, 0)
+			}
+			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-exited; err != nil {
+				t.Fatalf("serve: %v\n%s", err, logs)
+			}
+			if tt.want == nil && strings.Contains(logs.String(), "level=WARN") {
+				t.Errorf("a warning with fallback never:\n%s", logs)
+			}
+		})
+	}
+	cfg := writeFile(t, "serve.yaml", "extproc: {listen: 127.0.0.1:0}\nadmin: {enabled: false}\nxds: {listen: 127.0.0.1:0, extproc_address: 127.0.0.1:9001}\norigdst: {enabled: true, mode: tproxy, fallback: never}\n")
+	c, err := loadOrDefault(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.OrigDst.Fallback = "always" // as serve would see it, without binding
+	logs := newLogTail()
+	warnInterception(c, slog.New(slog.NewTextHandler(logs, nil)))
+	if !strings.Contains(logs.String(), `level=WARN msg="the interception rules: realipd iptables refuses this configuration" error="config: origdst.mode: tproxy differs from xds.mode (redirect)`) {
+		t.Errorf("two modes: no warning:\n%s", logs.String())
 	}
 }

@@ -42,7 +42,7 @@ func TestDefaultIsValid(t *testing.T) {
 		{"extproc.xff_appended_by_envoy", c.ExtProc.XFFAppendedByEnvoy, true},
 		{"extproc.client_ip_header", c.ExtProc.ClientIPHeader, "x-real-ip"},
 		{"ExtProcAddress()", c.ExtProcAddress(), "127.0.0.1:9001"},
-		{"origdst.ListenAddrs()", c.OrigDst.ListenAddrs(), []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:15001")}},
+		{"origdst.ListenAddrs()", c.OrigDst.ListenAddrs(), []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:15001"), netip.MustParseAddrPort("0.0.0.0:15006")}},
 		{"origdst.fallback_grace", c.OrigDst.FallbackGrace.Duration, 5 * time.Second},
 		{"origdst.dial_timeout", c.OrigDst.DialTimeout.Duration, 5 * time.Second},
 		{"origdst.idle_timeout", c.OrigDst.IdleTimeout.Duration, time.Hour},

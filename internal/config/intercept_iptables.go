@@ -12,7 +12,8 @@ import (
 // IPTables configures the iptables interception rules (intercept.iptables)
 // that `realipd iptables` renders, applies and removes. The capture ports
 // are xds.outbound_port and xds.inbound_port, the marks origdst.mark (never
-// captured) and origdst.tproxy_mark, the mode xds.mode.
+// captured) and origdst.tproxy_mark, the mode that of the role that takes
+// the connections (Config.IPTablesMode).
 type IPTables struct {
 	// ExcludeUIDs and ExcludeGIDs own the sockets whose outbound
 	// connections are never captured: Envoy's. 1337 is the uid Istio's
@@ -213,4 +214,68 @@ func parseCIDRList(errs *errorList, path string, list []string) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// takesTraffic reports which roles take the connections the interception
+// rules steer: Envoy through the xDS role, and the native listener unless
+// its fallback is never (it then binds nothing).
+func (c *Config) takesTraffic() (xds, native bool) {
+	return c.XDS.Enabled, c.OrigDst.Enabled && c.OrigDst.Fallback != "never"
+}
+
+// IPTablesMode is the mode of the interception rules: that of the role
+// that takes the connections. With xds enabled it is xds.mode (Envoy's
+// listeners), which the native listener must share when it takes them
+// too (a *ValidationError naming both keys when they differ); with xds
+// off it is origdst.mode.
+func (c *Config) IPTablesMode() (string, error) {
+	xds, native := c.takesTraffic()
+	switch {
+	case !xds:
+		return c.OrigDst.Mode, nil
+	case native && c.OrigDst.Mode != c.XDS.Mode:
+		return "", &ValidationError{Errors: []FieldError{{Path: "origdst.mode",
+			Msg: fmt.Sprintf("%s differs from xds.mode (%s): the interception rules steer the same connections to Envoy and to the native listener, so both must be one mode: set origdst.mode and xds.mode alike, or turn xds off for the native listener alone", c.OrigDst.Mode, c.XDS.Mode)}}}
+	}
+	return c.XDS.Mode, nil
+}
+
+// UnservedCapturePorts lists the capture ports the interception rules
+// steer connections to (xds.outbound_port when outbound connections are
+// captured, xds.inbound_port when inbound ones are) where no role of this
+// configuration listens, each with the key that names it. Envoy (xds
+// enabled) listens on both; without it, the native listener listens on
+// the ports of origdst.listen, or nowhere when its fallback is never. With
+// neither role on, no connection is meant to be steered: nil.
+func (c *Config) UnservedCapturePorts() []CapturePort {
+	xds, native := c.takesTraffic()
+	if xds || !c.OrigDst.Enabled {
+		return nil
+	}
+	it := c.Intercept.IPTables
+	var want []CapturePort
+	if it.IncludeAllOutbound() || len(it.IncludeOutboundCIDRs) > 0 {
+		want = append(want, CapturePort{Key: "xds.outbound_port", Port: c.XDS.OutboundPort, Direction: "outbound"})
+	}
+	if len(it.IncludeInboundPorts) > 0 {
+		want = append(want, CapturePort{Key: "xds.inbound_port", Port: c.XDS.InboundPort, Direction: "inbound"})
+	}
+	var out []CapturePort
+	for _, w := range want {
+		served := false
+		for _, a := range c.OrigDst.listen {
+			served = served || (native && int(a.Port()) == w.Port)
+		}
+		if !served {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// CapturePort is a port the interception rules steer to.
+type CapturePort struct {
+	Key       string // xds.outbound_port or xds.inbound_port
+	Port      int
+	Direction string // outbound or inbound
 }

@@ -57,7 +57,7 @@ func Default() Config {
 		OrigDst: OrigDst{
 			Enabled:    false,
 			Mode:       "redirect",
-			Listen:     []string{"0.0.0.0:15001"},
+			Listen:     []string{"0.0.0.0:15001", "0.0.0.0:15006"}, // xds.outbound_port, xds.inbound_port: where `realipd iptables` steers
 			Mark:       1338,
 			TProxyMark: 1337,
 			Fallback:   "always",
