@@ -103,9 +103,13 @@ func (c callbacks) OnStreamClosed(id int64, _ *core.Node) {
 	c.s.leave(c.key(false, id))
 }
 
-// OnStreamRequest tracks a SotW request. go-control-plane has filled in
-// req.Node from the stream's first request.
+// OnStreamRequest checks (admitSotW) and tracks a SotW request.
+// go-control-plane has filled in req.Node from the stream's last request
+// that carried one.
 func (c callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	if err := c.s.admitSotW(c.key(false, id), req); err != nil {
+		return err
+	}
 	return c.s.onRequest(c.key(false, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail())
 }
 
@@ -126,11 +130,14 @@ func (c callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
 	c.s.leave(c.key(true, id))
 }
 
-// OnStreamDeltaRequest tracks a delta request. Unlike the SotW server,
-// go-control-plane's delta server calls it before filling in a missing
-// node, so only the stream's first request names the node; the tracker
-// remembers it.
+// OnStreamDeltaRequest checks (admitDelta) and tracks a delta request.
+// Unlike the SotW server, go-control-plane's delta server calls it before
+// filling in a missing node, so only the stream's first request names the
+// node; the tracker remembers it.
 func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	if err := c.s.admitDelta(c.key(true, id), req); err != nil {
+		return err
+	}
 	// A delta request carries no version_info (its initial resource
 	// versions are per resource): a reconnecting delta node holds its
 	// ports again when it ACKs the version it is sent.
@@ -167,7 +174,7 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 	if st == nil {
 		s.mu.Unlock()
 		if nodeID == "" {
-			return status.Error(codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
+			return s.refuse(refusedNodeID, codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
 		}
 		s.join(k, nodeID)
 		// Nothing was sent on this stream yet: no ACK or NACK, but maybe

@@ -7,9 +7,17 @@
 // on TCP or a unix socket (Listen). SetResources publishes a version: every
 // connected node gets it, and a node that connects later gets the current
 // one on its first request. A node is its node.id, which the first request
-// of every stream must carry; its snapshot and state are dropped when its
-// last stream closes. Requests for type URLs go-control-plane does not know
-// end their stream (InvalidArgument).
+// of every stream must carry, and every later request that carries a node
+// must repeat; its snapshot and state are dropped when its last stream
+// closes. Requests for type URLs go-control-plane does not know end their
+// stream (InvalidArgument).
+//
+// Bounds: a client over a bound is refused, counted in
+// realipd_xds_refused_total by reason and warned about at most once a
+// minute per reason (see limits.go):
+//
+//	node_id                 a node.id missing on a stream's first request,
+//	                        or not the stream's first
 //
 // Order: clusters are sent before listeners. The cache answers a version's
 // open watches in type order (clusters first) and the SotW server runs in
@@ -47,6 +55,7 @@
 //	realipd_xds_config_rejected_total       configurations rejected (Rejected)
 //	realipd_xds_snapshots_published_total   versions published
 //	realipd_xds_snapshot_info{version}      1 for the version served
+//	realipd_xds_refused_total{reason}       clients refused by a bound (Bounds)
 //
 // Events (Options.Events) tells other roles that a node ACKed a listener on
 // a port and that a node is gone; see Events for when and from where they
@@ -65,6 +74,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -116,6 +126,7 @@ type Server struct {
 	serverOpts   []grpc.ServerOption
 	serving      atomic.Int32  // listeners serving and not draining
 	listeners    atomic.Uint32 // ServeListener calls, for stream keys
+	refuseWarn   [numRefusals]rateLimit
 
 	// pubMu serialises what gives nodes their snapshot: SetResources, a
 	// node's first stream (join) and its last (leave). So a node never gets
@@ -466,6 +477,13 @@ func (s *Server) Ready(context.Context) error {
 // Delta needs no help: the delta server records the resources of every
 // response it sends as the client's, so a NACK finds nothing to send until
 // a resource changes.
+//
+// The cache keeps a request for as long as its watch is open, and the
+// first request of a node for as long as the node is connected; it is
+// handed only what it answers from (the node id, type URL, version,
+// resource names and nonce), not the node's metadata or a NACK's message.
+// The responses carry that request back to OnStreamResponse and
+// OnStreamDeltaResponse.
 type parkingCache struct {
 	cache.SnapshotCache
 	log *slog.Logger
@@ -473,24 +491,33 @@ type parkingCache struct {
 
 // CreateWatch creates the watch of a SotW request (see parkingCache).
 func (c parkingCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
+	version := req.GetVersionInfo()
 	if req.GetErrorDetail() != nil {
 		v, ok := lastReturnedVersion(sub)
 		switch {
 		case !ok:
 			c.log.Debug("xds: NACK of a response without resources: answered with the current version",
 				"node", req.GetNode().GetId(), "type_url", req.GetTypeUrl())
-		case v != req.GetVersionInfo():
-			held := proto.CloneOf(req)
-			held.VersionInfo = v
-			req = held
+		default:
+			version = v
 		}
 	}
-	return c.SnapshotCache.CreateWatch(req, sub, out)
+	return c.SnapshotCache.CreateWatch(&discovery.DiscoveryRequest{
+		VersionInfo:   version,
+		Node:          &core.Node{Id: req.GetNode().GetId()},
+		ResourceNames: req.GetResourceNames(),
+		TypeUrl:       req.GetTypeUrl(),
+		ResponseNonce: req.GetResponseNonce(),
+	}, sub, out)
 }
 
 // CreateDeltaWatch creates the watch of a delta request (see parkingCache).
 func (c parkingCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
-	return c.SnapshotCache.CreateDeltaWatch(req, sub, out)
+	return c.SnapshotCache.CreateDeltaWatch(&discovery.DeltaDiscoveryRequest{
+		Node:          &core.Node{Id: req.GetNode().GetId()},
+		TypeUrl:       req.GetTypeUrl(),
+		ResponseNonce: req.GetResponseNonce(),
+	}, sub, out)
 }
 
 // lastReturnedVersion returns the version of the last response the SotW
