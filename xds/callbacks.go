@@ -167,7 +167,7 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 		// the metrics' labels and the watches of a stream (one per type,
 		// which is what keeps go-control-plane's per-stream response
 		// channels from filling up).
-		return status.Errorf(codes.InvalidArgument, "xds: type_url %q is not an xDS resource type", typeURL)
+		return s.refuse(refusedTypeURL, codes.InvalidArgument, "xds: type_url %q is not an xDS resource type", clip(typeURL, 256))
 	}
 	s.mu.Lock()
 	st := s.streams[k]
@@ -176,7 +176,9 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 		if nodeID == "" {
 			return s.refuse(refusedNodeID, codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
 		}
-		s.join(k, nodeID)
+		if err := s.join(k, nodeID); err != nil {
+			return err
+		}
 		// Nothing was sent on this stream yet: no ACK or NACK, but maybe
 		// the version the node runs.
 		s.runs(nodeID, typeURL, version)
@@ -198,11 +200,12 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 	node := st.node
 	ts := s.nodes[node].typ(typeURL)
 	if errDetail != nil {
-		ts.nack = &nackState{version: sent.version, message: errDetail.GetMessage(), at: time.Now()}
+		msg := clip(errDetail.GetMessage(), maxNACKBytes)
+		ts.nack = &nackState{version: sent.version, message: msg, at: time.Now()}
 		s.mu.Unlock()
 		tc.nacks.Inc()
 		s.log.Warn("xds: node rejected resources (NACK); the version is not sent again until a new one exists",
-			"node", node, "type_url", typeURL, "version", sent.version, "error", errDetail.GetMessage())
+			"node", node, "type_url", typeURL, "version", sent.version, "error", msg)
 		return nil
 	}
 	ts.acked = sent.version
@@ -238,12 +241,17 @@ func (s *Server) onResponse(k streamKey, typeURL, nonce, version string) {
 // join registers stream k of node (its first request). The node's first
 // stream gives the node the current snapshot, so that go-control-plane's
 // watch, created right after this callback returns, is answered at once.
-func (s *Server) join(k streamKey, node string) {
+// A new node over Limits.MaxNodes is refused.
+func (s *Server) join(k streamKey, node string) error {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
 	s.mu.Lock()
-	s.streams[k] = &streamState{node: node}
 	n := s.nodes[node]
+	if n == nil && len(s.nodes) >= s.limits.MaxNodes {
+		s.mu.Unlock()
+		return s.refuse(refusedNodes, codes.ResourceExhausted, "xds: %d nodes are connected already", s.limits.MaxNodes)
+	}
+	s.streams[k] = &streamState{node: node}
 	if n == nil {
 		n = &nodeState{}
 		s.nodes[node] = n
@@ -258,6 +266,7 @@ func (s *Server) join(k streamKey, node string) {
 			s.log.Warn("xds: set snapshot", "node", node, "error", err)
 		}
 	}
+	return nil
 }
 
 // leave forgets stream k. When it was its node's last stream, the node's

@@ -70,7 +70,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"version"}),
 		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "realipd", Subsystem: "xds", Name: "refused_total",
-			Help: "ADS clients refused by a bound, by reason: node_id.",
+			Help: "ADS clients refused by a bound, by reason: connections, streams_per_connection, streams, nodes, node_id, node_size, resource_names, request_size, type_url.",
 		}, []string{"reason"}),
 		byType: make(map[string]*typeCounters, int(types.UnknownType)),
 	}

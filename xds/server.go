@@ -12,12 +12,30 @@
 // closes. Requests for type URLs go-control-plane does not know end their
 // stream (InvalidArgument).
 //
-// Bounds: a client over a bound is refused, counted in
-// realipd_xds_refused_total by reason and warned about at most once a
-// minute per reason (see limits.go):
+// Bounds: what ADS clients can make the Server hold is bounded, and a
+// client over a bound is refused, counted in realipd_xds_refused_total by
+// reason and warned about at most once a minute per reason (see limits.go
+// for the reasons behind each number):
 //
+//	connections             Limits.MaxConnections open connections (default
+//	                        10,000); one more is closed once accepted
+//	streams_per_connection  Limits.MaxStreamsPerConnection ADS streams on a
+//	                        connection (8; Envoy opens one); HTTP/2 allows 16
+//	                        more streams for health checks and reflection
+//	streams                 Limits.MaxStreams streams in all (10,000): ADS,
+//	                        health Watch, reflection
+//	nodes                   Limits.MaxNodes distinct node ids connected (10,000)
 //	node_id                 a node.id missing on a stream's first request,
-//	                        or not the stream's first
+//	                        over 1 KiB, or not the stream's first
+//	node_size               a node over 64 KiB (its metadata included)
+//	request_size            a request over 1 MiB
+//	resource_names          over 64 names in a list of a request, or a name
+//	                        subscribed to that is neither "*" nor served
+//	type_url                a type URL that is not an xDS resource type
+//
+// A refused stream ends with InvalidArgument or ResourceExhausted and a
+// message saying which bound. A NACK's message is kept and logged cut to
+// 4 KiB, with "…[truncated N bytes]".
 //
 // Order: clusters are sent before listeners. The cache answers a version's
 // open watches in type order (clusters first) and the SotW server runs in
@@ -112,6 +130,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ServerOptions are appended to the gRPC server's options (tests, tuning).
 	ServerOptions []grpc.ServerOption
+	// Limits bound what ADS clients can make the Server hold (zero fields:
+	// the defaults).
+	Limits Limits
 }
 
 // Server is realipd's ADS server. It is safe for concurrent use; one Server
@@ -126,6 +147,9 @@ type Server struct {
 	serverOpts   []grpc.ServerOption
 	serving      atomic.Int32  // listeners serving and not draining
 	listeners    atomic.Uint32 // ServeListener calls, for stream keys
+	limits       Limits
+	conns        atomic.Int64 // open connections (limitListener)
+	streamsOpen  atomic.Int64 // open streams (limitStreams)
 	refuseWarn   [numRefusals]rateLimit
 
 	// pubMu serialises what gives nodes their snapshot: SetResources, a
@@ -179,6 +203,7 @@ func New(opts Options) (*Server, error) {
 		events:       eventQueue{ev: opts.Events},
 		drainTimeout: opts.DrainTimeout,
 		serverOpts:   opts.ServerOptions,
+		limits:       opts.Limits.withDefaults(),
 		streams:      make(map[streamKey]*streamState),
 		nodes:        make(map[string]*nodeState),
 	}
@@ -381,16 +406,23 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	xs := serverv3.NewServer(streamCtx, parkingCache{SnapshotCache: s.cache, log: s.log}, callbacks{s: s, listener: s.listeners.Add(1)},
 		sotw.WithOrderedADS(), sotw.WithLogger(s.gcpLog))
 
-	// As go-control-plane's example server: keepalive pings find dead
-	// Envoys, and the per-connection stream limit is lifted well above
-	// gRPC's. Pings from Envoy are accepted down to 5s (as for ext_proc),
+	// As go-control-plane's example server, keepalive pings find dead
+	// Envoys. Pings from Envoy are accepted down to 5s (as for ext_proc),
 	// below the 30s of the example, so an Envoy configured with a shorter
-	// connection_keepalive is not sent away with too_many_pings.
+	// connection_keepalive is not sent away with too_many_pings. What
+	// clients can make the server hold is bounded (see limits.go): the
+	// connections (limitListener), the streams of a connection (HTTP/2's
+	// limit, and limitStreams for ADS), the streams in all (limitStreams),
+	// the size of a request.
+	ln = limitListener{Listener: ln, s: s}
 	opts := []grpc.ServerOption{
-		grpc.MaxConcurrentStreams(1_000_000),
+		grpc.MaxConcurrentStreams(uint32(s.limits.MaxStreamsPerConnection + transportExtraStreams)),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.StatsHandler(connTagger{}),
+		grpc.StreamInterceptor(s.limitStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    30 * time.Second,
-			Timeout: 5 * time.Second,
+			Timeout: keepaliveTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             5 * time.Second,
@@ -446,6 +478,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	s.log.Info("xds: stopped", "address", addrString(ln))
 	return nil
 }
+
+// keepaliveTimeout is how long a keepalive ping, or data sent, may wait for
+// its acknowledgement before the connection is closed.
+const keepaliveTimeout = 5 * time.Second
 
 // Ready reports nil while the server serves on at least one listener and is
 // not draining; it fits internal/admin's readiness checks.
