@@ -107,9 +107,13 @@ func (c callbacks) OnStreamClosed(id int64, _ *core.Node) {
 	c.s.leave(c.key(false, id))
 }
 
-// OnStreamRequest tracks a SotW request. go-control-plane has filled in
-// req.Node from the stream's first request.
+// OnStreamRequest checks (admitSotW) and tracks a SotW request.
+// go-control-plane has filled in req.Node from the stream's last request
+// that carried one.
 func (c callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	if err := c.s.admitSotW(c.key(false, id), req); err != nil {
+		return err
+	}
 	return c.s.onRequest(c.key(false, id), req.GetNode().GetId(), req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail())
 }
 
@@ -131,11 +135,14 @@ func (c callbacks) OnDeltaStreamClosed(id int64, _ *core.Node) {
 	c.s.leave(c.key(true, id))
 }
 
-// OnStreamDeltaRequest tracks a delta request. Unlike the SotW server,
-// go-control-plane's delta server calls it before filling in a missing
-// node, so only the stream's first request names the node; the tracker
-// remembers it.
+// OnStreamDeltaRequest checks (admitDelta) and tracks a delta request.
+// Unlike the SotW server, go-control-plane's delta server calls it before
+// filling in a missing node, so only the stream's first request names the
+// node; the tracker remembers it.
 func (c callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	if err := c.s.admitDelta(c.key(true, id), req); err != nil {
+		return err
+	}
 	// A delta request carries no version_info (its initial resource
 	// versions are per resource): a reconnecting delta node holds its
 	// ports again when it ACKs the version it is sent.
@@ -165,16 +172,19 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 		// the metrics' labels and the watches of a stream (one per type,
 		// which is what keeps go-control-plane's per-stream response
 		// channels from filling up).
-		return status.Errorf(codes.InvalidArgument, "xds: type_url %q is not an xDS resource type", typeURL)
+		return s.refuse(refusedTypeURL, codes.InvalidArgument, "xds: type_url %q is not an xDS resource type", clip(typeURL, 256))
 	}
 	s.mu.Lock()
 	st := s.streams[k]
 	if st == nil {
 		s.mu.Unlock()
 		if nodeID == "" {
-			return status.Error(codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
+			return s.refuse(refusedNodeID, codes.InvalidArgument, "xds: the first request of a stream must name the node (node.id)")
 		}
-		p := s.join(k, nodeID)
+		p, err := s.join(k, nodeID)
+		if err != nil {
+			return err
+		}
 		// Nothing was sent on this stream yet: no ACK or NACK, but maybe
 		// the version the node runs.
 		s.runs(nodeID, p, typeURL, version)
@@ -196,11 +206,12 @@ func (s *Server) onRequest(k streamKey, nodeID, typeURL, version, nonce string, 
 	node := st.node
 	ts := s.nodes[node].typ(typeURL)
 	if errDetail != nil {
-		ts.nack = &nackState{version: sent.version, message: errDetail.GetMessage(), at: time.Now()}
+		msg := clip(errDetail.GetMessage(), maxNACKBytes)
+		ts.nack = &nackState{version: sent.version, message: msg, at: time.Now()}
 		s.mu.Unlock()
 		tc.nacks.Inc()
 		s.log.Warn("xds: node rejected resources (NACK); the version is not sent again until a new one exists",
-			"node", node, "type_url", typeURL, "version", sent.version, "error", errDetail.GetMessage())
+			"node", node, "type_url", typeURL, "version", sent.version, "error", msg)
 		return nil
 	}
 	ts.acked = sent.version
@@ -243,15 +254,20 @@ func (s *Server) opened(k streamKey, p sockowner.Peer) {
 // join registers stream k of node (its first request) and returns the
 // stream's peer. The node's first stream gives the node the current
 // snapshot, so that go-control-plane's watch, created right after this
-// callback returns, is answered at once.
-func (s *Server) join(k streamKey, node string) sockowner.Peer {
+// callback returns, is answered at once. A new node over Limits.MaxNodes
+// is refused.
+func (s *Server) join(k streamKey, node string) (sockowner.Peer, error) {
 	s.pubMu.Lock()
 	defer s.pubMu.Unlock()
 	s.mu.Lock()
 	p := s.peers[k]
 	delete(s.peers, k)
-	s.streams[k] = &streamState{node: node, peer: p}
 	n := s.nodes[node]
+	if n == nil && len(s.nodes) >= s.limits.MaxNodes {
+		s.mu.Unlock()
+		return p, s.refuse(refusedNodes, codes.ResourceExhausted, "xds: %d nodes are connected already", s.limits.MaxNodes)
+	}
+	s.streams[k] = &streamState{node: node, peer: p}
 	if n == nil {
 		n = &nodeState{}
 		s.nodes[node] = n
@@ -266,7 +282,7 @@ func (s *Server) join(k streamKey, node string) sockowner.Peer {
 			s.log.Warn("xds: set snapshot", "node", node, "error", err)
 		}
 	}
-	return p
+	return p, nil
 }
 
 // leave forgets stream k. When it was its node's last stream, the node's

@@ -23,6 +23,8 @@ type metrics struct {
 	snapshot   *prometheus.GaugeVec // version
 	sotwActive prometheus.Gauge
 	deltaActv  prometheus.Gauge
+	refusedVec *prometheus.CounterVec // reason
+	refused    [numRefusals]prometheus.Counter
 
 	byType map[string]*typeCounters
 }
@@ -66,10 +68,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "realipd", Subsystem: "xds", Name: "snapshot_info",
 			Help: "The resource version being served (value 1, the version in the label; no series before the first one).",
 		}, []string{"version"}),
+		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "realipd", Subsystem: "xds", Name: "refused_total",
+			Help: "ADS clients refused by a bound, by reason: connections, streams_per_connection, streams, nodes, node_id, node_size, resource_names, request_size, type_url.",
+		}, []string{"reason"}),
 		byType: make(map[string]*typeCounters, int(types.UnknownType)),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.streams, m.nodes, m.responses, m.acks, m.nacks, m.rejected, m.published, m.snapshot} {
+		for _, c := range []prometheus.Collector{m.streams, m.nodes, m.responses, m.acks, m.nacks, m.rejected, m.published, m.snapshot, m.refusedVec} {
 			if err := reg.Register(c); err != nil {
 				if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
 					return nil, fmt.Errorf("xds: register metrics: %w (one Server per registry)", err)
@@ -80,6 +86,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.sotwActive = m.streams.WithLabelValues("sotw")
 	m.deltaActv = m.streams.WithLabelValues("delta")
+	for r := range numRefusals {
+		m.refused[r] = m.refusedVec.WithLabelValues(r.String())
+	}
 	for t := types.ResponseType(0); t < types.UnknownType; t++ {
 		url, err := cache.GetResponseTypeURL(t)
 		if err != nil {

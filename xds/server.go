@@ -7,9 +7,35 @@
 // on TCP or a unix socket (Listen). SetResources publishes a version: every
 // connected node gets it, and a node that connects later gets the current
 // one on its first request. A node is its node.id, which the first request
-// of every stream must carry; its snapshot and state are dropped when its
-// last stream closes. Requests for type URLs go-control-plane does not know
-// end their stream (InvalidArgument).
+// of every stream must carry, and every later request that carries a node
+// must repeat; its snapshot and state are dropped when its last stream
+// closes. Requests for type URLs go-control-plane does not know end their
+// stream (InvalidArgument).
+//
+// Bounds: what ADS clients can make the Server hold is bounded, and a
+// client over a bound is refused, counted in realipd_xds_refused_total by
+// reason and warned about at most once a minute per reason (see limits.go
+// for the reasons behind each number):
+//
+//	connections             Limits.MaxConnections open connections (default
+//	                        10,000); one more is closed once accepted
+//	streams_per_connection  Limits.MaxStreamsPerConnection ADS streams on a
+//	                        connection (8; Envoy opens one); HTTP/2 allows 16
+//	                        more streams for health checks and reflection
+//	streams                 Limits.MaxStreams streams in all (10,000): ADS,
+//	                        health Watch, reflection
+//	nodes                   Limits.MaxNodes distinct node ids connected (10,000)
+//	node_id                 a node.id missing on a stream's first request,
+//	                        over 1 KiB, or not the stream's first
+//	node_size               a node over 64 KiB (its metadata included)
+//	request_size            a request over 1 MiB
+//	resource_names          over 64 names in a list of a request, or a name
+//	                        subscribed to that is neither "*" nor served
+//	type_url                a type URL that is not an xDS resource type
+//
+// A refused stream ends with InvalidArgument or ResourceExhausted and a
+// message saying which bound. A NACK's message is kept and logged cut to
+// 4 KiB, with "…[truncated N bytes]".
 //
 // Order: clusters are sent before listeners. The cache answers a version's
 // open watches in type order (clusters first) and the SotW server runs in
@@ -50,6 +76,7 @@
 //	realipd_xds_config_rejected_total       configurations rejected (Rejected)
 //	realipd_xds_snapshots_published_total   versions published
 //	realipd_xds_snapshot_info{version}      1 for the version served
+//	realipd_xds_refused_total{reason}       clients refused by a bound (Bounds)
 //
 // Events (Options.Events) tells other roles that a node ACKed a listener on
 // a port and that a node is gone; see Events for when and from where they
@@ -68,6 +95,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -107,6 +135,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ServerOptions are appended to the gRPC server's options (tests, tuning).
 	ServerOptions []grpc.ServerOption
+	// Limits bound what ADS clients can make the Server hold (zero fields:
+	// the defaults).
+	Limits Limits
 }
 
 // Server is realipd's ADS server. It is safe for concurrent use; one Server
@@ -121,6 +152,10 @@ type Server struct {
 	serverOpts   []grpc.ServerOption
 	serving      atomic.Int32  // listeners serving and not draining
 	listeners    atomic.Uint32 // ServeListener calls, for stream keys
+	limits       Limits
+	conns        atomic.Int64 // open connections (limitListener)
+	streamsOpen  atomic.Int64 // open streams (limitStreams)
+	refuseWarn   [numRefusals]rateLimit
 
 	// pubMu serialises what gives nodes their snapshot: SetResources, a
 	// node's first stream (join) and its last (leave). So a node never gets
@@ -174,6 +209,7 @@ func New(opts Options) (*Server, error) {
 		events:       eventQueue{ev: opts.Events},
 		drainTimeout: opts.DrainTimeout,
 		serverOpts:   opts.ServerOptions,
+		limits:       opts.Limits.withDefaults(),
 		streams:      make(map[streamKey]*streamState),
 		peers:        make(map[streamKey]sockowner.Peer),
 		nodes:        make(map[string]*nodeState),
@@ -377,16 +413,23 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	xs := serverv3.NewServer(streamCtx, parkingCache{SnapshotCache: s.cache, log: s.log}, callbacks{s: s, listener: s.listeners.Add(1)},
 		sotw.WithOrderedADS(), sotw.WithLogger(s.gcpLog))
 
-	// As go-control-plane's example server: keepalive pings find dead
-	// Envoys, and the per-connection stream limit is lifted well above
-	// gRPC's. Pings from Envoy are accepted down to 5s (as for ext_proc),
+	// As go-control-plane's example server, keepalive pings find dead
+	// Envoys. Pings from Envoy are accepted down to 5s (as for ext_proc),
 	// below the 30s of the example, so an Envoy configured with a shorter
-	// connection_keepalive is not sent away with too_many_pings.
+	// connection_keepalive is not sent away with too_many_pings. What
+	// clients can make the server hold is bounded (see limits.go): the
+	// connections (limitListener), the streams of a connection (HTTP/2's
+	// limit, and limitStreams for ADS), the streams in all (limitStreams),
+	// the size of a request.
+	ln = limitListener{Listener: ln, s: s}
 	opts := []grpc.ServerOption{
-		grpc.MaxConcurrentStreams(1_000_000),
+		grpc.MaxConcurrentStreams(uint32(s.limits.MaxStreamsPerConnection + transportExtraStreams)),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.StatsHandler(connTagger{}),
+		grpc.StreamInterceptor(s.limitStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    30 * time.Second,
-			Timeout: 5 * time.Second,
+			Timeout: keepaliveTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
 			MinTime:             5 * time.Second,
@@ -447,6 +490,10 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
+// keepaliveTimeout is how long a keepalive ping, or data sent, may wait for
+// its acknowledgement before the connection is closed.
+const keepaliveTimeout = 5 * time.Second
+
 // Ready reports nil while the server serves on at least one listener and is
 // not draining; it fits internal/admin's readiness checks.
 func (s *Server) Ready(context.Context) error {
@@ -477,6 +524,13 @@ func (s *Server) Ready(context.Context) error {
 // Delta needs no help: the delta server records the resources of every
 // response it sends as the client's, so a NACK finds nothing to send until
 // a resource changes.
+//
+// The cache keeps a request for as long as its watch is open, and the
+// first request of a node for as long as the node is connected; it is
+// handed only what it answers from (the node id, type URL, version,
+// resource names and nonce), not the node's metadata or a NACK's message.
+// The responses carry that request back to OnStreamResponse and
+// OnStreamDeltaResponse.
 type parkingCache struct {
 	cache.SnapshotCache
 	log *slog.Logger
@@ -484,24 +538,33 @@ type parkingCache struct {
 
 // CreateWatch creates the watch of a SotW request (see parkingCache).
 func (c parkingCache) CreateWatch(req *cache.Request, sub cache.Subscription, out chan cache.Response) (func(), error) {
+	version := req.GetVersionInfo()
 	if req.GetErrorDetail() != nil {
 		v, ok := lastReturnedVersion(sub)
 		switch {
 		case !ok:
 			c.log.Debug("xds: NACK of a response without resources: answered with the current version",
 				"node", req.GetNode().GetId(), "type_url", req.GetTypeUrl())
-		case v != req.GetVersionInfo():
-			held := proto.CloneOf(req)
-			held.VersionInfo = v
-			req = held
+		default:
+			version = v
 		}
 	}
-	return c.SnapshotCache.CreateWatch(req, sub, out)
+	return c.SnapshotCache.CreateWatch(&discovery.DiscoveryRequest{
+		VersionInfo:   version,
+		Node:          &core.Node{Id: req.GetNode().GetId()},
+		ResourceNames: req.GetResourceNames(),
+		TypeUrl:       req.GetTypeUrl(),
+		ResponseNonce: req.GetResponseNonce(),
+	}, sub, out)
 }
 
 // CreateDeltaWatch creates the watch of a delta request (see parkingCache).
 func (c parkingCache) CreateDeltaWatch(req *cache.DeltaRequest, sub cache.Subscription, out chan cache.DeltaResponse) (func(), error) {
-	return c.SnapshotCache.CreateDeltaWatch(req, sub, out)
+	return c.SnapshotCache.CreateDeltaWatch(&discovery.DeltaDiscoveryRequest{
+		Node:          &core.Node{Id: req.GetNode().GetId()},
+		TypeUrl:       req.GetTypeUrl(),
+		ResponseNonce: req.GetResponseNonce(),
+	}, sub, out)
 }
 
 // lastReturnedVersion returns the version of the last response the SotW
