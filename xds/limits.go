@@ -329,6 +329,10 @@ func (c *limitConn) Close() error {
 	return c.Conn.Close()
 }
 
+// NetConn returns the connection it wraps, so that the peer's credentials
+// can be read from the socket (peer.go).
+func (c *limitConn) NetConn() net.Conn { return c.Conn }
+
 // connTagger is the gRPC stats handler that gives every connection the
 // counter of its ADS streams, found in each stream's context.
 type connTagger struct{}

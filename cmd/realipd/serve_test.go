@@ -229,7 +229,7 @@ func TestServeWarnsAboutInterception(t *testing.T) {
 		})
 	}
 	cfg := writeFile(t, "serve.yaml", "extproc: {listen: 127.0.0.1:0}\nadmin: {enabled: false}\nxds: {listen: 127.0.0.1:0, extproc_address: 127.0.0.1:9001}\norigdst: {enabled: true, mode: tproxy, fallback: never}\n")
-	c, err := loadOrDefault(cfg)
+	c, err := loadOrDefault(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
