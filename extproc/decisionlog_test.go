@@ -11,9 +11,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
-	"github.com/realipd/realipd/plugins"
 )
 
 // jsonLines decodes the JSON log lines of buf whose msg is one of msgs.
@@ -47,11 +47,11 @@ func TestDecisionLogOverGRPC(t *testing.T) {
 	var now atomic.Int64
 	clock := func() time.Duration { return time.Duration(now.Load()) }
 	reg := prometheus.NewRegistry()
-	ts := start(t, "tcp", settings(t), extproc.Options{
-		Logger:      log,
-		Registerer:  reg,
-		DecisionLog: plugins.NewDecisionLog(log, plugins.DecisionLogOptions{PerSecond: 2, Now: clock}),
-	})
+	d, err := decide.New(settings(t), decide.NewDecisionLog(log, decide.DecisionLogOptions{PerSecond: 2, Now: clock}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startWith(t, "tcp", decide.NewCurrent(d), extproc.Options{Logger: log, Registerer: reg})
 	ask := func(xff string) {
 		t.Helper()
 		if _, err := ts.client.Process(context.Background(), extproctest.Request{Headers: hdrs("x-forwarded-for", xff+", 10.0.0.1"), SourceAddress: "10.0.0.1:4321"}); err != nil {

@@ -4,6 +4,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/plugins"
 )
 
@@ -80,31 +81,21 @@ func appendHVO(b []byte, h header) []byte {
 }
 
 // mutation describes a HeaderMutation: headers set (overwriting) and
-// removed. policy holds the headers a policy decision adds; those Envoy
-// would reject, and any named like a header in set (realipd's own win),
-// are left out.
+// removed. policy holds the headers a policy decision adds; only those the
+// decider lets a policy write (decide.Decider.WritableHeader: never one
+// Envoy would reject, one that frames or routes the request, nor one
+// realipd writes itself) go in.
 type mutation struct {
-	set    []header
-	remove []string
-	policy []plugins.Header
+	set     []header
+	remove  []string
+	policy  []plugins.Header
+	decider *decide.Decider // nil: no policy headers
+	deny    bool            // the mutation of a deny answer
 }
 
 // keepPolicyHeader reports whether policy header h goes into the mutation.
 func (m *mutation) keepPolicyHeader(h plugins.Header) bool {
-	if !plugins.ValidHeader(h) {
-		return false
-	}
-	for _, own := range m.set {
-		if own.name == h.Name {
-			return false
-		}
-	}
-	for _, own := range m.remove {
-		if own == h.Name {
-			return false
-		}
-	}
-	return true
+	return m.decider != nil && m.decider.WritableHeader(h, m.deny)
 }
 
 func (m *mutation) size() int {

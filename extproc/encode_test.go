@@ -1,7 +1,6 @@
 package extproc
 
 import (
-	"google.golang.org/protobuf/types/known/wrapperspb"
 	"maps"
 	"slices"
 	"strings"
@@ -12,7 +11,9 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc/extproctest"
 )
 
@@ -96,13 +97,13 @@ func TestEncodeHeadersResponse(t *testing.T) {
 func TestEncodeImmediateResponse(t *testing.T) {
 	for _, tc := range encodeCases() {
 		for _, status := range []int{403, 429, 503} {
-			buf := encodeImmediateResponse(answerPool, status, &tc.mut, denyBody, denyDetails, &tc.md)
+			buf := encodeImmediateResponse(answerPool, status, &tc.mut, decide.DenyBody, decide.DenyDetails, &tc.md)
 			want := &extprocv3.ProcessingResponse{
 				Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocv3.ImmediateResponse{
 					Status:  &typev3.HttpStatus{Code: typev3.StatusCode(status)},
 					Headers: expectedMutation(&tc.mut),
-					Body:    []byte(denyBody),
-					Details: denyDetails,
+					Body:    []byte(decide.DenyBody),
+					Details: decide.DenyDetails,
 				}},
 				DynamicMetadata: expectedMetadata(&tc.md),
 			}

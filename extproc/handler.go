@@ -8,32 +8,18 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/plugins"
 )
 
-// Defaults of Settings fields left empty.
+// Defaults of the settings fields left empty (decide.Settings).
 const (
-	DefaultClientIPHeader    = "x-real-ip"
-	DefaultMetadataNamespace = "realipd"
-	DefaultDenyStatus        = 403
-)
-
-// denyBody is the ImmediateResponse body when the deciding policy gives none.
-const denyBody = "access denied\n"
-
-// denyDetails is ImmediateResponse.details (Envoy's %RESPONSE_CODE_DETAILS%);
-// Envoy wants no whitespace there.
-const denyDetails = "realipd_policy_denied"
-
-// Values of the resolved_from metadata field.
-const (
-	resolvedHeader = "header"
-	resolvedPeer   = "peer"
-	resolvedNone   = "none"
+	DefaultClientIPHeader    = decide.DefaultClientIPHeader
+	DefaultMetadataNamespace = decide.DefaultMetadataNamespace
+	DefaultDenyStatus        = decide.DefaultDenyStatus
 )
 
 // passThrough holds the serialized pass-through answer of each phase: the
@@ -58,33 +44,6 @@ var passThrough = func() [phaseResponseTrailers + 1][]byte {
 	return out
 }()
 
-// state is one immutable set of runtime settings; Update swaps it atomically.
-type state struct {
-	resolver       *clientip.Resolver
-	strategy       clientip.Strategy
-	strategyName   string
-	header         string // lower-case header the resolver reads ("" for remote_addr)
-	trimXFF        bool   // remove Envoy's appended X-Forwarded-For entry first
-	passUnresolved bool   // trust.on_unresolved: pass (else deny)
-	chain          *plugins.Chain
-	holdChain      bool // chain has policies: messages acquire it (see acquire)
-	policyHeaders  bool // some policy of chain reads request headers (plugins.HeaderInputs)
-	clientIPHeader string
-	namespace      string
-	denyStatus     int
-	allowCount     prometheus.Counter
-	denyCount      map[string]prometheus.Counter // by deciding policy: the chain's and trust.on_unresolved
-}
-
-// denied returns the deny counter of policy.
-func (s *Server) denied(st *state, policy string) prometheus.Counter {
-	if c, ok := st.denyCount[policy]; ok {
-		return c
-	}
-	// A Chain names only its own policies: this is not reached.
-	return s.m.requests.WithLabelValues("deny", st.strategyName, policy)
-}
-
 // handle answers one serialized ProcessingRequest msg by filling out; it
 // reports false when the message gets no answer (observability mode, or a
 // message carrying no phase, which only flow-control updates do and realipd
@@ -92,13 +51,16 @@ func (s *Server) denied(st *state, policy string) prometheus.Counter {
 // Nothing handle returns refers to msg.
 func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, error) {
 	start := time.Now()
-	st, held := s.acquire()
+	d, held := s.cur.Acquire()
 	if held {
-		defer st.chain.Release()
+		defer d.Release()
 	}
-	sel := selection{want: st.header}
-	if st.policyHeaders {
-		sel.policy, sel.all = st.chain.RequestHeaders()
+	sel := selection{want: d.Resolver().Header()}
+	if d.ReadsHeaders() {
+		// Whether any policy reads request headers is fixed for a
+		// chain; which ones can change (a plugin restarted with other
+		// inputs), so the chain is asked, allocation-free, per request.
+		sel.policy, sel.all = d.Chain().RequestHeaders()
 	}
 	req, err := parseRequest(in.b, &sel, in.lines[:0], in.headers[:0])
 	// Keep grown buffers for the stream's next message.
@@ -119,54 +81,15 @@ func (s *Server) handle(ctx context.Context, in *inFrame, out *outFrame) (bool, 
 		out.b, out.pooled = passThrough[req.phase], nil
 		return true, nil
 	}
-	out.b, out.pooled = nil, s.requestHeaders(ctx, st, &req)
+	out.b, out.pooled = nil, s.requestHeaders(ctx, d, &req)
 	s.m.messageBy[phaseRequestHeaders].Inc()
 	s.m.latency.Observe(time.Since(start).Seconds())
 	return true, nil
 }
 
-// acquire returns the settings in force with their chain acquired
-// (plugins.Chain.Acquire) when held is true; the caller then releases it
-// once the message is answered, so that the chain, if a reload retires it
-// meanwhile, stays open until then. A chain without policies is not held:
-// handle never uses it. When the chain was retired just after this message
-// loaded the settings, Update had already stored their replacement (the
-// owner retires a chain only after that), so loading again finds it; see
-// the plugins package's retire.go for why. If the settings in force are
-// still those of the retired chain, their owner is shutting down: the
-// message goes on with that chain unheld, and policies it has closed fail
-// (their on_error applies).
-func (s *Server) acquire() (st *state, held bool) {
-	st = s.state.Load()
-	if !st.holdChain {
-		return st, false
-	}
-	for !st.chain.Acquire() {
-		next := s.state.Load()
-		if next == st {
-			return st, false
-		}
-		st = next
-		if !st.holdChain {
-			return st, false
-		}
-	}
-	return st, true
-}
-
-// policyUnresolved is the policy metadata field of a deny by
-// trust.on_unresolved: deny.
-const policyUnresolved = plugins.PolicyUnresolved
-
-// unresolvedBody and unresolvedDetails answer a request denied because its
-// client IP is unresolved.
-const (
-	unresolvedBody    = "client IP unresolved\n"
-	unresolvedDetails = "realipd_client_ip_unresolved"
-)
-
-// requestHeaders resolves, runs the policies and encodes the answer.
-func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[]byte {
+// requestHeaders resolves, decides (decide.Decider.Decide) and encodes the
+// answer.
+func (s *Server) requestHeaders(ctx context.Context, d *decide.Decider, req *request) *[]byte {
 	peer := req.peer
 	lines := req.lines
 	var res clientip.Result
@@ -174,91 +97,62 @@ func (s *Server) requestHeaders(ctx context.Context, st *state, req *request) *[
 		// Without the peer nothing can be verified: unresolved.
 		peer = ""
 		s.m.noPeer.Inc()
-		if s.warnNoPeer.allow() {
+		if s.warnNoPeer.Allow() {
 			s.log.Warn("extproc: request without the source.address attribute: its client IP is unresolved (trust.on_unresolved applies); add source.address and destination.address to the ext_proc filter's request_attributes")
 		}
 		res = clientip.Result{Reason: clientip.ReasonNoPeer}
 	} else {
-		if st.trimXFF {
+		if d.TrimsEnvoyEntry() {
 			lines = s.removeEnvoyEntry(lines, req)
 		}
-		res = st.resolver.Client(peer, lines)
+		res = d.Resolver().Client(peer, lines)
 	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
-		s.explain(ctx, st, req, peer, lines)
+		s.explain(ctx, d, req, peer, lines)
 	}
-	ip := res.IP
-	var from string
-	switch {
-	case !res.OK():
-		from = resolvedNone
+	if !res.OK() {
 		s.m.unresolved(res.Reason)
-	case res.Source == clientip.SourcePeer:
-		from = resolvedPeer
-	default:
-		from = resolvedHeader
 	}
-
-	var verdict plugins.Verdict
-	switch {
-	case !res.OK() && !st.passUnresolved:
-		verdict = plugins.Verdict{Decision: plugins.Decision{Deny: true, Body: unresolvedBody}, Policy: policyUnresolved}
-	case st.chain.Len() > 0:
-		verdict = st.chain.Decide(ctx, newPolicyRequest(ip, peer, res, st.strategy, req.headers))
-		if verdict.Err != nil {
-			s.m.policyErrors.WithLabelValues(verdict.ErrPolicy).Inc()
-			s.log.Debug("extproc: policy failed; on_error applied", "policy", verdict.ErrPolicy, "error", verdict.Err, "deny", verdict.Deny)
-		}
-	}
+	o := d.Decide(ctx, &s.door, &decide.Input{Peer: peer, Resolution: res}, func() *plugins.Request {
+		return newPolicyRequest(res.IP, peer, res, d.Resolver().Strategy(), req.destination, req.headers)
+	})
 
 	var ipBuf [64]byte
 	ipText := ""
-	if ip.IsValid() {
-		ipText = bytesString(ip.AppendTo(ipBuf[:0]))
+	if res.IP.IsValid() {
+		ipText = bytesString(res.IP.AppendTo(ipBuf[:0]))
 	}
 	// Filled by index, not append, so that nothing here escapes to the heap.
 	var fieldsBuf [6]metaField
 	fieldsBuf[0] = metaField{"client_ip", ipText}
 	fieldsBuf[1] = metaField{"peer", peer}
-	fieldsBuf[2] = metaField{"strategy", st.strategyName}
-	fieldsBuf[3] = metaField{"resolved_from", from}
+	fieldsBuf[2] = metaField{"strategy", d.StrategyName()}
+	fieldsBuf[3] = metaField{"resolved_from", o.ResolvedFrom}
 	// The policies' metadata fields; realipd's own fields win (metadata.reserved).
-	md := metadata{namespace: st.namespace, extra: verdict.Metadata}
+	md := metadata{namespace: d.MetadataNamespace(), extra: o.Metadata}
 	var setBuf [1]header
-	var mut mutation
+	mut := mutation{decider: d, deny: o.Deny, policy: o.Headers}
 
-	s.decisions.Log(ctx, plugins.Decided{Door: plugins.DoorExtProc, Peer: peer, Resolution: res, Deny: verdict.Deny, Policy: verdict.Policy})
-	if verdict.Deny {
-		s.denied(st, verdict.Policy).Inc()
+	if o.Deny {
+		s.denied(d, o.Policy).Inc()
 		fieldsBuf[4] = metaField{"decision", "deny"}
-		fieldsBuf[5] = metaField{"policy", verdict.Policy}
+		fieldsBuf[5] = metaField{"policy", o.Policy}
 		md.fields = fieldsBuf[:6]
-		status := plugins.DenyStatus(verdict.Decision, st.denyStatus)
-		body := verdict.Body
-		if body == "" {
-			body = denyBody
-		}
-		details := denyDetails
-		if verdict.Policy == policyUnresolved && !res.OK() {
-			details = unresolvedDetails
-		}
 		setBuf[0] = header{"content-type", "text/plain; charset=utf-8"}
 		mut.set = setBuf[:1]
-		mut.policy = verdict.Headers
-		return encodeImmediateResponse(answerPool, status, &mut, body, details, &md)
+		return encodeImmediateResponse(answerPool, o.Status, &mut, o.Body, o.Details, &md)
 	}
-	st.allowCount.Inc()
+	s.countersOf(d).allow.Inc()
 	fieldsBuf[4] = metaField{"decision", "allow"}
 	md.fields = fieldsBuf[:5]
 	var removeBuf [1]string
 	if ipText != "" {
-		setBuf[0] = header{st.clientIPHeader, ipText}
+		setBuf[0] = header{d.ClientIPHeader(), ipText}
 		mut.set = setBuf[:1]
 	} else {
-		removeBuf[0] = st.clientIPHeader
+		removeBuf[0] = d.ClientIPHeader()
 		mut.remove = removeBuf[:1]
 	}
-	mut.policy = verdict.Headers
 	return encodeHeadersResponse(answerPool, &mut, &md)
 }
 
@@ -275,8 +169,11 @@ type policyRequest struct {
 // peer and of the selected headers (names lower-cased). Headers cost two
 // more allocations, one for the slice and one for all their bytes; without
 // headers there is one allocation in all.
-func newPolicyRequest(ip netip.Addr, peer string, res clientip.Result, strategy clientip.Strategy, hdrs []rawHeader) *plugins.Request {
+func newPolicyRequest(ip netip.Addr, peer string, res clientip.Result, strategy clientip.Strategy, destination string, hdrs []rawHeader) *plugins.Request {
 	pr := &policyRequest{req: plugins.Request{ClientIP: ip, Resolution: res, Strategy: strategy}}
+	if dst, ok := destinationAddr(destination); ok {
+		pr.req.OriginalDst = dst
+	}
 	if len(peer) <= len(pr.peerBuf) {
 		n := copy(pr.peerBuf[:], peer)
 		pr.req.Peer = bytesString(pr.peerBuf[:n])
@@ -351,7 +248,7 @@ func (s *Server) removeEnvoyEntry(lines []string, req *request) []string {
 		return lines
 	}
 	s.m.mismatch.Inc()
-	if s.warnMismatch.allow() {
+	if s.warnMismatch.Allow() {
 		s.log.Warn("extproc: the last X-Forwarded-For entry is not the address Envoy appends (source.address), so nothing was removed before resolving: Envoy is probably not running with use_remote_address: true (or has skip_xff_append set); if that is intended, set extproc.xff_appended_by_envoy: false",
 			"source_address", req.peer, "last_entry", clientip.LastEntry(lines))
 	}
@@ -459,11 +356,11 @@ func bareAddr(s string) (netip.Addr, bool) {
 }
 
 // explain logs the resolution step by step at debug level.
-func (s *Server) explain(ctx context.Context, st *state, req *request, peer string, lines []string) {
-	_, ex := st.resolver.Explain(peer, lines)
+func (s *Server) explain(ctx context.Context, d *decide.Decider, req *request, peer string, lines []string) {
+	_, ex := d.Resolver().Explain(peer, lines)
 	detail := ex.Detail
 	if !req.hasPeer {
-		ex.Reason, ex.ClientIP, ex.ResolvedFrom, ex.Entries = clientip.ReasonNoPeer.String(), "", resolvedNone, nil
+		ex.Reason, ex.ClientIP, ex.ResolvedFrom, ex.Entries = clientip.ReasonNoPeer.String(), "", "none", nil
 		detail = "no source.address attribute: unresolved"
 	}
 	s.log.LogAttrs(ctx, slog.LevelDebug, "extproc: resolved",
@@ -475,4 +372,18 @@ func (s *Server) explain(ctx context.Context, st *state, req *request, peer stri
 		slog.Any("entries", ex.Entries),
 		slog.String("detail", detail),
 	)
+}
+
+// destinationAddr parses the destination.address attribute ("ip:port" or
+// "[v6]:port"; unmapped), which policies see as the original destination;
+// false for anything else (a pipe). It does not allocate.
+func destinationAddr(s string) (netip.AddrPort, bool) {
+	if s == "" || s[0] == '/' || s[0] == '@' {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || !ap.Addr().IsValid() {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/plugins"
 )
@@ -37,13 +38,36 @@ func trustedRange(t testing.TB, cidrs ...string) *clientip.Resolver {
 	return resolver(t, clientip.Config{Strategy: clientip.RightmostTrustedRange, TrustedCIDRs: ps})
 }
 
+// Settings are the settings of the decision the server makes.
+type Settings = decide.Settings
+
+// current returns a Current holding the Decider of s.
+func current(t testing.TB, s Settings) *decide.Current {
+	t.Helper()
+	d, err := decide.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decide.NewCurrent(d)
+}
+
 func newServer(t testing.TB, s Settings, reg prometheus.Registerer) *Server {
 	t.Helper()
-	srv, err := New(s, Options{Registerer: reg})
+	srv, err := New(current(t, s), Options{Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return srv
+}
+
+// update makes s the settings of srv's decisions, as a reload does.
+func update(srv *Server, s Settings) error {
+	d, err := decide.New(s, nil)
+	if err != nil {
+		return err
+	}
+	srv.cur.Store(d)
+	return nil
 }
 
 // answer marshals req's message of phase ph, hands it to the handler and
@@ -143,7 +167,7 @@ func TestHandleRequestHeaders(t *testing.T) {
 			name:       "missing source.address is unresolved: denied",
 			settings:   Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RightmostNonPrivate}), XFFAppendedByEnvoy: true},
 			req:        extproctest.Request{Headers: xff("9.9.9.9, 10.0.0.3")},
-			wantStatus: 403, wantBody: unresolvedBody,
+			wantStatus: 403, wantBody: decide.UnresolvedBody,
 			wantMeta: map[string]string{"client_ip": "", "peer": "", "strategy": "rightmost_non_private", "resolved_from": "none", "decision": "deny", "policy": "trust.on_unresolved"},
 		},
 		{
@@ -178,14 +202,14 @@ func TestHandleRequestHeaders(t *testing.T) {
 			name:       "deny with default status and body",
 			settings:   Settings{Resolver: trustedRange(t, "10.0.0.0/8"), XFFAppendedByEnvoy: true, Chain: denyCIDR(t, "blocklist", nil, []string{"198.51.100.0/24"})},
 			req:        extproctest.Request{Headers: xff("198.51.100.77, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},
-			wantStatus: 403, wantBody: denyBody,
+			wantStatus: 403, wantBody: decide.DenyBody,
 			wantMeta: map[string]string{"client_ip": "198.51.100.77", "peer": "10.0.0.1:1", "strategy": "rightmost_trusted_range", "resolved_from": "header", "decision": "deny", "policy": "blocklist"},
 		},
 		{
 			name:       "deny with configured status; allow list denies unknown",
 			settings:   Settings{Resolver: trustedRange(t, "10.0.0.0/8"), XFFAppendedByEnvoy: true, DenyStatus: 429, Chain: denyCIDR(t, "office", []string{"192.0.2.0/24"}, nil)},
 			req:        extproctest.Request{Headers: xff("203.0.113.1, 10.0.0.1"), SourceAddress: "10.0.0.1:1"},
-			wantStatus: 429, wantBody: denyBody,
+			wantStatus: 429, wantBody: decide.DenyBody,
 			wantMeta: map[string]string{"client_ip": "203.0.113.1", "peer": "10.0.0.1:1", "strategy": "rightmost_trusted_range", "resolved_from": "header", "decision": "deny", "policy": "office"},
 		},
 	}
@@ -216,9 +240,9 @@ func TestHandleRequestHeaders(t *testing.T) {
 				if int(imm.GetStatus().GetCode()) != tt.wantStatus || string(imm.GetBody()) != tt.wantBody {
 					t.Errorf("deny status %d body %q, want %d %q", imm.GetStatus().GetCode(), imm.GetBody(), tt.wantStatus, tt.wantBody)
 				}
-				wantDetails := denyDetails
-				if tt.wantMeta["policy"] == policyUnresolved {
-					wantDetails = unresolvedDetails
+				wantDetails := decide.DenyDetails
+				if tt.wantMeta["policy"] == decide.PolicyUnresolved {
+					wantDetails = decide.UnresolvedDetails
 				}
 				if imm.GetDetails() != wantDetails {
 					t.Errorf("details %q, want %q", imm.GetDetails(), wantDetails)
@@ -409,7 +433,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := reg.Gather(); err != nil {
 		t.Errorf("gather: %v", err)
 	}
-	if _, err := New(Settings{Resolver: trustedRange(t)}, Options{Registerer: reg}); err == nil {
+	if _, err := New(current(t, Settings{Resolver: trustedRange(t)}), Options{Registerer: reg}); err == nil {
 		t.Error("second server on the same registry accepted")
 	}
 }
@@ -421,7 +445,7 @@ func TestUpdateSwapsSettings(t *testing.T) {
 	if v, _ := res.SetHeader("x-real-ip"); v != "10.0.0.1" {
 		t.Fatalf("before update: %q", v)
 	}
-	if err := srv.Update(Settings{Resolver: trustedRange(t, "10.0.0.0/8"), XFFAppendedByEnvoy: true, ClientIPHeader: "x-client"}); err != nil {
+	if err := update(srv, Settings{Resolver: trustedRange(t, "10.0.0.0/8"), XFFAppendedByEnvoy: true, ClientIPHeader: "x-client"}); err != nil {
 		t.Fatal(err)
 	}
 	res = &extproctest.Result{Responses: []*extprocv3.ProcessingResponse{answer(t, srv, req, extproctest.RequestHeaders)}}
@@ -429,14 +453,17 @@ func TestUpdateSwapsSettings(t *testing.T) {
 		t.Fatalf("after update: %q", v)
 	}
 	bad := []Settings{
-		{},
+		{Resolver: trustedRange(t), ClientIPHeader: "content-length"},
+		{Resolver: trustedRange(t), ClientIPHeader: "Transfer-Encoding"},
+		{Resolver: trustedRange(t), ClientIPHeader: "host"},
+		{Resolver: trustedRange(t), ClientIPHeader: "connection"},
 		{Resolver: trustedRange(t), DenyStatus: 299},
 		{Resolver: trustedRange(t), DenyStatus: 100},
 		{Resolver: trustedRange(t), ClientIPHeader: ":authority"},
 		{Resolver: trustedRange(t), ClientIPHeader: "bad name"},
 	}
 	for _, s := range bad {
-		if err := srv.Update(s); err == nil {
+		if err := update(srv, s); err == nil {
 			t.Errorf("Update(%+v) accepted", s)
 		}
 	}

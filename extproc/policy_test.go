@@ -243,7 +243,7 @@ func TestPolicyRequestHeadersFollowUpdate(t *testing.T) {
 		t.Errorf("before update: %q", got)
 	}
 	s.Chain = chainOf(t, plugins.ChainEntry{Name: "p", Policy: second})
-	if err := ts.srv.Update(s); err != nil {
+	if err := ts.update(s); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ts.client.Process(context.Background(), req); err != nil {

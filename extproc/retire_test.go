@@ -79,7 +79,7 @@ func TestRetireWaitsForHeldRequest(t *testing.T) {
 
 	next := s
 	next.Chain = chainOf(t, plugins.ChainEntry{Name: "new", Policy: decidePolicy{d: plugins.Decision{Metadata: map[string]string{"chain": "new"}}}})
-	if err := ts.srv.Update(next); err != nil {
+	if err := ts.update(next); err != nil {
 		t.Fatal(err)
 	}
 	old.Retire()

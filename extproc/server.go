@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,9 +21,8 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/listenaddr"
-	"github.com/realipd/realipd/plugins"
 )
 
 // ServiceName is the gRPC service realipd implements; grpc.health.v1 reports
@@ -33,44 +31,6 @@ const ServiceName = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 // DefaultDrainTimeout bounds a graceful drain when Options.DrainTimeout is 0.
 const DefaultDrainTimeout = 10 * time.Second
-
-// Settings are the runtime settings of the server. They can be replaced
-// while serving with Update (a configuration hot reload); streams in progress
-// keep going, each message uses the settings current when it arrives.
-type Settings struct {
-	// Resolver resolves the client IP (required).
-	Resolver *clientip.Resolver
-	// Chain holds the policies run after resolution; nil allows every
-	// request. Every message holds it (plugins.Chain.Acquire) while it is
-	// handled, so the owner of a Chain replaced by Update retires it with
-	// plugins.Chain.Retire and it closes once no message uses it.
-	Chain *plugins.Chain
-	// ClientIPHeader is the request header set to the client IP (lower-cased;
-	// default x-real-ip).
-	ClientIPHeader string
-	// MetadataNamespace is the dynamic metadata namespace (default realipd).
-	MetadataNamespace string
-	// XFFAppendedByEnvoy removes the last X-Forwarded-For entry (the one
-	// Envoy appends with use_remote_address: true) before resolving, when
-	// it is the IP Envoy appends (see the package doc). It applies when the
-	// resolver reads X-Forwarded-For.
-	XFFAppendedByEnvoy bool
-	// PassUnresolved lets a request whose client IP is unresolved go on to
-	// the policies without an IP (trust.on_unresolved: pass). False, the
-	// default, denies it with DenyStatus.
-	PassUnresolved bool
-	// DenyStatus is the HTTP status of a deny (default 403); it must be an
-	// Envoy type.v3.StatusCode of at least 200.
-	DenyStatus int
-}
-
-// TrimsEnvoyEntry reports whether a server with settings s removes the
-// entry Envoy appended to X-Forwarded-For before resolving
-// (TrimEnvoyEntry): with XFFAppendedByEnvoy, when the Resolver reads
-// X-Forwarded-For.
-func (s Settings) TrimsEnvoyEntry() bool {
-	return s.XFFAppendedByEnvoy && s.Resolver != nil && s.Resolver.Header() == "x-forwarded-for"
-}
 
 // Options are the fixed parts of a Server.
 type Options struct {
@@ -86,10 +46,6 @@ type Options struct {
 	// LocalAddrs lists this host's addresses, which Envoy may append to
 	// X-Forwarded-For for a loopback peer; nil lists the interfaces'.
 	LocalAddrs func() ([]netip.Addr, error)
-	// DecisionLog records every decision (a deny at Info, an allow at
-	// Debug, rate-limited); nil makes one on Logger with the default rate.
-	// Roles that share one bound the log volume together.
-	DecisionLog *plugins.DecisionLog
 }
 
 // Server is realipd's envoy.service.ext_proc.v3.ExternalProcessor. It is safe
@@ -97,18 +53,51 @@ type Options struct {
 type Server struct {
 	log          *slog.Logger
 	m            *metrics
-	state        atomic.Pointer[state]
+	cur          *decide.Current // the decision in force, shared with the other doors
+	door         decide.Door
 	drainTimeout time.Duration
 	serverOpts   []grpc.ServerOption
-	warnNoPeer   rateLimit
-	warnMismatch rateLimit
+	warnNoPeer   decide.Every
+	warnMismatch decide.Every
 	local        *localAddrs
-	decisions    *plugins.DecisionLog
 	serving      atomic.Int32 // listeners serving and not draining
 }
 
-// New builds a Server with its first settings.
-func New(s Settings, opts Options) (*Server, error) {
+// countersKey names the server's counters of one Decider (countersOf).
+var countersKey = decide.NewLocalKey("extproc counters")
+
+// counters are the request counters of one Decider's settings: the allow
+// series of its strategy and the deny series of every policy that can
+// deny, which exist from then on, so that the hot path looks none up (the
+// policy names come from the configuration, which bounds them).
+type counters struct {
+	allow prometheus.Counter
+	deny  map[string]prometheus.Counter
+}
+
+// countersOf returns the counters of d.
+func (srv *Server) countersOf(d *decide.Decider) *counters {
+	return d.Local(countersKey, func(d *decide.Decider) any {
+		c := &counters{allow: srv.m.requests.WithLabelValues("allow", d.StrategyName(), ""), deny: map[string]prometheus.Counter{}}
+		for _, name := range d.PolicyNames() {
+			c.deny[name] = srv.m.requests.WithLabelValues("deny", d.StrategyName(), name)
+		}
+		return c
+	}).(*counters)
+}
+
+// denied returns the deny counter of policy.
+func (srv *Server) denied(d *decide.Decider, policy string) prometheus.Counter {
+	if c, ok := srv.countersOf(d).deny[policy]; ok {
+		return c
+	}
+	// A Decider names only its chain's policies: this is not reached.
+	return srv.m.requests.WithLabelValues("deny", d.StrategyName(), policy)
+}
+
+// New builds a Server deciding with cur, which the other doors may share:
+// a reload stores a new Decider there, for all of them at once.
+func New(cur *decide.Current, opts Options) (*Server, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -117,83 +106,29 @@ func New(s Settings, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cur == nil || cur.Load() == nil {
+		return nil, errors.New("extproc: no decider")
+	}
 	srv := &Server{
 		log:          log,
 		m:            m,
+		cur:          cur,
 		drainTimeout: opts.DrainTimeout,
 		serverOpts:   opts.ServerOptions,
-		warnNoPeer:   rateLimit{every: warnInterval},
-		warnMismatch: rateLimit{every: warnInterval},
+		warnNoPeer:   decide.Every{Interval: warnInterval},
+		warnMismatch: decide.Every{Interval: warnInterval},
 		local:        newLocalAddrs(opts.LocalAddrs),
-		decisions:    opts.DecisionLog,
 	}
-	if srv.decisions == nil {
-		srv.decisions = plugins.NewDecisionLog(log, plugins.DecisionLogOptions{})
+	srv.door = decide.Door{
+		Name:        decide.DoorExtProc,
+		PolicyError: func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() },
+		Logger:      log,
 	}
 	if srv.drainTimeout <= 0 {
 		srv.drainTimeout = DefaultDrainTimeout
 	}
-	if err := srv.Update(s); err != nil {
-		return nil, err
-	}
+	srv.countersOf(cur.Load()) // the series exist from the start
 	return srv, nil
-}
-
-// Update checks s and makes it the settings of every following message. The
-// previous Chain is not closed: once Update has returned, its owner retires
-// it (plugins.Chain.Retire), and it closes when the last message deciding
-// on it is done. Retiring it before Update returns would leave messages
-// with no chain to acquire.
-func (srv *Server) Update(s Settings) error {
-	if s.Resolver == nil {
-		return errors.New("extproc: settings: nil resolver")
-	}
-	st := &state{
-		resolver:       s.Resolver,
-		strategy:       s.Resolver.Strategy(),
-		strategyName:   s.Resolver.Strategy().String(),
-		header:         s.Resolver.Header(),
-		chain:          s.Chain,
-		passUnresolved: s.PassUnresolved,
-		clientIPHeader: strings.ToLower(s.ClientIPHeader),
-		namespace:      s.MetadataNamespace,
-		denyStatus:     s.DenyStatus,
-	}
-	st.trimXFF = s.TrimsEnvoyEntry()
-	// Whether any policy reads request headers is fixed for a Chain; which
-	// ones can change (a plugin restarted with other inputs), so the
-	// handler asks the Chain, allocation-free, per request.
-	st.policyHeaders = s.Chain.ReadsHeaders()
-	st.holdChain = s.Chain.Len() > 0
-	if st.clientIPHeader == "" {
-		st.clientIPHeader = DefaultClientIPHeader
-	}
-	if !plugins.ValidHeaderName(st.clientIPHeader) || strings.HasPrefix(st.clientIPHeader, ":") || st.clientIPHeader == "host" {
-		return fmt.Errorf("extproc: settings: client_ip_header %q is not a header realipd can set", s.ClientIPHeader)
-	}
-	if st.namespace == "" {
-		st.namespace = DefaultMetadataNamespace
-	}
-	if st.denyStatus == 0 {
-		st.denyStatus = DefaultDenyStatus
-	}
-	if !plugins.ValidDenyStatus(st.denyStatus) {
-		return fmt.Errorf("extproc: settings: deny_status %d is not an HTTP status Envoy can send (a defined status code from 200 to 599)", s.DenyStatus)
-	}
-	// The deny series of every policy that can deny exist from now on, so
-	// that the hot path looks none up; the policy names come from the
-	// configuration, which bounds them.
-	st.allowCount = srv.m.requests.WithLabelValues("allow", st.strategyName, "")
-	names := s.Chain.Names()
-	if !s.PassUnresolved {
-		names = append(names, policyUnresolved)
-	}
-	st.denyCount = make(map[string]prometheus.Counter, len(names))
-	for _, name := range names {
-		st.denyCount[name] = srv.m.requests.WithLabelValues("deny", st.strategyName, name)
-	}
-	srv.state.Store(st)
-	return nil
 }
 
 // Listen opens the listener for an extproc.listen address: TCP "host:port"

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/plugins"
@@ -34,6 +35,7 @@ import (
 // testServer is a running extproc server and a client connected to it.
 type testServer struct {
 	srv    *extproc.Server
+	cur    *decide.Current
 	target string
 	client *extproctest.Client
 	cancel context.CancelFunc
@@ -45,7 +47,7 @@ type testServer struct {
 // settings are the defaults of the integration tests: X-Forwarded-For
 // trusted through 10.0.0.0/8 and fd00::/8, Envoy's hop removed, a blocklist
 // for 198.51.100.0/24.
-func settings(t testing.TB) extproc.Settings {
+func settings(t testing.TB) decide.Settings {
 	r, err := clientip.New(clientip.Config{
 		Strategy:     clientip.RightmostTrustedRange,
 		TrustedCIDRs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")},
@@ -57,13 +59,23 @@ func settings(t testing.TB) extproc.Settings {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return extproc.Settings{Resolver: r, Chain: chain, XFFAppendedByEnvoy: true}
+	return decide.Settings{Resolver: r, Chain: chain, XFFAppendedByEnvoy: true}
 }
 
 // start serves on network ("tcp" or "unix") and connects a client.
-func start(t testing.TB, network string, s extproc.Settings, opts extproc.Options) *testServer {
+func start(t testing.TB, network string, s decide.Settings, opts extproc.Options) *testServer {
 	t.Helper()
-	ts := &testServer{done: make(chan error, 1), streamErrs: make(chan error, 100000)}
+	d, err := decide.New(s, decide.NewDecisionLog(opts.Logger, decide.DecisionLogOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startWith(t, network, decide.NewCurrent(d), opts)
+}
+
+// startWith is start with the decisions of cur.
+func startWith(t testing.TB, network string, cur *decide.Current, opts extproc.Options) *testServer {
+	t.Helper()
+	ts := &testServer{cur: cur, done: make(chan error, 1), streamErrs: make(chan error, 100000)}
 	opts.ServerOptions = append(opts.ServerOptions, grpc.ChainStreamInterceptor(
 		func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			err := handler(srv, ss)
@@ -78,7 +90,7 @@ func start(t testing.TB, network string, s extproc.Settings, opts extproc.Option
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	srv, err := extproc.New(s, opts)
+	srv, err := extproc.New(cur, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +117,17 @@ func start(t testing.TB, network string, s extproc.Settings, opts extproc.Option
 	ts.client = c
 	t.Cleanup(func() { ts.stop(t) })
 	return ts
+}
+
+// update makes s the settings of the server's decisions, as a reload
+// does (the chain it replaces is not retired).
+func (ts *testServer) update(s decide.Settings) error {
+	d, err := decide.New(s, nil)
+	if err != nil {
+		return err
+	}
+	ts.cur.Store(d)
+	return nil
 }
 
 // stop closes the client and drains the server (idempotent).
@@ -506,7 +529,7 @@ func TestHotUpdateDuringStreams(t *testing.T) {
 		if i%2 == 0 {
 			next.ClientIPHeader = "x-client-ip"
 		}
-		if err := ts.srv.Update(next); err != nil {
+		if err := ts.update(next); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/plugins"
@@ -59,7 +60,7 @@ func trustedRangeResolver(t *testing.T, header string, cidrs ...string) *clienti
 
 // runSpoofCases sends every case over a real gRPC connection to a server
 // with settings s and checks the answer and the counters.
-func runSpoofCases(t *testing.T, s extproc.Settings, opts extproc.Options, cases []spoofCase) {
+func runSpoofCases(t *testing.T, s decide.Settings, opts extproc.Options, cases []spoofCase) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts.Registerer = reg
@@ -144,7 +145,7 @@ const (
 func TestEnvoyEntryRemovedOnlyWhenEnvoyAppendedIt(t *testing.T) {
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	s := extproc.Settings{Resolver: trustedRangeResolver(t, "", "10.0.0.0/8", "127.0.0.0/8"), XFFAppendedByEnvoy: true}
+	s := decide.Settings{Resolver: trustedRangeResolver(t, "", "10.0.0.0/8", "127.0.0.0/8"), XFFAppendedByEnvoy: true}
 	opts := extproc.Options{Logger: log, LocalAddrs: func() ([]netip.Addr, error) {
 		return []netip.Addr{netip.MustParsePrefix("192.0.2.10/32").Addr()}, nil
 	}}
@@ -198,7 +199,7 @@ func TestEnvoyEntryRemovedOnlyWhenEnvoyAppendedIt(t *testing.T) {
 func TestUnresolvedFailsClosed(t *testing.T) {
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	s := extproc.Settings{
+	s := decide.Settings{
 		Resolver:           trustedRangeResolver(t, "", "10.0.0.0/8"),
 		XFFAppendedByEnvoy: true,
 		Chain:              cidrChain(t, "blocklist", nil, []string{"198.51.100.0/24", "10.0.0.0/8"}),
@@ -231,7 +232,7 @@ func TestUnresolvedFailsClosed(t *testing.T) {
 // client IP: a deny list cannot match it, an allow list denies it.
 func TestUnresolvedPass(t *testing.T) {
 	req := extproctest.Request{Headers: hdrs("x-real-ip", "6.6.6.6", "x-forwarded-for", "8.8.8.8, bogus, 10.0.0.5"), SourceAddress: "10.0.0.5:1"}
-	s := extproc.Settings{Resolver: trustedRangeResolver(t, "", "10.0.0.0/8"), XFFAppendedByEnvoy: true, PassUnresolved: true}
+	s := decide.Settings{Resolver: trustedRangeResolver(t, "", "10.0.0.0/8"), XFFAppendedByEnvoy: true, PassUnresolved: true}
 	s.Chain = cidrChain(t, "blocklist", nil, []string{"0.0.0.0/0", "::/0"})
 	runSpoofCases(t, s, extproc.Options{}, []spoofCase{{name: "deny list", req: req, wantIP: "", wantFrom: "none"}})
 	s.Chain = cidrChain(t, "allowlist", []string{"10.0.0.0/8"}, nil)
@@ -248,13 +249,13 @@ func TestPaddingLeftOfTheDecisiveEntry(t *testing.T) {
 		fwd = append(fwd, extproctest.Header{Name: "forwarded", Value: "for=1.1.1.1"})
 	}
 	fwd = append(fwd, extproctest.Header{Name: "forwarded", Value: "for=198.51.100.9"})
-	s := extproc.Settings{Resolver: trustedRangeResolver(t, "Forwarded", "10.0.0.0/8"), Chain: chain}
+	s := decide.Settings{Resolver: trustedRangeResolver(t, "Forwarded", "10.0.0.0/8"), Chain: chain}
 	runSpoofCases(t, s, extproc.Options{}, []spoofCase{{
 		name:     "64 Forwarded lines in front",
 		req:      extproctest.Request{Headers: fwd, SourceAddress: "10.0.0.5:1"},
 		wantDeny: "blocklist", wantIP: "198.51.100.9", wantFrom: "header",
 	}})
-	s = extproc.Settings{Resolver: trustedRangeResolver(t, "", "10.0.0.0/8"), Chain: chain, XFFAppendedByEnvoy: true}
+	s = decide.Settings{Resolver: trustedRangeResolver(t, "", "10.0.0.0/8"), Chain: chain, XFFAppendedByEnvoy: true}
 	runSpoofCases(t, s, extproc.Options{}, []spoofCase{{
 		name:     "X-Forwarded-For padded past 64 KiB",
 		req:      extproctest.Request{Headers: hdrs("x-forwarded-for", strings.Repeat("1.1.1.1, ", 8<<10)+"198.51.100.9, 10.0.0.5"), SourceAddress: "10.0.0.5:1"},

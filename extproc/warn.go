@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/realipd/realipd/decide"
 )
 
 // warnInterval is the least time between two warnings of one kind about
@@ -14,26 +16,10 @@ import (
 // counters carry the numbers.
 const warnInterval = time.Minute
 
-// epoch is where the monotonic clock of rateLimit and localAddrs starts, so
-// that a step of the wall clock neither silences nor floods them.
-var epoch = time.Now()
-
-// monotonic returns the nanoseconds since epoch, on the monotonic clock.
-func monotonic() int64 { return int64(time.Since(epoch)) }
-
-// rateLimit lets one event through per interval. It is safe for concurrent
-// use: of events arriving together, one passes.
-type rateLimit struct {
-	every time.Duration
-	next  atomic.Int64 // monotonic nanoseconds before which nothing passes
-}
-
-// allow reports whether an event may pass now.
-func (r *rateLimit) allow() bool {
-	now := monotonic()
-	next := r.next.Load()
-	return now >= next && r.next.CompareAndSwap(next, now+int64(r.every))
-}
+// monotonic returns the nanoseconds on the monotonic clock
+// (decide.Monotonic), so that a step of the wall clock does not hold back
+// a listing of the host's addresses.
+func monotonic() int64 { return int64(decide.Monotonic()) }
 
 // localRefresh is the least time between two listings of the host's
 // addresses when one is asked for that is not in the last listing.

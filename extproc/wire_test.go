@@ -282,7 +282,7 @@ func TestParseRequestMalformed(t *testing.T) {
 // the header values arrive byte for byte.
 func checkPluginRequest(t *testing.T, sel *selection, got request) {
 	t.Helper()
-	pr := host.DecideRequest(newPolicyRequest(netip.Addr{}, got.peer, clientip.Result{}, 0, got.headers))
+	pr := host.DecideRequest(newPolicyRequest(netip.Addr{}, got.peer, clientip.Result{}, 0, got.destination, got.headers))
 	b, err := proto.Marshal(pr)
 	if err != nil {
 		t.Fatalf("selection %+v: the plugin request for %+v does not marshal: %v", sel, got, err)

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/sockowner"
 )
 
@@ -136,7 +137,7 @@ type Handoff struct {
 	clock  Clock
 	log    *slog.Logger
 	m      *handoffMetrics
-	warn   rateLimit // the warnings about refused claims
+	warn   decide.Every // the warnings about refused claims
 
 	mu      sync.Mutex
 	queue   []handoffEvent
@@ -232,7 +233,7 @@ func newHandoff(ports []uint16, ops portOps, opts HandoffOptions, log *slog.Logg
 	}
 	h := &Handoff{
 		ops: ops, grace: opts.Grace, verify: opts.VerifyEvery, uid: uid, clock: opts.Clock, log: log, m: m,
-		warn:  rateLimit{every: time.Minute},
+		warn:  decide.Every{Interval: time.Minute},
 		wake:  make(chan struct{}, 1),
 		syncc: make(chan chan struct{}),
 		byNum: map[uint16]*handoffPort{},
@@ -309,7 +310,7 @@ func (h *Handoff) Serve(ctx context.Context, lns []*Listener) error {
 func (h *Handoff) ListenerACKed(node string, peer sockowner.Peer, port uint32) {
 	if !peer.Known || peer.UID != h.uid {
 		h.m.claimsRefused[claimRefusedPeer].Inc()
-		if h.warn.allow() {
+		if h.warn.Allow() {
 			h.log.Warn("origdst: ignored a listener ACK from an ADS peer that is not Envoy's user: only Envoy's user can take a capture port",
 				"node", node, "peer", peer.String(), "port", port, "envoy_uid", h.uid)
 		}

@@ -61,7 +61,7 @@ func (w *world) serveHandoff(t *testing.T, opts Options) *handing {
 	opts.Mark = upstreamMark
 	logs := &lockedBuffer{}
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
-	srv, err := New(opts, Settings{})
+	srv, err := New(opts, current(t, Settings{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -529,7 +529,7 @@ func TestHandoffBackoffBound(t *testing.T) {
 }
 
 func TestNewHandoff(t *testing.T) {
-	srv, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:15001", "[::]:15001", "127.0.0.1:15006")}, Settings{})
+	srv, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:15001", "[::]:15001", "127.0.0.1:15006")}, current(t, Settings{}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/plugins"
 )
 
@@ -29,12 +30,8 @@ import (
 // Envoy, and then forwarded to the original destination by an
 // httputil.ReverseProxy.
 
-// Defaults of the HTTP mode, Envoy's where Envoy has one.
+// Limits of the HTTP mode, Envoy's where Envoy has one.
 const (
-	// DefaultClientIPHeader is the request header set to the client IP.
-	DefaultClientIPHeader = "x-real-ip"
-	// DefaultDenyStatus is the HTTP status of a deny.
-	DefaultDenyStatus = 403
 	// maxRequestHeaderBytes is Envoy's default max_request_headers_kb (60
 	// KiB): a request with more header bytes is refused (431).
 	maxRequestHeaderBytes = 60 << 10
@@ -45,55 +42,9 @@ const (
 	idleUpstreamTimeout = 60 * time.Second
 )
 
-// policyHTTPRefused names, in the decision log and the policy label, the
-// deny of a request that Envoy's HTTP connection manager refuses before
-// any filter runs (envoyRefuses).
-const policyHTTPRefused = "http_refused"
-
-// Bodies of the answers the HTTP mode gives itself, those of the ext_proc
-// server where it has one.
-const (
-	denyBody          = "access denied\n"
-	unresolvedBody    = "client IP unresolved\n"
-	upstreamErrorBody = "upstream connect error\n"
-)
-
-// httpState is the part of the runtime settings the HTTP mode uses.
-type httpState struct {
-	resolver       *clientip.Resolver
-	header         string // canonical name of the header resolver reads; "" for none
-	clientIPHeader string // canonical
-	denyStatus     int
-}
-
-// newHTTPState checks the HTTP settings of s. A nil Resolver is allowed
-// only when no port is served as HTTP.
-func newHTTPState(s Settings, needed bool) (httpState, error) {
-	hs := httpState{resolver: s.Resolver, clientIPHeader: s.ClientIPHeader, denyStatus: s.DenyStatus}
-	if hs.resolver == nil {
-		if needed {
-			return httpState{}, errors.New("origdst: settings: the HTTP ports need a Resolver")
-		}
-		return hs, nil
-	}
-	if h := hs.resolver.Header(); h != "" {
-		hs.header = textproto.CanonicalMIMEHeaderKey(h)
-	}
-	if hs.clientIPHeader == "" {
-		hs.clientIPHeader = DefaultClientIPHeader
-	}
-	if !plugins.ValidHeaderName(hs.clientIPHeader) {
-		return httpState{}, errors.New("origdst: settings: client IP header " + hs.clientIPHeader + " is not a lower-case header name")
-	}
-	hs.clientIPHeader = textproto.CanonicalMIMEHeaderKey(hs.clientIPHeader)
-	if hs.denyStatus == 0 {
-		hs.denyStatus = DefaultDenyStatus
-	}
-	if !plugins.ValidDenyStatus(hs.denyStatus) {
-		return httpState{}, errors.New("origdst: settings: deny status is not an HTTP status from 200 to 599 that Envoy defines")
-	}
-	return hs, nil
-}
+// upstreamErrorBody answers a request whose original destination could
+// not be reached.
+const upstreamErrorBody = "upstream connect error\n"
 
 // httpConn serves the requests of one connection.
 type httpConn struct {
@@ -112,6 +63,7 @@ type httpConn struct {
 type rewrite struct {
 	pc             *proxyConn
 	dst            netip.AddrPort
+	decider        *decide.Decider // what decided: which policy headers may be written
 	clientIPHeader string
 	clientIP       string // "" removes the header
 	peerIP         string
@@ -181,75 +133,62 @@ func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// filter runs (so ext_proc never sees it) is refused or rewritten
 	// here first.
 	if refusal := envoyRefuses(r); refusal != "" {
-		st := srv.state.Load()
-		srv.m.deniedHTTP(&st.denied, policyHTTPRefused)
+		d := srv.cur.Load()
+		srv.m.deniedHTTP(srv.countersOf(d), decide.PolicyHTTPRefused)
 		srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
-		srv.decisions.Log(r.Context(), plugins.Decided{Door: plugins.DoorHTTP, Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst, Deny: true, Policy: policyHTTPRefused})
+		d.Refuse(r.Context(), &srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst}, decide.PolicyHTTPRefused)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusForbidden)
 		_, _ = io.WriteString(w, refusal+"\n")
 		return
 	}
-	st, held := srv.acquire()
+	d, held := srv.cur.Acquire()
 	if held {
-		defer st.chain.Release()
+		defer d.Release()
 	}
-	h := &st.http
+	local := srv.countersOf(d)
 	var res clientip.Result
 	switch {
 	case hc.fixed != nil:
 		res = *hc.fixed
-	case h.header == "":
-		res = h.resolver.Client(hc.peer, nil)
-	case h.header == "X-Forwarded-For":
+	case local.header == "":
+		res = d.Resolver().Client(hc.peer, nil)
+	case local.header == "X-Forwarded-For":
 		// Envoy joins the lines of X-Forwarded-For (an inline header)
 		// into one and skips the empty ones.
-		res = h.resolver.Client(hc.peer, nonBlank(r.Header[h.header]))
+		res = d.Resolver().Client(hc.peer, nonBlank(r.Header[local.header]))
 	default:
-		res = h.resolver.Client(hc.peer, r.Header[h.header])
+		res = d.Resolver().Client(hc.peer, r.Header[local.header])
 	}
 	if !res.OK() {
 		srv.m.httpUnresolved.WithLabelValues(res.Reason.String()).Inc()
 	}
-	var v plugins.Verdict
-	switch {
-	case !res.OK() && !st.passUnresolved:
-		v = plugins.Verdict{Decision: plugins.Decision{Deny: true, Body: unresolvedBody}, Policy: policyUnresolved}
-	case st.chain.Len() > 0:
-		v = st.chain.Decide(r.Context(), &plugins.Request{
+	o := d.Decide(r.Context(), &srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: res, OriginalDst: hc.dst}, func() *plugins.Request {
+		return &plugins.Request{
 			ClientIP:    res.IP,
 			Peer:        hc.peer,
 			OriginalDst: hc.dst,
 			Resolution:  res,
-			Strategy:    h.resolver.Strategy(),
-			Headers:     policyHeaders(st.chain, r),
+			Strategy:    d.Resolver().Strategy(),
+			Headers:     policyHeaders(d.Chain(), r),
 			Listener:    hc.listener,
-		})
-		if v.Err != nil {
-			srv.m.policyErrors.WithLabelValues(v.ErrPolicy).Inc()
-			srv.log.Debug("origdst: policy failed; on_error applied", "policy", v.ErrPolicy, "error", v.Err, "deny", v.Deny)
 		}
-	}
-	srv.decisions.Log(r.Context(), plugins.Decided{Door: plugins.DoorHTTP, Peer: hc.peer, Resolution: res, OriginalDst: hc.dst, Deny: v.Deny, Policy: v.Policy})
-	if v.Deny {
-		srv.m.deniedHTTP(&st.denied, v.Policy)
+	})
+	if o.Deny {
+		srv.m.deniedHTTP(local, o.Policy)
 		hdr := w.Header()
-		for _, ph := range v.Headers {
-			if plugins.ValidHeader(ph) && ph.Name != "content-type" {
+		for _, ph := range o.Headers {
+			if d.WritableHeader(ph, true) {
 				hdr.Set(ph.Name, ph.Value)
 			}
 		}
 		hdr.Set("Content-Type", "text/plain; charset=utf-8")
-		body := v.Body
-		if body == "" {
-			body = denyBody
-		}
-		w.WriteHeader(plugins.DenyStatus(v.Decision, h.denyStatus))
-		_, _ = io.WriteString(w, body)
+		w.WriteHeader(o.Status)
+		_, _ = io.WriteString(w, o.Body)
 		return
 	}
 	srv.m.httpAllowed.Inc()
-	rw := &rewrite{pc: hc.pc, dst: hc.dst, clientIPHeader: h.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: v.Headers}
+	rw := &rewrite{pc: hc.pc, dst: hc.dst, decider: d, clientIPHeader: local.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: o.Headers}
 	if res.OK() {
 		rw.clientIP = res.IP.String()
 	}
@@ -350,7 +289,7 @@ func (srv *Server) newReverseProxy() *httputil.ReverseProxy {
 			}
 			hdr["X-Forwarded-For"] = []string{xff + rw.peerIP}
 			for _, ph := range rw.policy {
-				if plugins.ValidHeader(ph) && textproto.CanonicalMIMEHeaderKey(ph.Name) != rw.clientIPHeader {
+				if rw.decider.WritableHeader(ph, false) {
 					hdr.Set(ph.Name, ph.Value)
 				}
 			}
@@ -472,7 +411,7 @@ func (srv *Server) setUpHTTP(c *Conn) (pre []byte, res clientip.Result, err erro
 		return nil, res, nil
 	}
 	h, rest, err := readProxyHeader(client, srv.opts.ProxyHeaderTimeout)
-	if srv.state.Load().trusted.Contains(peer.Addr()) {
+	if srv.cur.Load().TrustsProxyHeaderOf(peer.Addr()) {
 		if err != nil {
 			return nil, res, errors.New("PROXY header of a trusted peer: " + err.Error())
 		}

@@ -177,10 +177,10 @@ func TestHTTPModeNetns(t *testing.T) {
 			t.Run("untrusted PROXY header", func(t *testing.T) {
 				s := settings
 				s.TrustedCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
-				if err := r.srv.Update(s); err != nil {
+				if err := update(r.srv, s); err != nil {
 					t.Fatal(err)
 				}
-				defer r.srv.Update(settings)
+				defer update(r.srv, settings)
 				before := r.metric(t, "http_requests_total", "allow")
 				c := dial(t, w.a, target)
 				c.Write(append(proxyHeader(t, 2, src, target), request...))
@@ -276,10 +276,10 @@ func TestHTTPModeNetns(t *testing.T) {
 				}
 				s := settings
 				s.Chain = chain
-				if err := r.srv.Update(s); err != nil {
+				if err := update(r.srv, s); err != nil {
 					t.Fatal(err)
 				}
-				defer r.srv.Update(settings)
+				defer update(r.srv, settings)
 				c, br := conn()
 				for _, tc := range []struct {
 					raw, path string

@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/textproto"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/realipd/realipd/plugins"
+	"github.com/realipd/realipd/decide"
 )
 
 // Why a connection was refused (the reason label of
@@ -209,31 +210,40 @@ func newHandoffMetrics(reg prometheus.Registerer) (*handoffMetrics, error) {
 }
 
 // denyCounters are the counters of the denies by each policy that can
-// deny: the chain's and, when unresolved clients are refused,
-// trust.on_unresolved. They are made with each Settings, so that no
-// request looks a series up; the policy names come from the
-// configuration, which bounds them.
+// deny with one Decider (decide.Decider.PolicyNames, and on the HTTP
+// ports http_refused). They are made once per Decider, so that no request
+// looks a series up; the policy names come from the configuration, which
+// bounds them.
 type denyCounters struct {
 	tcp  map[string]prometheus.Counter // connections_refused_total{reason="policy_deny"}
 	http map[string]prometheus.Counter // http_requests_total{decision="deny"}; nil without HTTP ports
+	// The Decider's header names as net/http spells them (canonical):
+	// the one its resolver reads ("" for none), and the client-IP header.
+	header, clientIPHeader string
 }
 
-func (m *metrics) denyCounters(chain *plugins.Chain, passUnresolved, httpPorts bool) denyCounters {
-	names := chain.Names()
-	if !passUnresolved {
-		names = append(names, policyUnresolved)
-	}
-	d := denyCounters{tcp: make(map[string]prometheus.Counter, len(names))}
-	for _, n := range names {
-		d.tcp[n] = m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), n)
-	}
-	if httpPorts {
-		d.http = make(map[string]prometheus.Counter, len(names)+1)
-		for _, n := range append(names, policyHTTPRefused) {
-			d.http[n] = m.httpRequests.WithLabelValues("deny", n)
+// countersKey names the server's counters of one Decider (countersOf).
+var countersKey = decide.NewLocalKey("origdst counters")
+
+// countersOf returns the deny counters of d.
+func (srv *Server) countersOf(d *decide.Decider) *denyCounters {
+	return d.Local(countersKey, func(d *decide.Decider) any {
+		names := d.PolicyNames()
+		c := &denyCounters{tcp: make(map[string]prometheus.Counter, len(names)), clientIPHeader: textproto.CanonicalMIMEHeaderKey(d.ClientIPHeader())}
+		if h := d.Resolver().Header(); h != "" {
+			c.header = textproto.CanonicalMIMEHeaderKey(h)
 		}
-	}
-	return d
+		for _, n := range names {
+			c.tcp[n] = srv.m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), n)
+		}
+		if len(srv.httpPorts) > 0 {
+			c.http = make(map[string]prometheus.Counter, len(names)+1)
+			for _, n := range append(names, decide.PolicyHTTPRefused) {
+				c.http[n] = srv.m.httpRequests.WithLabelValues("deny", n)
+			}
+		}
+		return c
+	}).(*denyCounters)
 }
 
 // deniedTCP counts a connection denied by policy.
@@ -242,7 +252,7 @@ func (m *metrics) deniedTCP(d *denyCounters, policy string) {
 		c.Inc()
 		return
 	}
-	m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), policy).Inc() // not reached: a Chain names its own policies
+	m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), policy).Inc() // not reached: a Decider names its own policies
 }
 
 // deniedHTTP counts a request of the HTTP ports denied by policy.

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/intercept"
 	"github.com/realipd/realipd/internal/netnstest"
 	"github.com/realipd/realipd/plugins"
@@ -94,7 +95,11 @@ func (w *world) serve(t testing.TB, opts Options, s Settings) *running {
 	if opts.Mark == 0 {
 		opts.Mark = upstreamMark
 	}
-	srv, err := New(opts, s)
+	d, err := decide.New(s, decide.NewDecisionLog(opts.Logger, decide.DecisionLogOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(opts, decide.NewCurrent(d))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,7 +525,7 @@ func TestRefusalsNetns(t *testing.T) {
 	}
 	update := func(s Settings) {
 		t.Helper()
-		if err := r.srv.Update(s); err != nil {
+		if err := update(r.srv, s); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -923,7 +928,7 @@ func TestIdleTimeoutNetns(t *testing.T) {
 // TestCheckMarkNetns: as root the mark can be set.
 func TestCheckMarkNetns(t *testing.T) {
 	netnstest.Require(t)
-	srv, err := New(Options{Mode: ModeRedirect, Listen: both(outboundPort), Mark: upstreamMark}, Settings{})
+	srv, err := New(Options{Mode: ModeRedirect, Listen: both(outboundPort), Mark: upstreamMark}, current(t, Settings{}))
 	if err != nil {
 		t.Fatal(err)
 	}

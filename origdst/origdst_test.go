@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 )
 
 func aps(s ...string) []netip.AddrPort {
@@ -54,12 +55,12 @@ func TestNew(t *testing.T) {
 		{"proxy protocol", Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), ProxyProtocol: true}, "needs trusted CIDRs"},
 	}
 	for _, tt := range bad {
-		if _, err := New(tt.opts, Settings{}); err == nil || !strings.Contains(err.Error(), tt.want) {
+		if _, err := New(tt.opts, current(t, Settings{})); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: New = %v, want an error containing %q", tt.name, err, tt.want)
 		}
 	}
 
-	srv, err := New(Options{Mode: ModeTProxy, Listen: aps("[::]:15001", "0.0.0.0:15001", "[::]:15002", "[::]:15003", "10.0.0.1:15003")}, Settings{})
+	srv, err := New(Options{Mode: ModeTProxy, Listen: aps("[::]:15001", "0.0.0.0:15001", "[::]:15002", "[::]:15003", "10.0.0.1:15003")}, current(t, Settings{}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,10 +82,10 @@ func TestNew(t *testing.T) {
 
 	// Metrics register once per registry.
 	reg := prometheus.NewRegistry()
-	if _, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), Registerer: reg}, Settings{}); err != nil {
+	if _, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), Registerer: reg}, current(t, Settings{})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), Registerer: reg}, Settings{}); err == nil {
+	if _, err := New(Options{Mode: ModeRedirect, Listen: aps("0.0.0.0:1"), Registerer: reg}, current(t, Settings{})); err == nil {
 		t.Error("a second server registered the same metrics")
 	}
 	mfs, err := reg.Gather()
@@ -316,13 +317,6 @@ func TestIsCapture(t *testing.T) {
 	}
 }
 
-func TestRateLimit(t *testing.T) {
-	r := rateLimit{every: time.Hour}
-	if !r.allow() || r.allow() {
-		t.Error("rateLimit lets more or less than one event through per period")
-	}
-}
-
 func TestSignature(t *testing.T) {
 	v2, err := (&proxyproto.Header{Version: 2, Command: proxyproto.LOCAL}).Format()
 	if err != nil {
@@ -365,4 +359,27 @@ func TestSignature(t *testing.T) {
 		}
 		pw.Close()
 	}
+}
+
+// Settings are the settings of the decisions the server makes.
+type Settings = decide.Settings
+
+// current returns a Current holding the Decider of s.
+func current(t testing.TB, s Settings) *decide.Current {
+	t.Helper()
+	d, err := decide.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return decide.NewCurrent(d)
+}
+
+// update makes s the settings of srv's decisions, as a reload does.
+func update(srv *Server, s Settings) error {
+	d, err := decide.New(s, nil)
+	if err != nil {
+		return err
+	}
+	srv.cur.Store(d)
+	return nil
 }

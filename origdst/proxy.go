@@ -20,12 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/plugins"
 )
-
-// policyUnresolved names the deny of a connection whose client IP is
-// unresolved (trust.on_unresolved: deny), as in the ext_proc server.
-const policyUnresolved = plugins.PolicyUnresolved
 
 // proxyConn is one connection being set up or proxied.
 type proxyConn struct {
@@ -104,7 +101,7 @@ func (srv *Server) setUp(ctx context.Context, c *Conn, listener string) (up *net
 	// a trusted peer says otherwise in a PROXY header.
 	res := clientip.Result{IP: peer.Addr(), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer}
 	if srv.opts.ProxyProtocol {
-		if srv.state.Load().trusted.Contains(peer.Addr()) {
+		if srv.cur.Load().TrustsProxyHeaderOf(peer.Addr()) {
 			// A trusted peer must send a header; it is read now, before
 			// anything is decided.
 			h, rest, err := readProxyHeader(client, srv.opts.ProxyHeaderTimeout)
@@ -279,41 +276,31 @@ func proxyResult(h *proxyproto.Header, peer clientip.Result) clientip.Result {
 	return clientip.Result{IP: ip, Source: clientip.SourceHeader, Reason: clientip.ReasonPicked, Position: 1}
 }
 
-// decide applies trust.on_unresolved and the policies to one connection,
-// and logs and counts a deny by its policy (the caller counts the other
-// refusals).
+// decide decides on one connection (decide.Decider.Decide) and counts a
+// deny.
 func (srv *Server) decide(ctx context.Context, c *Conn, peer netip.AddrPort, res clientip.Result, listener string) (plugins.Verdict, bool) {
-	st, held := srv.acquire()
+	d, held := srv.cur.Acquire()
 	if held {
-		defer st.chain.Release()
+		defer d.Release()
 	}
-	var v plugins.Verdict
-	switch {
-	case !res.OK() && !st.passUnresolved:
-		v = plugins.Verdict{Decision: plugins.Decision{Deny: true}, Policy: policyUnresolved}
-	case st.chain.Len() > 0:
-		v = st.chain.Decide(ctx, &plugins.Request{
+	in := decide.Input{PeerAddr: peer, Resolution: res, OriginalDst: c.OriginalDst()}
+	if res.OK() && res.Source == clientip.SourceHeader {
+		in.ResolvedFrom = resolvedProxyHeader
+	}
+	o := d.Decide(ctx, &srv.tcpDoor, &in, func() *plugins.Request {
+		return &plugins.Request{
 			ClientIP:    res.IP,
 			Peer:        peer.String(),
 			OriginalDst: c.OriginalDst(),
 			Resolution:  res,
 			Strategy:    clientip.RemoteAddr,
 			Listener:    listener,
-		})
-		if v.Err != nil {
-			srv.m.policyErrors.WithLabelValues(v.ErrPolicy).Inc()
-			srv.log.Debug("origdst: policy failed; on_error applied", "policy", v.ErrPolicy, "error", v.Err, "deny", v.Deny)
 		}
+	})
+	if o.Deny {
+		srv.m.deniedTCP(srv.countersOf(d), o.Policy)
 	}
-	from := "" // header, peer or none, from res
-	if res.OK() && res.Source == clientip.SourceHeader {
-		from = resolvedProxyHeader
-	}
-	srv.decisions.Log(ctx, plugins.Decided{Door: plugins.DoorTCP, PeerAddr: peer, Resolution: res, ResolvedFrom: from, OriginalDst: c.OriginalDst(), Deny: v.Deny, Policy: v.Policy})
-	if v.Deny {
-		srv.m.deniedTCP(&st.denied, v.Policy)
-	}
-	return v, v.Deny
+	return o.Verdict, o.Deny
 }
 
 // resolvedProxyHeader is the decision log's resolved_from for a client

@@ -17,8 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/realipd/realipd/clientip"
-	"github.com/realipd/realipd/plugins"
+	"github.com/realipd/realipd/decide"
 )
 
 // Defaults of Options fields left zero.
@@ -87,54 +86,6 @@ type Options struct {
 	// Registerer receives the server's metrics; nil keeps them
 	// unregistered.
 	Registerer prometheus.Registerer
-	// DecisionLog records every decision on a connection or a request of
-	// the HTTP ports (a deny at Info, an allow at Debug, rate-limited); nil
-	// makes one on Logger with the default rate. Roles that share one
-	// bound the log volume together.
-	DecisionLog *plugins.DecisionLog
-}
-
-// Settings are the runtime settings of a Server. They can be replaced
-// while serving with Update (a configuration reload); each connection uses
-// the settings current when it is set up.
-type Settings struct {
-	// Chain holds the policies that decide on every connection before the
-	// upstream is dialled; nil allows every connection. A connection holds
-	// it (plugins.Chain.Acquire) while its policies decide, so the owner of
-	// a Chain replaced by Update retires it (plugins.Chain.Retire) only
-	// after Update has returned.
-	Chain *plugins.Chain
-	// PassUnresolved lets a connection whose client IP is unresolved (a
-	// PROXY header of a trusted peer whose source is not an IP: AF_UNIX;
-	// one with no source at all, LOCAL or UNKNOWN, means the peer) go on
-	// to the policies without an IP (trust.on_unresolved: pass); false
-	// refuses it.
-	PassUnresolved bool
-	// TrustedCIDRs are the peers whose PROXY header is honoured (with
-	// Options.ProxyProtocol; trust.trusted_cidrs).
-	TrustedCIDRs []netip.Prefix
-	// Resolver resolves the client IP of the requests of the HTTP ports
-	// from their forwarding headers, as the ext_proc server does; required
-	// with Options.HTTPPorts.
-	Resolver *clientip.Resolver
-	// ClientIPHeader is the request header the HTTP mode sets to the
-	// client IP, a client-sent one removed (lower-case; default
-	// DefaultClientIPHeader; extproc.client_ip_header).
-	ClientIPHeader string
-	// DenyStatus is the HTTP status of a deny in the HTTP mode (default
-	// DefaultDenyStatus; extproc.deny_status); a policy's own status wins
-	// when it is valid (plugins.DenyStatus).
-	DenyStatus int
-}
-
-// state is one immutable set of runtime settings; Update swaps it.
-type state struct {
-	chain          *plugins.Chain
-	holdChain      bool // chain has policies: connections acquire it
-	passUnresolved bool
-	trusted        clientip.PrefixSet
-	http           httpState
-	denied         denyCounters
 }
 
 // Server is realipd's native listener: it accepts the connections steered
@@ -142,11 +93,10 @@ type state struct {
 // policies decide on the client, and proxies the bytes to the original
 // destination. It is safe for concurrent use.
 type Server struct {
-	opts  Options
-	log   *slog.Logger
-	m     *metrics
-	state atomic.Pointer[state]
-	dial  net.Dialer
+	opts Options
+	log  *slog.Logger
+	m    *metrics
+	dial net.Dialer
 	// dialOn, when set, runs each upstream dial (tests run it on a thread
 	// inside a network namespace, where the dialled socket must be made).
 	dialOn func(dial func())
@@ -167,8 +117,9 @@ type Server struct {
 	draining bool
 	connCtx  context.Context // the connections' context, cancelled when they are cut
 
-	warnLookup, warnAccept rateLimit
-	decisions              *plugins.DecisionLog
+	warnLookup, warnAccept decide.Every
+	cur                    *decide.Current // the decision in force, shared with the other doors
+	tcpDoor, httpDoor      decide.Door
 
 	httpPorts          []uint16
 	reverseProxy       *httputil.ReverseProxy // the HTTP mode's forwarding
@@ -176,9 +127,16 @@ type Server struct {
 	httpServers        map[*proxyConn]*http.Server // the HTTP connections' servers; guarded by mu
 }
 
-// New checks opts and builds a Server with its first settings. It
-// registers the metrics; it binds nothing (see Bind and Serve).
-func New(opts Options, s Settings) (*Server, error) {
+// New checks opts and builds a Server deciding with cur, which the other
+// doors may share: a reload stores a new Decider there, for all of them at
+// once. It registers the metrics; it binds nothing (see Bind and Serve).
+func New(opts Options, cur *decide.Current) (*Server, error) {
+	if cur == nil || cur.Load() == nil {
+		return nil, errors.New("origdst: no decider")
+	}
+	if opts.ProxyProtocol && !cur.Load().HasTrustedCIDRs() {
+		return nil, errors.New("origdst: the PROXY protocol needs trusted CIDRs (trust.trusted_cidrs)")
+	}
 	if _, err := ParseMode(string(opts.Mode)); err != nil {
 		return nil, err
 	}
@@ -233,15 +191,15 @@ func New(opts Options, s Settings) (*Server, error) {
 		conns:       map[*proxyConn]struct{}{},
 		lns:         map[*Listener]struct{}{},
 		connCtx:     context.Background(),
-		warnLookup:  rateLimit{every: 10 * time.Second},
-		warnAccept:  rateLimit{every: 10 * time.Second},
+		warnLookup:  decide.Every{Interval: 10 * time.Second},
+		warnAccept:  decide.Every{Interval: 10 * time.Second},
+		cur:         cur,
 		httpPorts:   httpPorts,
 		httpServers: map[*proxyConn]*http.Server{},
-		decisions:   opts.DecisionLog,
 	}
-	if srv.decisions == nil {
-		srv.decisions = plugins.NewDecisionLog(log, plugins.DecisionLogOptions{})
-	}
+	policyError := func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() }
+	srv.tcpDoor = decide.Door{Name: decide.DoorTCP, PolicyError: policyError, Logger: log}
+	srv.httpDoor = decide.Door{Name: decide.DoorHTTP, PolicyError: policyError, Logger: log}
 	srv.dialOn = opts.RunDial
 	srv.reverseProxy = srv.newReverseProxy()
 	srv.v6only = make([]bool, len(listen))
@@ -267,55 +225,8 @@ func New(opts Options, s Settings) (*Server, error) {
 			return nil
 		}
 	}
-	if err := srv.Update(s); err != nil {
-		return nil, err
-	}
+	srv.countersOf(cur.Load()) // the series exist from the start
 	return srv, nil
-}
-
-// Update makes s the settings of every connection set up from now on. The
-// previous Chain is not closed: once Update has returned its owner retires
-// it (plugins.Chain.Retire), and it closes when the last connection
-// deciding on it is done.
-func (srv *Server) Update(s Settings) error {
-	if srv.opts.ProxyProtocol && len(s.TrustedCIDRs) == 0 {
-		return errors.New("origdst: settings: the PROXY protocol needs trusted CIDRs (trust.trusted_cidrs)")
-	}
-	hs, err := newHTTPState(s, len(srv.httpPorts) > 0)
-	if err != nil {
-		return err
-	}
-	srv.state.Store(&state{
-		chain:          s.Chain,
-		holdChain:      s.Chain.Len() > 0,
-		passUnresolved: s.PassUnresolved,
-		trusted:        clientip.NewPrefixSet(s.TrustedCIDRs),
-		http:           hs,
-		denied:         srv.m.denyCounters(s.Chain, s.PassUnresolved, len(srv.httpPorts) > 0),
-	})
-	return nil
-}
-
-// acquire returns the settings in force with their chain acquired when
-// held is true; the caller releases it once the policies have decided.
-// See the extproc server's acquire for why loading again after a failed
-// Acquire finds the replacement, and what an unheld chain means.
-func (srv *Server) acquire() (st *state, held bool) {
-	st = srv.state.Load()
-	if !st.holdChain {
-		return st, false
-	}
-	for !st.chain.Acquire() {
-		next := srv.state.Load()
-		if next == st {
-			return st, false
-		}
-		st = next
-		if !st.holdChain {
-			return st, false
-		}
-	}
-	return st, true
 }
 
 // CheckMark reports whether the upstream dials can carry Options.Mark:
@@ -612,7 +523,7 @@ func (srv *Server) acceptLoop(ln *Listener) {
 				return
 			}
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			if srv.warnAccept.allow() {
+			if srv.warnAccept.Allow() {
 				srv.log.Warn("origdst: accept failed; retrying", "address", name, "error", err, "retry_in", delay)
 			}
 			time.Sleep(delay)
@@ -644,19 +555,7 @@ func (srv *Server) refusedInAccept(peer netip.AddrPort, err error) {
 	}
 	srv.m.refused[refusedLookupError].Inc()
 	srv.m.lookupErrors.WithLabelValues(lookupReason(err)).Inc()
-	if srv.warnLookup.allow() {
+	if srv.warnLookup.Allow() {
 		srv.log.Warn("origdst: refused a connection whose original destination could not be read", "peer", peer.String(), "error", err)
 	}
-}
-
-// rateLimit lets one event through per period.
-type rateLimit struct {
-	every time.Duration
-	next  atomic.Int64 // unix nanoseconds
-}
-
-func (r *rateLimit) allow() bool {
-	now := time.Now().UnixNano()
-	next := r.next.Load()
-	return now >= next && r.next.CompareAndSwap(next, now+int64(r.every))
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/intercept"
 	"github.com/realipd/realipd/internal/config"
@@ -167,8 +168,9 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts.RunDial = a.Pool(t, 4) // the upstream dials are made in the pod
-	first, _ := origdstSettings(base, nil)
-	srv, err := origdst.New(opts, first)
+	// One Current for both doors, as serve has.
+	cur := decide.NewCurrent(testDecider(t, base, nil))
+	srv, err := origdst.New(opts, cur)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +215,7 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 		return "10.77.0.1:8080"
 	}
 
-	ep := newExtProcHarness(t)
+	ep := newExtProcHarnessOn(t, cur)
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(tc.config))
@@ -228,20 +230,7 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { chain.Close() })
-			settings, err := origdstSettings(cfg, chain)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := srv.Update(settings); err != nil {
-				t.Fatal(err)
-			}
-			es, err := extprocSettings(cfg, chain)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := ep.srv.Update(es); err != nil {
-				t.Fatal(err)
-			}
+			ep.set(t, cfg, chain) // both doors: one store
 			ipHeader := cfg.ExtProc.ClientIPHeader
 
 			// ext_proc: the headers as Envoy forwards them, its

@@ -10,9 +10,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/plugins"
 )
 
 // TestResolveAgreesWithExtProc runs one table of requests through `realipd
@@ -205,13 +207,7 @@ func askExtProc(t *testing.T, h *extProcHarness, trust config.Trust, appended bo
 	cfg := config.Default()
 	cfg.Trust = trust
 	cfg.ExtProc.XFFAppendedByEnvoy = appended
-	es, err := extprocSettings(&cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.srv.Update(es); err != nil {
-		t.Fatal(err)
-	}
+	h.set(t, &cfg, nil)
 	var sent []extproctest.Header
 	for _, l := range lines {
 		sent = append(sent, extproctest.Header{Name: l.name, Value: l.value})
@@ -263,10 +259,31 @@ func cliTrust(t *testing.T, flags []string) config.Trust {
 }
 
 // extProcHarness is an ext_proc server on loopback with a client, whose
-// settings a test replaces with Update.
+// settings a test replaces with set.
 type extProcHarness struct {
 	srv    *extproc.Server
+	cur    *decide.Current
 	client *extproctest.Client
+}
+
+// set makes the decisions those of cfg with chain, as a reload does.
+func (h *extProcHarness) set(t *testing.T, cfg *config.Config, chain *plugins.Chain) {
+	t.Helper()
+	h.cur.Store(testDecider(t, cfg, chain))
+}
+
+// testDecider is the Decider of cfg with chain, as serve builds it.
+func testDecider(t *testing.T, cfg *config.Config, chain *plugins.Chain) *decide.Decider {
+	t.Helper()
+	s, err := decisionSettings(cfg, chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := decide.New(s, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func newExtProcHarness(t *testing.T) *extProcHarness {
@@ -275,11 +292,13 @@ func newExtProcHarness(t *testing.T) *extProcHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	es, err := extprocSettings(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := extproc.New(es, extproc.Options{Registerer: prometheus.NewRegistry()})
+	return newExtProcHarnessOn(t, decide.NewCurrent(testDecider(t, cfg, nil)))
+}
+
+// newExtProcHarnessOn is newExtProcHarness deciding with cur.
+func newExtProcHarnessOn(t *testing.T, cur *decide.Current) *extProcHarness {
+	t.Helper()
+	srv, err := extproc.New(cur, extproc.Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,5 +320,5 @@ func newExtProcHarness(t *testing.T) *extProcHarness {
 			t.Error(err)
 		}
 	})
-	return &extProcHarness{srv: srv, client: c}
+	return &extProcHarness{srv: srv, cur: cur, client: c}
 }

@@ -2,45 +2,31 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/config"
-	"github.com/realipd/realipd/plugins"
 )
 
 // extprocRole builds the ext_proc server of cfg on the chains of chains
 // (which it registers as a consumer, so that reloads update it), with its
 // metrics in reg. Serving starts when the role runs; when it stops, the
 // requests still deciding may go on until extproc.drain_timeout after the
-// drain began (chainRuntime.done).
-func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, chains *chainRuntime) (role, *extproc.Server, error) {
+// drain began (decisions.done).
+func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, chains *decisions) (role, *extproc.Server, error) {
 	log := logger.With("role", "extproc")
-	settings, err := extprocSettings(cfg, chains.current())
-	if err != nil {
-		return role{}, nil, err
-	}
-	srv, err := extproc.New(settings, extproc.Options{
+	srv, err := extproc.New(&chains.Current, extproc.Options{
 		Logger:       log,
 		Registerer:   reg,
 		DrainTimeout: cfg.ExtProc.DrainTimeout.Duration,
-		DecisionLog:  chains.decisions,
 	})
 	if err != nil {
 		return role{}, nil, err
 	}
-	chains.use(chainConsumer{name: "extproc", stage: func(cfg *config.Config, chain *plugins.Chain) (func() error, error) {
-		s, err := extprocSettings(cfg, chain)
-		if err != nil {
-			return nil, err
-		}
-		return func() error { return srv.Update(s) }, nil
-	}})
+	chains.use()
 	drain := cfg.ExtProc.DrainTimeout.Duration
 	if drain <= 0 {
 		drain = extproc.DefaultDrainTimeout
@@ -52,7 +38,7 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 	}
 	return role{name: "extproc", release: func() { ln.Close() }, run: func(ctx context.Context) error {
 		// The requests still deciding when the drain began may go on
-		// until drain after it (see chainRuntime.closeBy).
+		// until drain after it (see decide.Runtime.CloseBy).
 		began := drainClock(ctx)
 		defer func() { chains.done(began().Add(drain)) }()
 		logger.Info("role starting", "role", "extproc", "listen", listen)
@@ -72,21 +58,4 @@ func drainClock(ctx context.Context) (began func() time.Time) {
 		}
 		return <-at
 	}
-}
-
-// extprocSettings makes the ext_proc settings of cfg with chain.
-func extprocSettings(cfg *config.Config, chain *plugins.Chain) (extproc.Settings, error) {
-	resolver, err := clientip.New(cfg.Trust.ClientIP())
-	if err != nil {
-		return extproc.Settings{}, fmt.Errorf("extproc: %w", err)
-	}
-	return extproc.Settings{
-		Resolver:           resolver,
-		Chain:              chain,
-		ClientIPHeader:     cfg.ExtProc.ClientIPHeader,
-		MetadataNamespace:  cfg.ExtProc.MetadataNamespace,
-		XFFAppendedByEnvoy: cfg.ExtProc.XFFAppendedByEnvoy,
-		PassUnresolved:     cfg.Trust.PassUnresolved(),
-		DenyStatus:         cfg.ExtProc.DenyStatus,
-	}, nil
 }

@@ -10,10 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/origdst"
-	"github.com/realipd/realipd/plugins"
 )
 
 // origdstOptions turns the origdst section into the server's options.
@@ -47,24 +45,6 @@ func httpPorts(ports []int) []uint16 {
 		out[i] = uint16(p)
 	}
 	return out
-}
-
-// origdstSettings makes the native listener's settings of cfg with chain:
-// the HTTP mode resolves and answers as the ext_proc server does, with the
-// same trust settings, client-IP header and deny status.
-func origdstSettings(cfg *config.Config, chain *plugins.Chain) (origdst.Settings, error) {
-	resolver, err := clientip.New(cfg.Trust.ClientIP())
-	if err != nil {
-		return origdst.Settings{}, fmt.Errorf("origdst: %w", err)
-	}
-	return origdst.Settings{
-		Chain:          chain,
-		PassUnresolved: cfg.Trust.PassUnresolved(),
-		TrustedCIDRs:   cfg.Trust.ClientIP().TrustedCIDRs,
-		Resolver:       resolver,
-		ClientIPHeader: cfg.ExtProc.ClientIPHeader,
-		DenyStatus:     cfg.ExtProc.DenyStatus,
-	}, nil
 }
 
 // origdstRuntime is the native listener as serve runs it.
@@ -105,28 +85,17 @@ type origdstPortDump struct {
 // listener on it and bound again origdst.fallback_grace after the last
 // such node is gone. Without the xDS role (events nil) nothing would ever
 // ACK, and auto binds as always.
-func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, chains *chainRuntime, events *xdsEvents) (*origdstRuntime, error) {
+func origdstRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer, chains *decisions, events *xdsEvents) (*origdstRuntime, error) {
 	log := logger.With("role", "origdst")
 	opts, err := origdstOptions(cfg, log, reg)
 	if err != nil {
 		return nil, fmt.Errorf("the origdst role cannot start: origdst.mode: %w", err)
 	}
-	opts.DecisionLog = chains.decisions
-	settings, err := origdstSettings(cfg, chains.current())
+	srv, err := origdst.New(opts, &chains.Current)
 	if err != nil {
 		return nil, fmt.Errorf("the origdst role cannot start: %w", err)
 	}
-	srv, err := origdst.New(opts, settings)
-	if err != nil {
-		return nil, fmt.Errorf("the origdst role cannot start: %w", err)
-	}
-	chains.use(chainConsumer{name: "origdst", stage: func(cfg *config.Config, chain *plugins.Chain) (func() error, error) {
-		s, err := origdstSettings(cfg, chain)
-		if err != nil {
-			return nil, err
-		}
-		return func() error { return srv.Update(s) }, nil
-	}})
+	chains.use()
 	// chains counts the role as a user from here on: its run tells when it
 	// is done; if serve gives up before, its cleanup closes the chains.
 	drain := opts.DrainTimeout

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/policies"
@@ -196,9 +197,9 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg.Trust = trust
 
-	// The ext_proc server's own settings, so that the resolver and the
+	// The server's own decision settings, so that the resolver and the
 	// removal of Envoy's entry are the server's.
-	settings, err := extprocSettings(cfg, nil)
+	settings, err := decisionSettings(cfg, nil)
 	if err != nil {
 		return failure(fmt.Errorf("resolve: %w", err))
 	}
@@ -279,19 +280,13 @@ type resolveOutput struct {
 	Metadata    map[string]string `json:"metadata,omitempty"` // the policies' metadata fields
 }
 
-// decideForResolve fills out's decision as the ext_proc server decides on
-// the request: trust.on_unresolved, then the policies of cfg (when
-// withPolicies; their plugins are started and stopped before it returns),
-// each seeing the header lines it reads. The ext_proc server, the native
-// listener and resolve each decide this way until one package does it for
-// all of them.
-func decideForResolve(ctx context.Context, cfg *config.Config, withPolicies bool, settings extproc.Settings, peer string, res clientip.Result, headers headerLines, out *resolveOutput, stderr io.Writer) error {
+// decideForResolve fills out's decision with the servers' own decide step
+// (decide.Decider.Decide): trust.on_unresolved, then the policies of cfg
+// (when withPolicies; their plugins are started and stopped before it
+// returns), each seeing the header lines it reads.
+func decideForResolve(ctx context.Context, cfg *config.Config, withPolicies bool, settings decide.Settings, peer string, res clientip.Result, headers headerLines, out *resolveOutput, stderr io.Writer) error {
 	out.Policies = []string{}
-	var v plugins.Verdict
-	switch {
-	case !res.OK() && !settings.PassUnresolved:
-		v = plugins.Verdict{Decision: plugins.Decision{Deny: true}, Policy: plugins.PolicyUnresolved}
-	case withPolicies && len(cfg.Policies) > 0:
+	if withPolicies && len(cfg.Policies) > 0 {
 		// The plugins' own logs go to stderr, their warnings and errors only.
 		logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		chain, err := policies.BuildWith(cfg.Policies, policies.Options{Logger: logger})
@@ -299,26 +294,28 @@ func decideForResolve(ctx context.Context, cfg *config.Config, withPolicies bool
 			return err
 		}
 		defer chain.Close() // stops the plugin processes before resolve exits
+		settings.Chain = chain
 		out.Policies = chain.Names()
-		r := settings.Resolver
-		v = chain.Decide(ctx, &plugins.Request{
+	}
+	d, err := decide.New(settings, nil)
+	if err != nil {
+		return err
+	}
+	o := d.Decide(ctx, &decide.Door{Name: "resolve"}, &decide.Input{Peer: peer, Resolution: res}, func() *plugins.Request {
+		return &plugins.Request{
 			ClientIP:   res.IP,
 			Peer:       peer,
 			Resolution: res,
-			Strategy:   r.Strategy(),
-			Headers:    headers.forPolicies(chain),
-		})
-		if v.Err != nil {
-			out.PolicyError = v.Err.Error()
+			Strategy:   d.Resolver().Strategy(),
+			Headers:    headers.forPolicies(d.Chain()),
 		}
+	})
+	if o.Err != nil {
+		out.PolicyError = o.Err.Error()
 	}
-	out.Decision, out.Policy, out.Metadata = "allow", v.Policy, v.Metadata
-	if v.Deny {
-		status := settings.DenyStatus
-		if status == 0 {
-			status = extproc.DefaultDenyStatus
-		}
-		out.Decision, out.Status = "deny", plugins.DenyStatus(v.Decision, status)
+	out.Decision, out.Policy, out.Metadata = "allow", o.Policy, o.Metadata
+	if o.Deny {
+		out.Decision, out.Status = "deny", o.Status
 	}
 	return nil
 }

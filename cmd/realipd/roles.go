@@ -103,10 +103,10 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 		cleanups = append(cleanups, r.release)
 		s.roles = append(s.roles, r)
 	}
-	// One policy chain serves the ext_proc server and the native listener.
-	var chains *chainRuntime
+	// One Decider serves the ext_proc server and the native listener.
+	var chains *decisions
 	if cfg.ExtProc.Enabled || cfg.OrigDst.Enabled {
-		if chains, err = newChainRuntime(cfg, logger, reg, shutdownDrain(cfg)); err != nil {
+		if chains, err = newDecisions(cfg, logger, reg, shutdownDrain(cfg)); err != nil {
 			return nil, err
 		}
 		cleanups = append(cleanups, chains.close)

@@ -1,8 +1,6 @@
 package config
 
 import (
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 )
 
 // Validate checks every key, records the parsed forms (ClientIP,
@@ -161,29 +160,19 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// forbiddenClientIPHeaders may not be the header realipd writes.
-var forbiddenClientIPHeaders = []string{"host", "connection", "content-length", "transfer-encoding", "te", "upgrade", "keep-alive", "proxy-connection"}
-
 func (x *ExtProc) validate(errs *errorList, path string) {
 	validateListen(errs, path+".listen", x.Listen, true)
-	switch h := strings.ToLower(x.ClientIPHeader); {
-	case h == "":
-		errs.add(path+".client_ip_header", "required")
-	case !isToken(h):
-		errs.add(path+".client_ip_header", "%q is not a valid header name", x.ClientIPHeader)
-	case slices.Contains(forbiddenClientIPHeaders, h):
-		errs.add(path+".client_ip_header", "%q is a header realipd must not overwrite", x.ClientIPHeader)
-	default:
+	// The one rule of both doors (decide.CheckClientIPHeader).
+	if h, err := decide.CheckClientIPHeader(x.ClientIPHeader); err != nil {
+		errs.add(path+".client_ip_header", "%s", err.Error())
+	} else {
 		x.ClientIPHeader = h
 	}
 	if x.MetadataNamespace == "" || strings.ContainsFunc(x.MetadataNamespace, isSpaceOrControl) {
 		errs.add(path+".metadata_namespace", "%q is not a valid namespace (non-empty, no spaces)", x.MetadataNamespace)
 	}
-	if x.DenyStatus < 200 || x.DenyStatus > 599 {
-		errs.add(path+".deny_status", "%d is not an HTTP status between 200 and 599", x.DenyStatus)
-	} else if _, known := typev3.StatusCode_name[int32(x.DenyStatus)]; !known {
-		// Envoy's ImmediateResponse takes a type.v3.StatusCode enum value.
-		errs.add(path+".deny_status", "%d is not a status Envoy's ext_proc ImmediateResponse accepts (envoy.type.v3.StatusCode)", x.DenyStatus)
+	if err := decide.CheckDenyStatus(x.DenyStatus); err != nil {
+		errs.add(path+".deny_status", "%s", err.Error())
 	}
 	if x.DrainTimeout.Duration < 0 {
 		errs.add(path+".drain_timeout", "%v is negative", x.DrainTimeout.Duration)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/internal/config"
@@ -88,7 +89,11 @@ func serveExtProc(t *testing.T, chain *plugins.Chain) *extproctest.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := extproc.New(extproc.Settings{Resolver: r, Chain: chain}, extproc.Options{Registerer: prometheus.NewRegistry()})
+	d, err := decide.New(decide.Settings{Resolver: r, Chain: chain}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := extproc.New(decide.NewCurrent(d), extproc.Options{Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		t.Fatal(err)
 	}

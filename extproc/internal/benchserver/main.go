@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/plugins"
 )
@@ -82,7 +83,11 @@ func serveRealipd(ctx context.Context, ln net.Listener) error {
 	if err != nil {
 		return err
 	}
-	srv, err := extproc.New(extproc.Settings{Resolver: r, Chain: chain, XFFAppendedByEnvoy: true}, extproc.Options{})
+	d, err := decide.New(decide.Settings{Resolver: r, Chain: chain, XFFAppendedByEnvoy: true}, nil)
+	if err != nil {
+		return err
+	}
+	srv, err := extproc.New(decide.NewCurrent(d), extproc.Options{})
 	if err != nil {
 		return err
 	}

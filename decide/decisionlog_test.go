@@ -1,4 +1,4 @@
-package plugins_test
+package decide_test
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/realipd/realipd/clientip"
-	"github.com/realipd/realipd/plugins"
+	"github.com/realipd/realipd/decide"
 )
 
 // logBuffer collects JSON log lines; safe for concurrent use.
@@ -68,18 +68,18 @@ var (
 func TestDecisionLogLines(t *testing.T) {
 	ctx := context.Background()
 	buf := &logBuffer{}
-	info := plugins.NewDecisionLog(buf.logger(slog.LevelInfo), plugins.DecisionLogOptions{})
-	info.Log(ctx, plugins.Decided{Door: plugins.DoorExtProc, Peer: "10.0.0.5:4321", Resolution: resolved})
+	info := decide.NewDecisionLog(buf.logger(slog.LevelInfo), decide.DecisionLogOptions{})
+	info.Log(ctx, decide.Decided{Door: decide.DoorExtProc, Peer: "10.0.0.5:4321", Resolution: resolved})
 	if n := len(buf.lines(t)); n != 0 {
 		t.Fatalf("an allow at Info wrote %d lines", n)
 	}
-	info.Log(ctx, plugins.Decided{Door: plugins.DoorExtProc, Peer: "10.0.0.5:4321", Resolution: resolved, Deny: true, Policy: "blocklist"})
-	info.Log(ctx, plugins.Decided{Door: plugins.DoorTCP, PeerAddr: netip.MustParseAddrPort("10.0.0.6:1"), Resolution: clientip.Result{Reason: clientip.ReasonInvalidEntry},
-		ResolvedFrom: "", OriginalDst: netip.MustParseAddrPort("192.0.2.1:443"), Deny: true, Policy: plugins.PolicyUnresolved})
+	info.Log(ctx, decide.Decided{Door: decide.DoorExtProc, Peer: "10.0.0.5:4321", Resolution: resolved, Deny: true, Policy: "blocklist"})
+	info.Log(ctx, decide.Decided{Door: decide.DoorTCP, PeerAddr: netip.MustParseAddrPort("10.0.0.6:1"), Resolution: clientip.Result{Reason: clientip.ReasonInvalidEntry},
+		ResolvedFrom: "", OriginalDst: netip.MustParseAddrPort("192.0.2.1:443"), Deny: true, Policy: decide.PolicyUnresolved})
 
 	debug := &logBuffer{}
-	plugins.NewDecisionLog(debug.logger(slog.LevelDebug), plugins.DecisionLogOptions{}).Log(ctx, plugins.Decided{
-		Door: plugins.DoorHTTP, Peer: "10.0.0.7:2", Resolution: clientip.Result{IP: netip.MustParseAddr("10.0.0.7"), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer},
+	decide.NewDecisionLog(debug.logger(slog.LevelDebug), decide.DecisionLogOptions{}).Log(ctx, decide.Decided{
+		Door: decide.DoorHTTP, Peer: "10.0.0.7:2", Resolution: clientip.Result{IP: netip.MustParseAddr("10.0.0.7"), Source: clientip.SourcePeer, Reason: clientip.ReasonPeer},
 		OriginalDst: netip.MustParseAddrPort("192.0.2.2:80"),
 	})
 
@@ -122,9 +122,9 @@ func TestDecisionLogRateLimit(t *testing.T) {
 	ctx := context.Background()
 	buf := &logBuffer{}
 	clock := &fakeClock{}
-	l := plugins.NewDecisionLog(buf.logger(slog.LevelDebug), plugins.DecisionLogOptions{PerSecond: 3, Now: clock.Now})
-	deny := plugins.Decided{Door: plugins.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved, Deny: true, Policy: "p"}
-	allow := plugins.Decided{Door: plugins.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved}
+	l := decide.NewDecisionLog(buf.logger(slog.LevelDebug), decide.DecisionLogOptions{PerSecond: 3, Now: clock.Now})
+	deny := decide.Decided{Door: decide.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved, Deny: true, Policy: "p"}
+	allow := decide.Decided{Door: decide.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved}
 	for range 10 {
 		l.Log(ctx, deny)
 	}
@@ -156,7 +156,7 @@ func TestDecisionLogRateLimit(t *testing.T) {
 	// At Info, allows are not even counted: the next allow line at Debug
 	// would not report them.
 	info := &logBuffer{}
-	li := plugins.NewDecisionLog(info.logger(slog.LevelInfo), plugins.DecisionLogOptions{PerSecond: 1, Now: clock.Now})
+	li := decide.NewDecisionLog(info.logger(slog.LevelInfo), decide.DecisionLogOptions{PerSecond: 1, Now: clock.Now})
 	for range 5 {
 		li.Log(ctx, allow)
 	}
@@ -165,7 +165,7 @@ func TestDecisionLogRateLimit(t *testing.T) {
 	}
 
 	// A nil DecisionLog logs nothing and does not fail.
-	var none *plugins.DecisionLog
+	var none *decide.DecisionLog
 	none.Log(ctx, deny)
 }
 
@@ -174,8 +174,8 @@ func TestDecisionLogRateLimit(t *testing.T) {
 func TestDecisionLogConcurrent(t *testing.T) {
 	buf := &logBuffer{}
 	clock := &fakeClock{}
-	l := plugins.NewDecisionLog(buf.logger(slog.LevelInfo), plugins.DecisionLogOptions{PerSecond: 5, Now: clock.Now})
-	deny := plugins.Decided{Door: plugins.DoorTCP, Resolution: resolved, Deny: true, Policy: "p"}
+	l := decide.NewDecisionLog(buf.logger(slog.LevelInfo), decide.DecisionLogOptions{PerSecond: 5, Now: clock.Now})
+	deny := decide.Decided{Door: decide.DoorTCP, Resolution: resolved, Deny: true, Policy: "p"}
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -201,14 +201,14 @@ func TestDecisionLogConcurrent(t *testing.T) {
 // and counted), from every core at once.
 func BenchmarkDecisionLog(b *testing.B) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	deny := plugins.Decided{Door: plugins.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved, Deny: true, Policy: "p"}
-	allow := plugins.Decided{Door: plugins.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved}
+	deny := decide.Decided{Door: decide.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved, Deny: true, Policy: "p"}
+	allow := decide.Decided{Door: decide.DoorExtProc, Peer: "10.0.0.5:1", Resolution: resolved}
 	for _, bc := range []struct {
 		name string
-		d    plugins.Decided
+		d    decide.Decided
 	}{{"allow_at_info", allow}, {"deny_held_back", deny}} {
 		b.Run(bc.name, func(b *testing.B) {
-			l := plugins.NewDecisionLog(log, plugins.DecisionLogOptions{PerSecond: 1})
+			l := decide.NewDecisionLog(log, decide.DecisionLogOptions{PerSecond: 1})
 			ctx := context.Background()
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
