@@ -2,22 +2,47 @@
 
 GO       ?= go
 BIN      ?= bin/realipd
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
-LDFLAGS  := -X main.version=$(VERSION)
+PREFIX   ?= /usr/local
+# What the binary says about itself (realipd version): packaging/buildinfo.sh
+# takes them from git; each can be given instead.
+VERSION    ?= $(shell packaging/buildinfo.sh version)
+REVISION   ?= $(shell packaging/buildinfo.sh revision)
+BUILD_DATE ?= $(shell packaging/buildinfo.sh date)
+LDFLAGS    := -X main.version=$(VERSION) -X main.revision=$(REVISION) -X main.buildDate=$(BUILD_DATE)
+# make image: the image's name and the stable tag the examples use (it is
+# also tagged VERSION); CONTAINER_TOOL=docker|podman|buildah to choose.
+IMAGE    ?= localhost/realipd
+TAG      ?= dev
 CONFIG   ?=
 FUZZTIME ?= 10s
 BENCH    ?= .
 
 .DEFAULT_GOAL := help
-.PHONY: help build test race bench fuzz lint fmt proto proto-check run ci clean
+.PHONY: help build install image image-iptables release test race bench fuzz lint fmt proto proto-check run ci clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo
-	@echo "Variables: CONFIG=file (run), FUZZTIME=$(FUZZTIME) (fuzz), BENCH=regexp (bench), VERSION=$(VERSION) (build)"
+	@echo "Variables: CONFIG=file (run), FUZZTIME=$(FUZZTIME) (fuzz), BENCH=regexp (bench),"
+	@echo "  VERSION=$(VERSION) (build, image, release), IMAGE=$(IMAGE) TAG=$(TAG) (image)"
 
-build: ## Build bin/realipd
+build: ## Build bin/realipd, with its version, commit and date
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/realipd
+
+install: ## Copy bin/realipd to PREFIX/bin (/usr/local/bin), where sudo finds it: make build && sudo make install
+	@test -x $(BIN) || { echo "$(BIN) is missing: run make build first (as yourself: sudo may not find go)" >&2; exit 1; }
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/realipd
+
+export VERSION REVISION BUILD_DATE IMAGE TAG
+
+image: ## Build the container image IMAGE:TAG (and IMAGE:VERSION) with docker, podman or buildah
+	GO=$(GO) TARGET=realipd packaging/image.sh
+
+image-iptables: ## Build IMAGE-iptables:TAG, for the init container (pulls debian:trixie-slim)
+	GO=$(GO) TARGET=realipd-iptables packaging/image.sh
+
+release: ## Build static linux/amd64 and linux/arm64 archives and SHA256SUMS in dist/
+	GO=$(GO) packaging/release.sh
 
 test: ## Run every test (the README's test command)
 	$(GO) test ./...
@@ -62,4 +87,4 @@ ci: ## Run what CI runs (.ci/run: installs packages, tests, fuzzes)
 	bash .ci/run
 
 clean: ## Remove build output
-	rm -rf bin
+	rm -rf bin dist

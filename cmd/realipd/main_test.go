@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -367,11 +369,62 @@ func TestTopLevel(t *testing.T) {
 }
 
 func TestVersionString(t *testing.T) {
-	old := version
-	t.Cleanup(func() { version = old })
-	version = "v9.8.7"
-	if got := versionString(); !strings.HasPrefix(got, "realipd v9.8.7 (go") {
-		t.Errorf("versionString() = %q", got)
+	oldV, oldR, oldD := version, revision, buildDate
+	t.Cleanup(func() { version, revision, buildDate = oldV, oldR, oldD })
+	version, revision, buildDate = "v9.8.7", "0123456789abcdef0123456789abcdef01234567", "2026-01-02T03:04:05Z"
+	want := "realipd v9.8.7 (commit 0123456789abcdef0123456789abcdef01234567, built 2026-01-02T03:04:05Z, " +
+		runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH + ")"
+	if got := versionString(); got != want {
+		t.Errorf("versionString() = %q, want %q", got, want)
+	}
+}
+
+// TestReadBuildInfo: what a binary built without -ldflags reports, from
+// the build information the Go toolchain records.
+func TestReadBuildInfo(t *testing.T) {
+	vcs := func(rev, tm, modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev},
+			{Key: "vcs.time", Value: tm}, {Key: "vcs.modified", Value: modified}}
+	}
+	const rev = "fd7c8cd0a1b2c3d4e5f60718293a4b5c6d7e8f90"
+	tests := []struct {
+		name                string
+		ver, rev, date      string
+		info                *debug.BuildInfo
+		wantV, wantC, wantD string
+	}{
+		{name: "no build info", info: nil, wantV: "devel", wantC: "unknown", wantD: "unknown"},
+		{name: "go run, no VCS", info: &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}},
+			wantV: "devel", wantC: "unknown", wantD: "unknown"},
+		{name: "go install of a tag", info: &debug.BuildInfo{Main: debug.Module{Version: "v0.1.0"}},
+			wantV: "v0.1.0", wantC: "unknown", wantD: "unknown"},
+		{name: "go install @latest before any tag",
+			info:  &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261207022900-fd7c8cd0a1b2"}},
+			wantV: "v0.0.0-20261207022900-fd7c8cd0a1b2", wantC: "fd7c8cd0a1b2", wantD: "2026-12-07T02:29:00Z"},
+		{name: "go install of a commit after a tag",
+			info:  &debug.BuildInfo{Main: debug.Module{Version: "v0.1.1-0.20261207022900-fd7c8cd0a1b2"}},
+			wantV: "v0.1.1-0.20261207022900-fd7c8cd0a1b2", wantC: "fd7c8cd0a1b2", wantD: "2026-12-07T02:29:00Z"},
+		{name: "go build in a clone with changes",
+			info: &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261207022900-fd7c8cd0a1b2+dirty"},
+				Settings: vcs(rev, "2026-12-07T02:29:00Z", "true")},
+			wantV: "v0.0.0-20261207022900-fd7c8cd0a1b2+dirty", wantC: rev + "-dirty", wantD: "2026-12-07T02:29:00Z"},
+		{name: "go build in a clean clone, no version stamped",
+			info:  &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs(rev, "2026-12-07T02:29:00Z", "false")},
+			wantV: "devel", wantC: rev, wantD: "2026-12-07T02:29:00Z"},
+		{name: "ldflags win", ver: "v0.2.0", rev: "abc", date: "2027-01-01T00:00:00Z",
+			info:  &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261207022900-fd7c8cd0a1b2"}, Settings: vcs(rev, "2026-12-07T02:29:00Z", "true")},
+			wantV: "v0.2.0", wantC: "abc", wantD: "2027-01-01T00:00:00Z"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := readBuildInfo(tt.ver, tt.rev, tt.date, tt.info)
+			if b.Version != tt.wantV || b.Commit != tt.wantC || b.Date != tt.wantD {
+				t.Errorf("got version %q commit %q date %q, want %q %q %q", b.Version, b.Commit, b.Date, tt.wantV, tt.wantC, tt.wantD)
+			}
+			if b.GoVersion != runtime.Version() || b.Platform != runtime.GOOS+"/"+runtime.GOARCH {
+				t.Errorf("go %q platform %q", b.GoVersion, b.Platform)
+			}
+		})
 	}
 }
 

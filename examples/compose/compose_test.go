@@ -15,6 +15,7 @@ import (
 
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/envoytest"
+	"github.com/realipd/realipd/internal/imagetest"
 )
 
 // composeFile is the part of the Compose specification the example uses.
@@ -27,6 +28,7 @@ type composeFile struct {
 
 type service struct {
 	Image       string               `json:"image"`
+	Build       *build               `json:"build"`
 	Entrypoint  []string             `json:"entrypoint"`
 	Command     []string             `json:"command"`
 	User        string               `json:"user"`
@@ -39,6 +41,13 @@ type service struct {
 	NetworkMode string               `json:"network_mode"`
 	DependsOn   map[string]dependsOn `json:"depends_on"`
 	Restart     string               `json:"restart"`
+}
+
+// build is the long syntax of a service's build section.
+type build struct {
+	Context    string `json:"context"`
+	Dockerfile string `json:"dockerfile"`
+	Target     string `json:"target"`
 }
 
 type dependsOn struct {
@@ -171,10 +180,12 @@ func TestCompose(t *testing.T) {
 		}
 	}
 
-	// realipd: the command, its configuration file in a mounted directory,
-	// and that file valid.
-	cmd := append(slices.Clone(realipd.Entrypoint), realipd.Command...)
-	if want := []string{"realipd", "serve", "--config", "/etc/realipd/realipd.yaml"}; !slices.Equal(cmd, want) {
+	// realipd: the image this repository builds, built by Compose itself,
+	// the command, its configuration file in a mounted directory, and that
+	// file valid.
+	stage := checkBuild(t, realipd)
+	cmd := stage.Argv(realipd.Entrypoint, realipd.Command)
+	if want := []string{"/realipd", "serve", "--config", "/etc/realipd/realipd.yaml"}; !slices.Equal(cmd, want) {
 		t.Errorf("realipd runs %q, want %q", cmd, want)
 	}
 	cfgFile := hostPath(all["realipd"], flagValue(cmd, "--config"))
@@ -253,6 +264,48 @@ func TestCompose(t *testing.T) {
 	if host, _, _ := net.SplitHostPort(cfg.Admin.Listen); host != "0.0.0.0" {
 		t.Errorf("admin.listen %q: a published port arrives on the container's interface; want 0.0.0.0", cfg.Admin.Listen)
 	}
+}
+
+// checkBuild checks that the realipd service runs the image this
+// repository builds, under the name make image gives it, and that Compose
+// builds it from the Containerfile when it is missing (`docker compose up`
+// in a clone, no registry image needed); it returns the Containerfile's
+// stage the service builds.
+func checkBuild(t *testing.T, s service) imagetest.Stage {
+	t.Helper()
+	root, err := imagetest.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := imagetest.ImageNames(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Image != names.Realipd {
+		t.Errorf("realipd's image is %q, want %q (what make image tags, and Compose's build)", s.Image, names.Realipd)
+	}
+	if s.Build == nil {
+		t.Fatal("realipd: want a build section (context: the repository, dockerfile: Containerfile), so that docker compose up builds the image")
+	}
+	ctx, err := filepath.Abs(s.Build.Context)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctx != root {
+		t.Errorf("realipd's build context %s is %s, want the repository's root %s", s.Build.Context, ctx, root)
+	}
+	if s.Build.Dockerfile != "Containerfile" {
+		t.Errorf("realipd's build dockerfile %q, want Containerfile", s.Build.Dockerfile)
+	}
+	stages, err := imagetest.Stages(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stage, ok := stages[s.Build.Target]
+	if !ok || s.Build.Target != "realipd" {
+		t.Fatalf("realipd's build target %q, want realipd (the image make image builds)", s.Build.Target)
+	}
+	return stage
 }
 
 // TestComposeStrict proves that the strict decoding catches a misspelt key.

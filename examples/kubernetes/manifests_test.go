@@ -28,6 +28,7 @@ import (
 
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/envoytest"
+	"github.com/realipd/realipd/internal/imagetest"
 	"github.com/realipd/realipd/xds"
 )
 
@@ -664,7 +665,8 @@ func checkSecurityContexts(t reporter, m manifests) {
 
 // TestSidecars: realipd and Envoy are native sidecars started in order after
 // the iptables init container, every container has requests and limits, and
-// both realipd containers run the same image.
+// the realipd containers run the images make image and make
+// image-iptables build.
 func TestSidecars(t *testing.T) { checkSidecars(t, objects(t)) }
 
 func checkSidecars(t reporter, m manifests) {
@@ -687,8 +689,13 @@ func checkSidecars(t reporter, m manifests) {
 			t.Errorf("%s: want a startupProbe, so the next container waits for it", c.Name)
 		}
 	}
-	if p.iptables.Image != p.realipd.Image {
-		t.Errorf("realipd-iptables runs %q, realipd %q: want one image", p.iptables.Image, p.realipd.Image)
+	images := imageNames(t)
+	if p.realipd.Image != images.Realipd {
+		t.Errorf("realipd runs %q, want %q: the image make image tags", p.realipd.Image, images.Realipd)
+	}
+	if p.iptables.Image != images.IPTables {
+		t.Errorf("realipd-iptables runs %q, want %q: the image make image-iptables tags (--apply runs iptables-restore, which %s lacks)",
+			p.iptables.Image, images.IPTables, images.Realipd)
 	}
 	for _, c := range p.all() {
 		for _, res := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
@@ -811,9 +818,16 @@ func TestCommandLines(t *testing.T) {
 	}
 	m := objects(t)
 	p := loadPod(t, m)
-	for _, c := range []*corev1.Container{p.iptables, p.realipd} {
-		if !slices.Equal(c.Command, []string{"realipd"}) {
-			t.Errorf("container %s: command %q, want [realipd]", c.Name, c.Command)
+	// What the containers run: their images' entrypoint, /realipd, with
+	// their args.
+	stages := containerfileStages(t)
+	for _, w := range []struct {
+		c      *corev1.Container
+		target string
+	}{{p.iptables, "realipd-iptables"}, {p.realipd, "realipd"}} {
+		argv := stages[w.target].Argv(w.c.Command, w.c.Args)
+		if len(argv) == 0 || argv[0] != "/realipd" || !slices.Equal(argv[1:], w.c.Args) {
+			t.Errorf("container %s runs %q (image target %s), want /realipd followed by its args", w.c.Name, argv, w.target)
 		}
 	}
 	if len(p.iptables.Args) == 0 || p.iptables.Args[0] != "iptables" || !slices.Contains(p.iptables.Args, "--apply") {
@@ -847,6 +861,34 @@ func TestCommandLines(t *testing.T) {
 	if got := runRealipd(t, p, []string{"bootstrap", "--config", realipdConfig}); got != only[*corev1.ConfigMap](t, m, envoyCM).Data[envoyKey] {
 		t.Errorf("realipd bootstrap --config %s differs from ConfigMap %s:\n%s", realipdConfigCM, envoyCM, got)
 	}
+}
+
+// imageNames are the images make image and make image-iptables tag.
+func imageNames(t reporter) imagetest.Names {
+	t.Helper()
+	root, err := imagetest.Root()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	names, err := imagetest.ImageNames(root)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return names
+}
+
+// containerfileStages are the Containerfile's stages, by name.
+func containerfileStages(t *testing.T) map[string]imagetest.Stage {
+	t.Helper()
+	root, err := imagetest.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages, err := imagetest.Stages(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stages
 }
 
 // errFatal stops a check run by a collector at its first Fatalf.
@@ -918,6 +960,10 @@ func TestChecksCatchMistakes(t *testing.T) {
 			checkEnvoyBootstrap, "ConfigMap envoy-bootstrap, envoy.yaml: protojson"},
 		{"realipd config invalid", "10-realipd-config.yaml", "trusted_cidrs: []", "trusted_cidrs: [10.0.0.0/33]",
 			checkRealipdConfig, "trust.trusted_cidrs[0]"},
+		{"sidecar on a placeholder image", "20-deployment.yaml", "image: localhost/realipd:dev", "image: ghcr.io/realipd/realipd:latest",
+			checkSidecars, `realipd runs "ghcr.io/realipd/realipd:latest", want "localhost/realipd:dev"`},
+		{"init container without iptables", "20-deployment.yaml", "image: localhost/realipd-iptables:dev", "image: localhost/realipd:dev",
+			checkSidecars, `realipd-iptables runs "localhost/realipd:dev", want "localhost/realipd-iptables:dev"`},
 		{"misspelt field", "20-deployment.yaml", "runAsUser: 101", "runAsUser: 101\n            runAsGroupp: 1",
 			nil, `unknown field "runAsGroupp"`},
 	} {
