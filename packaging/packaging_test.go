@@ -22,8 +22,8 @@ func TestDefaultConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	empty := filepath.Join(t.TempDir(), "empty.yaml")
-	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+	empty := filepath.Join(t.TempDir(), "defaults.yaml")
+	if err := os.WriteFile(empty, []byte("{}\n"), 0o644); err != nil { // the defaults (an empty file is refused)
 		t.Fatal(err)
 	}
 	want, err := config.Load(empty)
