@@ -93,6 +93,17 @@ func TestLayering(t *testing.T) {
 					t.Errorf("clientip imports %s; it may import the standard library only", imp)
 				}
 			}
+		case rel == "decide":
+			// The decision every door shares: resolution and policies
+			// only, never a role (the roles import it).
+			for _, imp := range p.Imports {
+				if isStandard(imp) {
+					continue
+				}
+				if r, ok := local(imp); !ok || (r != "clientip" && r != "plugins") {
+					t.Errorf("decide imports %s; it may import the standard library, clientip and plugins only", imp)
+				}
+			}
 		case rel == "sockowner" || rel == "listenaddr":
 			// Shared by the roles: the standard library and x/sys only.
 			for _, imp := range p.Imports {
@@ -119,6 +130,9 @@ func TestLayering(t *testing.T) {
 				}
 			}
 		}
+	}
+	if _, ok := byPath[module+"/decide"]; !ok {
+		t.Fatal("decide not found: the test is not looking at this module")
 	}
 	if _, ok := byPath[module+"/clientip"]; !ok {
 		t.Fatal("clientip not found: the test is not looking at this module")
