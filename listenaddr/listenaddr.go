@@ -205,7 +205,7 @@ func Reason(err error) string {
 	case errors.Is(err, syscall.EACCES):
 		return "permission denied (a port below 1024 needs CAP_NET_BIND_SERVICE or root; a unix socket needs a writable directory)"
 	case errors.Is(err, syscall.EPERM):
-		return "operation not permitted (a unix socket's group must be one of realipd's own groups: its group or a supplementary one)"
+		return "operation not permitted (a unix socket's socket_group must be one of realipd's own groups: its group or a supplementary one)"
 	}
 	return err.Error()
 }

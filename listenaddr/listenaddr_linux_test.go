@@ -167,7 +167,7 @@ func TestGroupOfANonRootListener(t *testing.T) {
 		{as{realipdID, realipdID, []uint32{shared}}, strconv.Itoa(shared), "ok"},
 		{as{realipdID, shared, nil}, strconv.Itoa(shared), "ok"},
 		{as{realipdID, realipdID, nil}, "-", "ok"},
-		{as{realipdID, realipdID, nil}, strconv.Itoa(shared), "give the socket to group 4242: lchown: operation not permitted | operation not permitted (a unix socket's group must be one of realipd's own groups"},
+		{as{realipdID, realipdID, nil}, strconv.Itoa(shared), "give the socket to group 4242: lchown: operation not permitted | operation not permitted (a unix socket's socket_group must be one of realipd's own groups"},
 	} {
 		addr := "unix://" + filepath.Join(dir, "r.sock")
 		if got := runAs(t, bin, tt.who, listenChild+"="+addr+" "+tt.group); !strings.Contains(got, tt.want) {

@@ -33,7 +33,7 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		drain = extproc.DefaultDrainTimeout
 	}
 	listen := cfg.ExtProc.Listen
-	ln, err := bindRole("extproc", "extproc.listen", listen, listenaddr.Options{})
+	ln, err := bindRole("extproc", "extproc.listen", listen, listenaddr.Options{Group: cfg.ExtProc.SocketGroup})
 	if err != nil {
 		return role{}, nil, err
 	}

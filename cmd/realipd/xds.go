@@ -40,7 +40,7 @@ func xdsRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer,
 	if err := srv.SetResources(res.Version(), res.ByType()); err != nil {
 		return role{}, nil, err
 	}
-	ln, err := bindRole("xds", "xds.listen", cfg.XDS.Listen, listenaddr.Options{})
+	ln, err := bindRole("xds", "xds.listen", cfg.XDS.Listen, listenaddr.Options{Group: cfg.XDS.SocketGroup})
 	if err != nil {
 		return role{}, nil, err
 	}
