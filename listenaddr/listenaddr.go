@@ -134,7 +134,9 @@ func errno(err error) error {
 
 // unixListener is a unix socket listener made by listenUnix: its address
 // is path, where it was linked, and Close removes path while it is still
-// this socket's.
+// this socket's. The connections it accepts keep, as their local address,
+// the name the socket was bound to in the private directory (the kernel's
+// record of the bind), a path that no longer exists.
 type unixListener struct {
 	*net.UnixListener
 	addr  *net.UnixAddr
