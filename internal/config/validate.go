@@ -162,6 +162,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 
 func (x *ExtProc) validate(errs *errorList, path string) {
 	validateListen(errs, path+".listen", x.Listen, true)
+	validateSocketGroup(errs, path, x.Listen, x.SocketGroup)
 	// The one rule of both doors (decide.CheckClientIPHeader).
 	if h, err := decide.CheckClientIPHeader(x.ClientIPHeader); err != nil {
 		errs.add(path+".client_ip_header", "%s", err.Error())
@@ -188,6 +189,7 @@ var (
 
 func (x *XDS) validate(errs *errorList, path string, c *Config) {
 	validateListen(errs, path+".listen", x.Listen, true)
+	validateSocketGroup(errs, path, x.Listen, x.SocketGroup)
 	oneOf(errs, path+".mode", x.Mode, modes)
 	validatePort(errs, path+".outbound_port", x.OutboundPort)
 	validatePort(errs, path+".inbound_port", x.InboundPort)
@@ -410,6 +412,21 @@ func validateListen(errs *errorList, path, addr string, listening bool) {
 	}
 	if err != nil || n < lowest || n > 65535 {
 		errs.add(path, "%q: port %q is not between %d and 65535", addr, port, lowest)
+	}
+}
+
+// validateSocketGroup checks the socket_group of the section at path,
+// whose listen address is listen: a gid, and only for a unix socket (a TCP
+// port has no owner or group: every local process may connect).
+func validateSocketGroup(errs *errorList, path, listen string, group *int) {
+	if group == nil {
+		return
+	}
+	if *group < 0 || int64(*group) > maxID {
+		errs.add(path+".socket_group", "%d is not a group ID between 0 and %d", *group, int64(maxID))
+	}
+	if network, _ := Network(listen); network != "unix" {
+		errs.add(path+".socket_group", "needs a unix:// %s.listen (%q is TCP, which any local process may connect to)", path, listen)
 	}
 }
 
