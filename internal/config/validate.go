@@ -514,21 +514,4 @@ func oneOf(errs *errorList, path, v string, allowed []string) bool {
 	return false
 }
 
-// isToken reports whether s is an HTTP field name (RFC 9110 token).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }
