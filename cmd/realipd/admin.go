@@ -6,6 +6,7 @@ import (
 
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/listenaddr"
 	"github.com/realipd/realipd/xds"
 )
 
@@ -23,7 +24,7 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump
 	if err != nil {
 		return role{}, nil, err
 	}
-	ln, err := bindRole("admin", "admin.listen", cfg.Admin.Listen)
+	ln, err := bindRole("admin", "admin.listen", cfg.Admin.Listen, listenaddr.Options{})
 	if err != nil {
 		return role{}, nil, err
 	}

@@ -35,9 +35,9 @@ type role struct {
 // bindRole opens the listen address addr of role name (its key names the
 // configuration key) when the role is built, so that an address in use
 // stops serve before anything starts, with one line naming the role, the
-// key and the reason.
-func bindRole(name, key, addr string) (net.Listener, error) {
-	ln, err := listenaddr.Listen(addr)
+// key and the reason. o says who may connect to a unix socket.
+func bindRole(name, key, addr string, o listenaddr.Options) (net.Listener, error) {
+	ln, err := listenaddr.Listen(addr, o)
 	if err != nil {
 		return nil, fmt.Errorf("the %s role cannot start: %s %s: %s", name, key, addr, listenaddr.Reason(err))
 	}

@@ -36,6 +36,7 @@ type Trust struct {
 type ExtProc struct {
 	Enabled            bool     `json:"enabled" reload:"restart"`
 	Listen             string   `json:"listen" reload:"restart"`
+	SocketGroup        *int     `json:"socket_group" reload:"restart"` // unix listen: the group that may connect too (mode 0660); nil: the owner alone (0600)
 	ClientIPHeader     string   `json:"client_ip_header" reload:"live"`
 	MetadataNamespace  string   `json:"metadata_namespace" reload:"live"`
 	XFFAppendedByEnvoy bool     `json:"xff_appended_by_envoy" reload:"live"`
@@ -45,8 +46,9 @@ type ExtProc struct {
 
 // XDS configures the xDS control plane.
 type XDS struct {
-	Enabled bool   `json:"enabled" reload:"restart"`
-	Listen  string `json:"listen" reload:"restart"`
+	Enabled     bool   `json:"enabled" reload:"restart"`
+	Listen      string `json:"listen" reload:"restart"`
+	SocketGroup *int   `json:"socket_group" reload:"restart"` // as extproc.socket_group
 	// The interception rules, installed once (an init container's realipd
 	// iptables --apply, or the eBPF capture), steer to these ports in this
 	// mode: Envoy moved elsewhere would lose the traffic.

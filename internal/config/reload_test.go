@@ -101,11 +101,12 @@ func TestChangedRestartKeys(t *testing.T) {
 		}, ""},
 		{"keys and sections", func(c *Config) {
 			c.ExtProc.Listen = "unix:///run/x.sock"
+			c.XDS.SocketGroup = new(65532)
 			c.XDS.Mode = "tproxy"
 			c.OrigDst.Listen = []string{"[::]:15001"}
 			c.Intercept.IPTables.RouteTable = 7
 			c.Admin.AllowedHosts = []string{"admin.internal"}
-		}, "extproc.listen,xds.mode,origdst.listen,intercept.iptables.route_table,admin.allowed_hosts"},
+		}, "extproc.listen,xds.socket_group,xds.mode,origdst.listen,intercept.iptables.route_table,admin.allowed_hosts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

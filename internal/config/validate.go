@@ -162,6 +162,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 
 func (x *ExtProc) validate(errs *errorList, path string) {
 	validateListen(errs, path+".listen", x.Listen, true)
+	validateSocketGroup(errs, path, x.Listen, x.SocketGroup)
 	// The one rule of both doors (decide.CheckClientIPHeader).
 	if h, err := decide.CheckClientIPHeader(x.ClientIPHeader); err != nil {
 		errs.add(path+".client_ip_header", "%s", err.Error())
@@ -188,6 +189,7 @@ var (
 
 func (x *XDS) validate(errs *errorList, path string, c *Config) {
 	validateListen(errs, path+".listen", x.Listen, true)
+	validateSocketGroup(errs, path, x.Listen, x.SocketGroup)
 	oneOf(errs, path+".mode", x.Mode, modes)
 	validatePort(errs, path+".outbound_port", x.OutboundPort)
 	validatePort(errs, path+".inbound_port", x.InboundPort)
@@ -413,6 +415,21 @@ func validateListen(errs *errorList, path, addr string, listening bool) {
 	}
 }
 
+// validateSocketGroup checks the socket_group of the section at path,
+// whose listen address is listen: a gid, and only for a unix socket (a TCP
+// port has no owner or group: every local process may connect).
+func validateSocketGroup(errs *errorList, path, listen string, group *int) {
+	if group == nil {
+		return
+	}
+	if *group < 0 || int64(*group) > maxID {
+		errs.add(path+".socket_group", "%d is not a group ID between 0 and %d", *group, int64(maxID))
+	}
+	if network, _ := Network(listen); network != "unix" {
+		errs.add(path+".socket_group", "needs a unix:// %s.listen (%q is TCP, which any local process may connect to)", path, listen)
+	}
+}
+
 // validateAllowedHosts checks the extra host names of the admin listener's
 // Host check: exact DNS names, since IP addresses and localhost are always
 // accepted and a wildcard would let DNS rebinding in again.
@@ -495,23 +512,6 @@ func oneOf(errs *errorList, path, v string, allowed []string) bool {
 	}
 	errs.add(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
 	return false
-}
-
-// isToken reports whether s is an HTTP field name (RFC 9110 token).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }
