@@ -405,7 +405,7 @@ func (srv *Server) untrack(pc *proxyConn) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	delete(srv.conns, pc)
-	delete(srv.httpServers, pc)
+	delete(srv.httpConns, pc)
 }
 
 // setUpstream records pc's upstream connection; false when pc was cut

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"sync"
@@ -122,9 +120,8 @@ type Server struct {
 	tcpDoor, httpDoor      decide.Door
 
 	httpPorts          []uint16
-	reverseProxy       *httputil.ReverseProxy // the HTTP mode's forwarding
-	closeIdleUpstreams func()
-	httpServers        map[*proxyConn]*http.Server // the HTTP connections' servers; guarded by mu
+	httpConns    map[*proxyConn]*httpConn // the HTTP connections; guarded by mu
+	httpDraining atomic.Bool              // the drain ends the HTTP connections' keep-alive
 }
 
 // New checks opts and builds a Server deciding with cur, which the other
@@ -195,13 +192,12 @@ func New(opts Options, cur *decide.Current) (*Server, error) {
 		warnAccept:  decide.Every{Interval: 10 * time.Second},
 		cur:         cur,
 		httpPorts:   httpPorts,
-		httpServers: map[*proxyConn]*http.Server{},
+		httpConns:   map[*proxyConn]*httpConn{},
 	}
 	policyError := func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() }
 	srv.tcpDoor = decide.Door{Name: decide.DoorTCP, PolicyError: policyError, Logger: log}
 	srv.httpDoor = decide.Door{Name: decide.DoorHTTP, PolicyError: policyError, Logger: log}
 	srv.dialOn = opts.RunDial
-	srv.reverseProxy = srv.newReverseProxy()
 	srv.v6only = make([]bool, len(listen))
 	for i, a := range listen {
 		if a.Addr().Is6() && a.Addr().IsUnspecified() {

@@ -15,8 +15,8 @@ type SegmentKind uint8
 
 // Segment kinds.
 const (
-	// SegNone: framing bytes consumed (a CRLF after data, a trailer
-	// line), nothing to act on.
+	// SegNone: framing bytes consumed (a trailer line), nothing to act
+	// on.
 	SegNone SegmentKind = iota
 	// SegSize: a chunk-size line; Segment.Size is the chunk's size (0:
 	// the last chunk, trailers follow).
@@ -25,6 +25,8 @@ const (
 	SegData
 	// SegEnd: the body's end (the empty line after the trailers).
 	SegEnd
+	// SegChunkEnd: the CRLF that ends a chunk's data.
+	SegChunkEnd
 )
 
 // Segment is one step of a ChunkScanner.
@@ -86,7 +88,7 @@ func (s *ChunkScanner) Next(b []byte) (n int, seg Segment, err error) {
 			return 0, Segment{}, refuse(400, "chunk data not followed by CRLF")
 		}
 		s.state = csSize
-		return 2, Segment{Kind: SegNone}, nil
+		return 2, Segment{Kind: SegChunkEnd}, nil
 	}
 	line, n, err := nextLine(b)
 	if err != nil || n == 0 {
