@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -614,9 +613,6 @@ func (srv *Server) drainHTTP() {
 		}
 	}
 }
-
-// isTimeout reports whether err is a deadline.
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // dialUpstream connects to an original destination with the server's
 // dialer (SO_MARK, dial_timeout), counting failures.

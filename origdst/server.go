@@ -119,7 +119,7 @@ type Server struct {
 	cur                    *decide.Current // the decision in force, shared with the other doors
 	tcpDoor, httpDoor      decide.Door
 
-	httpPorts          []uint16
+	httpPorts    []uint16
 	httpConns    map[*proxyConn]*httpConn // the HTTP connections; guarded by mu
 	httpDraining atomic.Bool              // the drain ends the HTTP connections' keep-alive
 }
@@ -182,17 +182,17 @@ func New(opts Options, cur *decide.Current) (*Server, error) {
 		return nil, err
 	}
 	srv := &Server{
-		opts:        opts,
-		log:         log,
-		m:           m,
-		conns:       map[*proxyConn]struct{}{},
-		lns:         map[*Listener]struct{}{},
-		connCtx:     context.Background(),
-		warnLookup:  decide.Every{Interval: 10 * time.Second},
-		warnAccept:  decide.Every{Interval: 10 * time.Second},
-		cur:         cur,
-		httpPorts:   httpPorts,
-		httpConns:   map[*proxyConn]*httpConn{},
+		opts:       opts,
+		log:        log,
+		m:          m,
+		conns:      map[*proxyConn]struct{}{},
+		lns:        map[*Listener]struct{}{},
+		connCtx:    context.Background(),
+		warnLookup: decide.Every{Interval: 10 * time.Second},
+		warnAccept: decide.Every{Interval: 10 * time.Second},
+		cur:        cur,
+		httpPorts:  httpPorts,
+		httpConns:  map[*proxyConn]*httpConn{},
 	}
 	policyError := func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() }
 	srv.tcpDoor = decide.Door{Name: decide.DoorTCP, PolicyError: policyError, Logger: log}
