@@ -241,7 +241,7 @@ func cliTrust(t *testing.T, flags []string) config.Trust {
 		case "--header":
 			trust.Header = v
 		case "--trusted-cidrs":
-			trust.TrustedCIDRs = strings.Split(v, ",")
+			trust.TrustedCIDRs = config.CIDRs(strings.Split(v, ",")...)
 		case "--trusted-hops":
 			n := 0
 			for _, c := range v {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -259,10 +260,16 @@ func securityDiff(a, b *config.Config) []any {
 
 // prefixStrings writes each CIDR or IP of a validated list in its canonical
 // form (a bare IP as a single-address prefix), so that "192.0.2.7" and
-// "192.0.2.7/32" are the same entry.
-func prefixStrings(list []string) []string {
+// "192.0.2.7/32" are the same entry; a source is its mapping.
+func prefixStrings(list []config.ListEntry) []string {
 	out := make([]string, len(list))
-	for i, s := range list {
+	for i, e := range list {
+		if e.Source != nil {
+			b, _ := json.Marshal(e.Source)
+			out[i] = "source " + string(b)
+			continue
+		}
+		s := e.CIDR
 		out[i] = s
 		if p, err := netip.ParsePrefix(s); err == nil {
 			out[i] = p.Masked().String()

@@ -182,7 +182,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		trust.Header = *header
 	}
 	if set["trusted-cidrs"] {
-		trust.TrustedCIDRs = splitList(*cidrs)
+		trust.TrustedCIDRs = config.CIDRs(splitList(*cidrs)...)
 	} else if s := trust.Strategy; s != clientip.RightmostTrustedRange.String() && s != clientip.EnvoyXFF.String() {
 		trust.TrustedCIDRs = nil // kept in the file for origdst's PROXY protocol only
 	}
