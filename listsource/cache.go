@@ -4,9 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -128,4 +128,35 @@ func writeCache(dir string, e *cacheEntry, ps []netip.Prefix) (err error) {
 }
 
 // errNoCache is readCache's error when the directory is not set.
-var errNoCache = errors.New("no cache directory")
+var errNoCache = fmt.Errorf("no cache directory (trust.cache_dir): %w", fs.ErrNotExist)
+
+// Cached returns the list a source would start with from the cache in dir
+// alone, with no fetch: the union of its documents' cached lists (a file
+// source's file is read and parsed). It fails when dir is "" or a
+// document has no usable cache file (an error wrapping fs.ErrNotExist
+// when it has none at all).
+func Cached(dir string, spec Spec) (*List, error) {
+	if spec.File != "" {
+		data, err := readRegular(spec.File)
+		if err != nil {
+			return nil, fmt.Errorf("listsource: %s: %w", spec.Name, err)
+		}
+		ps, err := Parse(spec.format(), data, spec.Filter, MaxEntries)
+		if err != nil {
+			return nil, fmt.Errorf("listsource: %s: %s: %w", spec.Name, spec.File, err)
+		}
+		return NewList(ps), nil
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("listsource: %s: %w", spec.Name, errNoCache)
+	}
+	var all []netip.Prefix
+	for _, u := range spec.URLs {
+		_, ps, err := readCache(dir, spec.docKey(u))
+		if err != nil {
+			return nil, fmt.Errorf("listsource: %s: %s: %w", spec.Name, RedactURL(u), err)
+		}
+		all = append(all, ps...)
+	}
+	return NewList(all), nil
+}

@@ -41,6 +41,10 @@ type Options struct {
 	// CacheDir is where the last good list of every fetched document is
 	// kept, and read at start; "" keeps none.
 	CacheDir string
+	// CacheReadOnly reads the cache and never writes it: for one-shot
+	// commands (resolve, validate), which may run as another user than
+	// serve and must not leave files it cannot replace.
+	CacheReadOnly bool
 	// Logger receives the sources' logs; nil discards them.
 	Logger *slog.Logger
 	// Client returns the HTTP client of a source; nil: NewClient.
@@ -59,6 +63,18 @@ type Options struct {
 	// Changed is called, from the source's goroutine, after the list of
 	// one of the Set's sources changed; nil: nothing is told.
 	Changed func(name string)
+	// Observe is called after each load and refresh of a source, once
+	// for each document that failed (with its reason) and once more with
+	// neither reason set: metrics. nil: nothing is told.
+	Observe func(name string, o Observation)
+}
+
+// Observation is what Options.Observe hears of a source.
+type Observation struct {
+	FetchError  string    // a document could not be had: its reason (ErrorNetwork...)
+	Refused     string    // a document was refused: its reason (ReasonParse...)
+	Entries     int       // the source's list's prefixes, merged
+	LastSuccess time.Time // the oldest fetch or confirmation of its documents' lists; zero while one has none
 }
 
 func (o *Options) now() time.Time {
@@ -138,7 +154,25 @@ type Source struct {
 
 	mu       sync.Mutex // guards the fields below and the docs' state
 	docs     []*doc
-	failures int // consecutive refreshes with a failed document
+	failures int           // consecutive refreshes with a failed document
+	events   []Observation // the failures not yet told to Observe
+}
+
+// observe tells Options.Observe of the recorded failures and the state.
+func (src *Source) observe() {
+	src.mu.Lock()
+	events := append(src.events, Observation{})
+	src.events = nil
+	last := src.oldestLocked()
+	src.mu.Unlock()
+	if src.o.Observe == nil {
+		return
+	}
+	entries := src.List().Len()
+	for _, e := range events {
+		e.Entries, e.LastSuccess = entries, last
+		src.o.Observe(src.spec.Name, e)
+	}
 }
 
 // doc is one document of a source (a URL or the file) and its state.
@@ -247,6 +281,7 @@ func (src *Source) load(ctx context.Context) error {
 		src.refresh(ctx, true)
 	} else {
 		src.publish()
+		src.observe()
 	}
 	src.mu.Lock()
 	defer src.mu.Unlock()
@@ -291,7 +326,9 @@ func (src *Source) refresh(ctx context.Context, onlyStale bool) bool {
 		src.failures = 0
 	}
 	src.mu.Unlock()
-	return src.publish()
+	changed := src.publish()
+	src.observe()
+	return changed
 }
 
 // publish stores the union of the documents' lists, if it changed, and
@@ -340,7 +377,7 @@ func (e *fetchError) Error() string { return e.err.Error() }
 
 // refreshDoc fetches or reads one document, and replaces its list when
 // the answer is acceptable. It reports whether the document is fine (its
-// list replaced or confirmed).
+// list replaced or confirmed), and records a failure for Observe.
 func (src *Source) refreshDoc(ctx context.Context, d *doc) bool {
 	src.mu.Lock()
 	etag, lastModified, have := d.etag, d.lastModified, d.list != nil
@@ -375,6 +412,7 @@ func (src *Source) refreshDoc(ctx context.Context, d *doc) bool {
 			reason = fe.reason
 		}
 		d.fetchErrors[reason]++
+		src.events = append(src.events, Observation{FetchError: reason})
 		d.lastError = err.Error()
 		src.log.Warn("list source: fetch failed; the last good list keeps serving", "document", d.show(), "reason", reason, "error", err,
 			"entries", len(d.list))
@@ -424,6 +462,7 @@ func (src *Source) refuseLocked(d *doc, now time.Time, reason string, err error)
 		reason = ReasonParse
 	}
 	d.refusals[reason]++
+	src.events = append(src.events, Observation{Refused: reason})
 	d.lastRefusal, d.lastRefusalAt, d.lastError = err.Error(), now, err.Error()
 	if !strings.HasPrefix(d.lastRefusal, reason) {
 		d.lastRefusal = reason + ": " + d.lastRefusal
@@ -434,7 +473,7 @@ func (src *Source) refuseLocked(d *doc, now time.Time, reason string, err error)
 
 // writeCacheLocked writes a fetched document's list to the cache.
 func (src *Source) writeCacheLocked(d *doc) {
-	if d.file || src.o.CacheDir == "" || d.list == nil {
+	if d.file || src.o.CacheDir == "" || src.o.CacheReadOnly || d.list == nil {
 		return
 	}
 	e := &cacheEntry{Document: d.key, ETag: d.etag, LastModified: d.lastModified, Fetched: d.fetched}

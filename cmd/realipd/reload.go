@@ -31,7 +31,7 @@ var errShuttingDown = errors.New("serve is shutting down")
 // otherwise.
 type reloadTarget struct {
 	name  string
-	stage func(cfg *config.Config) (staged, error)
+	stage func(ctx context.Context, cfg *config.Config) (staged, error)
 	// rejected, if set, hears of every rejected reload with its problems
 	// (a *config.ValidationError when they have key paths).
 	rejected func(err error)
@@ -144,7 +144,7 @@ func (r *reloader) reload(ctx context.Context, why string) bool {
 
 	stages := make([]staged, 0, len(r.targets))
 	for _, t := range r.targets {
-		s, err := t.stage(cfg)
+		s, err := t.stage(ctx, cfg)
 		if err != nil {
 			for _, s := range stages {
 				s.abort()

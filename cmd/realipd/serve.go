@@ -74,6 +74,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return failure(fmt.Errorf("serve: %w", err))
 	}
+	defer s.stop() // after the reloads: the list sources
 	// Reloads run beside the roles and stop before serve returns.
 	rctx, stopReloads := context.WithCancel(ctx)
 	var waitReloads func()

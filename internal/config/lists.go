@@ -263,9 +263,13 @@ func isLoopbackURL(s string) bool {
 	return err == nil && listsource.IsLoopback(u)
 }
 
-// resolveListPaths makes the relative file and ca_file paths of every
-// list source relative to dir, the configuration file's directory.
+// resolveListPaths makes trust.cache_dir and the relative file and ca_file
+// paths of every list source relative to dir, the configuration file's
+// directory.
 func resolveListPaths(cfg *Config, dir string) {
+	if d := cfg.Trust.CacheDir; d != "" && !filepath.IsAbs(d) {
+		cfg.Trust.CacheDir = filepath.Join(dir, d)
+	}
 	for _, list := range cfg.lists() {
 		for _, e := range list.entries {
 			if s := e.Source; s != nil {

@@ -66,8 +66,8 @@ policies:
 	if p := cfg.Policies[0]; len(p.DenyPrefixes()) != 1 || len(p.DenySources()) != 2 || len(p.AllowSources()) != 0 {
 		t.Errorf("policy lists %v %v", p.DenyPrefixes(), p.DenySources())
 	}
-	if cfg.Trust.CacheDir != "cache" {
-		t.Errorf("cache_dir %q (made absolute by serve, not by the configuration)", cfg.Trust.CacheDir)
+	if cfg.Trust.CacheDir != filepath.Join(dir, "cache") {
+		t.Errorf("cache_dir %q, want it relative to the file's directory", cfg.Trust.CacheDir)
 	}
 }
 
