@@ -233,3 +233,39 @@ func TestServeTrustListAtStart(t *testing.T) {
 		t.Errorf("roles ran:\n%s", errb.String())
 	}
 }
+
+// TestValidateAndResolveWithListSources: validate fetches and parses every
+// source (and names a refused one); --offline checks the cache instead;
+// resolve --config resolves with the file's trust source.
+func TestValidateAndResolveWithListSources(t *testing.T) {
+	p := newListProvider(t, trustList(5, "192.168.0.0/16"), `"v1"`)
+	cache := filepath.Join(t.TempDir(), "cache")
+	cfg := writeFile(t, "trust.yaml", listSourceConfig(p.srv.URL+"/lb.txt", p.ca, cache))
+
+	out, errOut, code := runCmd(t, "validate", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "list sources: trust.trusted_cidrs[1] 5 entries") {
+		t.Errorf("validate: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, err := os.Stat(cache); !os.IsNotExist(err) {
+		t.Errorf("validate wrote the cache: %v", err)
+	}
+	// Offline, with no cache yet: serve could not start without network.
+	if out, errOut, code := runCmd(t, "validate", "--config", cfg, "--offline"); code != 1 || !strings.Contains(errOut, "offline: listsource: trust.trusted_cidrs[1]") {
+		t.Errorf("validate --offline without a cache: exit %d\n%s%s", code, out, errOut)
+	}
+	// resolve uses the source (and writes no cache either).
+	if out, errOut, code := runCmd(t, "resolve", "--config", cfg, "--remote-addr", "10.0.0.5:4321", "-H", "X-Forwarded-For: 203.0.113.9, 192.168.1.1"); code != 0 || out != "203.0.113.9\n" {
+		t.Errorf("resolve --config: exit %d %q\n%s", code, out, errOut)
+	}
+	// serve caches the list; then validate --offline finds it.
+	s := startServe(t, cfg, nil)
+	s.stop()
+	if out, errOut, code := runCmd(t, "validate", "--config", cfg, "--offline"); code != 0 || !strings.Contains(out, "trust.trusted_cidrs[1] 5 entries") {
+		t.Errorf("validate --offline with the cache: exit %d\n%s%s", code, out, errOut)
+	}
+	// A garbage answer fails validate, with its reason.
+	p.serveList("<html>maintenance</html>\n", `"x"`)
+	if out, errOut, code := runCmd(t, "validate", "--config", cfg); code != 1 || !strings.Contains(errOut, "parse: line 1") {
+		t.Errorf("validate with a garbage answer: exit %d\n%s%s", code, out, errOut)
+	}
+}
