@@ -282,6 +282,9 @@ func TestCacheAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !src.Status().Documents[0].FromCache {
+		t.Error("the restart did not take the cache")
+	}
 	if got, _ := p.counts(); got != reqs {
 		t.Errorf("a fresh cache was fetched again (%d requests, then %d)", reqs, got)
 	}

@@ -3,7 +3,6 @@ package listsource
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -179,16 +178,4 @@ func RedactURL(s string) string {
 		u.RawQuery = q.Encode()
 	}
 	return u.String()
-}
-
-// hostOf returns the host:port of a URL, for logs.
-func hostOf(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return ""
-	}
-	if _, _, err := net.SplitHostPort(u.Host); err == nil {
-		return u.Host
-	}
-	return u.Hostname()
 }
