@@ -269,3 +269,53 @@ func TestValidateAndResolveWithListSources(t *testing.T) {
 		t.Errorf("validate with a garbage answer: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestReloadAddsAndRemovesAListSource: a reload that adds a trust source
+// loads it and applies it; one that removes it drops it and its metrics.
+func TestReloadAddsAndRemovesAListSource(t *testing.T) {
+	p := newListProvider(t, trustList(5, "192.168.0.0/16"), `"v1"`)
+	cache := filepath.Join(t.TempDir(), "cache")
+	inline := fmt.Sprintf(`
+trust:
+  strategy: rightmost_trusted_range
+  trusted_cidrs: [10.0.0.0/8]
+  cache_dir: %q
+extproc: {listen: 127.0.0.1:0}
+admin: {listen: 127.0.0.1:0}
+xds: {enabled: false}
+`, cache)
+	cfg := writeFile(t, "trust.yaml", inline)
+	s := startServe(t, cfg, nil)
+	if got := s.outcome(t); got != "192.168.1.1" {
+		t.Fatalf("without the source: %q", got)
+	}
+	replaceFile(t, cfg, listSourceConfig(p.srv.URL+"/lb.txt", p.ca, cache))
+	if line := s.nextReload(t); !strings.Contains(line, `msg="configuration reloaded"`) {
+		t.Fatalf("adding a source: %s\n%s", line, s.logs)
+	}
+	if got := s.outcome(t); got != "203.0.113.9" {
+		t.Errorf("with the source: %q", got)
+	}
+	if m := s.metric(t, "realipd_list_source_entries"); m != `realipd_list_source_entries{source="trust.trusted_cidrs[1]"} 5` {
+		t.Errorf("metrics with the source:\n%s", m)
+	}
+	replaceFile(t, cfg, inline)
+	if line := s.nextReload(t); !strings.Contains(line, `msg="configuration reloaded"`) {
+		t.Fatalf("removing the source: %s", line)
+	}
+	if got := s.outcome(t); got != "192.168.1.1" {
+		t.Errorf("after removing the source: %q", got)
+	}
+	if m := s.metric(t, "realipd_list_source_entries"); m != "" {
+		t.Errorf("metrics of a removed source:\n%s", m)
+	}
+	// A reload adding a source that cannot be had is rejected.
+	p.srv.Close()
+	replaceFile(t, cfg, listSourceConfig(p.srv.URL+"/other.txt", p.ca, cache))
+	if line := s.nextReload(t); !strings.Contains(line, "rejected") {
+		t.Errorf("adding a source that cannot be had: %s", line)
+	}
+	if got := s.outcome(t); got != "192.168.1.1" {
+		t.Errorf("after the rejected reload: %q", got)
+	}
+}
