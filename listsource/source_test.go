@@ -432,11 +432,11 @@ func TestFileSource(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "lb.txt")
 	os.WriteFile(path, []byte("10.0.0.0/8\n192.0.2.7\n"), 0o644)
-	var watched func()
+	watching := make(chan func(), 1)
 	changed := make(chan string, 4)
 	s := NewSet(Options{
 		Settle:  time.Millisecond,
-		Watch:   func(ctx context.Context, p string, f func()) error { watched = f; return nil },
+		Watch:   func(ctx context.Context, p string, f func()) error { watching <- f; return nil },
 		Changed: func(name string) { changed <- name },
 	})
 	defer s.Close()
@@ -448,11 +448,10 @@ func TestFileSource(t *testing.T) {
 		t.Fatalf("list %v", got)
 	}
 	st.Commit()
-	deadline := time.Now().Add(5 * time.Second)
-	for watched == nil && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if watched == nil {
+	var watched func()
+	select {
+	case watched = <-watching:
+	case <-time.After(5 * time.Second):
 		t.Fatal("the file is not watched")
 	}
 	os.WriteFile(path, []byte("10.0.0.0/8\n192.0.2.7\n198.51.100.0/24\n"), 0o644)
