@@ -104,6 +104,15 @@ func TestLayering(t *testing.T) {
 					t.Errorf("decide imports %s; it may import the standard library, clientip and plugins only", imp)
 				}
 			}
+		case rel == "listsource":
+			// Fetching and parsing CIDR lists: the standard library and
+			// clientip (merging) only; metrics and the file watch are
+			// wired in cmd/realipd.
+			for _, imp := range p.Imports {
+				if r, ok := local(imp); !isStandard(imp) && (!ok || r != "clientip") {
+					t.Errorf("listsource imports %s; it may import the standard library and clientip only", imp)
+				}
+			}
 		case rel == "sockowner" || rel == "listenaddr":
 			// Shared by the roles: the standard library and x/sys only.
 			for _, imp := range p.Imports {

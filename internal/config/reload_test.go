@@ -94,7 +94,7 @@ func TestChangedRestartKeys(t *testing.T) {
 	}{
 		{"nothing", func(*Config) {}, ""},
 		{"live keys", func(c *Config) {
-			c.Trust.TrustedCIDRs = []string{"10.0.0.0/8"}
+			c.Trust.TrustedCIDRs = CIDRs("10.0.0.0/8")
 			c.Policies = []Policy{{Name: "p", Type: "cidr"}}
 			c.ExtProc.DenyStatus = 429
 			c.XDS.HTTPPorts = []int{8081}

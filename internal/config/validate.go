@@ -13,6 +13,7 @@ import (
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/decide"
+	"github.com/realipd/realipd/listsource"
 )
 
 // Validate checks every key, records the parsed forms (ClientIP,
@@ -31,6 +32,10 @@ func (c *Config) Validate() error {
 	validateAllowedHosts(&errs, "admin.allowed_hosts", c.Admin.AllowedHosts)
 	validatePolicies(&errs, c.Policies)
 	validateDistinctListeners(&errs, c)
+	checkSourceNames(&errs, c)
+	if c.Trust.CacheDir != "" && strings.ContainsRune(c.Trust.CacheDir, 0) {
+		errs.add("trust.cache_dir", "%q is not a directory path", c.Trust.CacheDir)
+	}
 	if len(errs) > 0 {
 		return &ValidationError{Errors: errs}
 	}
@@ -62,12 +67,20 @@ func (c *Config) ExtProcAddress() string {
 	return c.ExtProc.Listen
 }
 
-// DenyPrefixes returns the parsed deny list of a cidr policy (after Validate).
+// DenyPrefixes returns the CIDRs written in a cidr policy's deny list
+// (after Validate); DenySources its list sources.
 func (p Policy) DenyPrefixes() []netip.Prefix { return p.deny }
 
-// AllowPrefixes returns the parsed allow list of a cidr policy (after
-// Validate); empty means every client IP not denied may pass.
+// DenySources returns the list sources of a cidr policy's deny list.
+func (p Policy) DenySources() []listsource.Spec { return p.denySources }
+
+// AllowPrefixes returns the CIDRs written in a cidr policy's allow list
+// (after Validate); AllowSources its list sources. Both empty means every
+// client IP not denied may pass.
 func (p Policy) AllowPrefixes() []netip.Prefix { return p.allow }
+
+// AllowSources returns the list sources of a cidr policy's allow list.
+func (p Policy) AllowSources() []listsource.Spec { return p.allowSources }
 
 // ListenAddrs returns the parsed capture addresses of origdst.listen (after
 // Validate), in the order given.
@@ -102,14 +115,17 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 	if strategyErr != nil {
 		errs.add(path+".strategy", "%q is not one of %s", t.Strategy, strings.Join(clientip.StrategyNames(), ", "))
 	}
-	prefixes := parsePrefixes(errs, path+".trusted_cidrs", t.TrustedCIDRs)
+	prefixes, sources := parseList(errs, path+".trusted_cidrs", t.TrustedCIDRs, listTrust)
+	t.trusted, t.sources = prefixes, sources
 	if strategyErr != nil {
 		return // the rest depends on the strategy
 	}
 	cfg := clientip.Config{Strategy: strategy, Header: t.Header}
-	if slices.Contains(cidrStrategies, strategy) || !cidrsUsedElsewhere {
+	usesCIDRs := slices.Contains(cidrStrategies, strategy) || !cidrsUsedElsewhere
+	if usesCIDRs {
 		cfg.TrustedCIDRs = prefixes
 	}
+
 	switch {
 	case t.TrustedHops != nil:
 		cfg.TrustedHops = *t.TrustedHops
@@ -119,8 +135,13 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 	if t.UseRemoteAddress != nil {
 		cfg.UseRemoteAddress = *t.UseRemoteAddress
 	}
-	r, err := clientip.New(cfg)
-	if err != nil {
+	// The rules of clientip.New look at whether CIDRs are set; sources
+	// will set them once loaded, so a placeholder stands for them here.
+	check := cfg
+	if usesCIDRs && len(sources) > 0 {
+		check.TrustedCIDRs = append(slices.Clip(prefixes), sourcePlaceholder)
+	}
+	if _, err := clientip.New(check); err != nil {
 		ce, ok := errors.AsType[*clientip.ConfigError](err)
 		if !ok {
 			errs.add(path, "%v", err)
@@ -131,9 +152,31 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 		}
 		return
 	}
-	if len(*errs) == before {
+	r, err := clientip.New(cfg)
+	if err == nil && len(*errs) == before {
 		t.clientIP = r.Config()
 	}
+}
+
+// sourcePlaceholder stands for the lists of trust sources when the trust
+// settings are checked, before any list is loaded.
+var sourcePlaceholder = netip.PrefixFrom(netip.IPv6Unspecified(), 128)
+
+// TrustedPrefixes returns the CIDRs written in trust.trusted_cidrs (after
+// Validate), whatever the strategy: the peers trusted for the PROXY
+// protocol too.
+func (t Trust) TrustedPrefixes() []netip.Prefix { return t.trusted }
+
+// TrustedSources returns the list sources of trust.trusted_cidrs (after
+// Validate).
+func (t Trust) TrustedSources() []listsource.Spec { return t.sources }
+
+// UsesTrustedCIDRs reports whether the strategy reads trust.trusted_cidrs
+// (rightmost_trusted_range, envoy_xff); otherwise they serve the PROXY
+// protocol only.
+func (t Trust) UsesTrustedCIDRs() bool {
+	s, err := clientip.ParseStrategy(t.Strategy)
+	return err == nil && slices.Contains(cidrStrategies, s)
 }
 
 // PassUnresolved reports whether trust.on_unresolved is pass: a request
@@ -286,7 +329,7 @@ func validatePolicies(errs *errorList, policies []Policy) {
 	for i := range policies {
 		p := &policies[i]
 		path := fmt.Sprintf("policies[%d]", i)
-		p.deny, p.allow = nil, nil
+		p.deny, p.allow, p.denySources, p.allowSources = nil, nil, nil, nil
 		switch first, seen := names[p.Name]; {
 		case p.Name == "":
 			errs.add(path+".name", "required")
@@ -300,8 +343,8 @@ func validatePolicies(errs *errorList, policies []Policy) {
 		}
 		switch p.Type {
 		case "cidr":
-			p.deny = parsePrefixes(errs, path+".deny", p.Deny)
-			p.allow = parsePrefixes(errs, path+".allow", p.Allow)
+			p.deny, p.denySources = parseList(errs, path+".deny", p.Deny, listDeny)
+			p.allow, p.allowSources = parseList(errs, path+".allow", p.Allow, listAllow)
 			if len(p.Deny) == 0 && len(p.Allow) == 0 {
 				errs.add(path, "a cidr policy needs deny, allow or both")
 			}
@@ -344,19 +387,6 @@ func validatePolicies(errs *errorList, policies []Policy) {
 			}
 		}
 	}
-}
-
-func parsePrefixes(errs *errorList, path string, list []string) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(list))
-	for i, s := range list {
-		p, err := parsePrefix(s)
-		if err != nil {
-			errs.add(fmt.Sprintf("%s[%d]", path, i), "%s", err.Error())
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
 }
 
 // validateDistinctListeners refuses two enabled roles on one address.
