@@ -506,6 +506,37 @@ func (srv *Server) isDraining() bool {
 	return srv.draining
 }
 
+// ServeConn serves one connection that the caller accepted itself and
+// whose original destination it knows, as a capture listener's connection
+// is served: the connection limit, the PROXY header, the policies, then
+// the TCP proxy or, for an HTTP port, the HTTP mode; listener names it to
+// the policies. It returns once the connection is done. The server must be
+// serving (ServeListeners, Serve or Handoff.Serve running, not draining);
+// otherwise c is closed and an error returned. It is for callers with
+// listeners of their own, and for tests that need no capture listener.
+func (srv *Server) ServeConn(c *net.TCPConn, originalDst netip.AddrPort, listener string) error {
+	srv.mu.Lock()
+	if !srv.serving.Load() || srv.draining {
+		srv.mu.Unlock()
+		abort(c)
+		return errors.New("origdst: not serving")
+	}
+	srv.handlers.Add(1)
+	srv.mu.Unlock()
+	srv.m.accepted.Inc()
+	if srv.active.Add(1) > int64(srv.opts.MaxConnections) {
+		srv.active.Add(-1)
+		srv.handlers.Done()
+		abort(c)
+		srv.m.refused[refusedLimit].Inc()
+		return errors.New("origdst: max_connections reached")
+	}
+	srv.m.active.Inc()
+	dst := netip.AddrPortFrom(originalDst.Addr().Unmap(), originalDst.Port())
+	srv.serveConn(&Conn{TCPConn: c, Accepted: time.Now(), dst: dst}, listener)
+	return nil
+}
+
 // acceptLoop accepts on ln until it is closed. Accept errors other than
 // the close are resource exhaustion (EMFILE, ENFILE, ENOBUFS): it waits a
 // little, longer each time, and goes on.
