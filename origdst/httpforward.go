@@ -137,7 +137,12 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 	b = append(b, originPath(req)...)
 	b = append(b, " HTTP/1.1\r\n"...)
 	clientIPHeader := d.ClientIPHeader()
-	var xff []byte // the client's X-Forwarded-For lines, joined
+	nominates := false // a Connection header names more than close, keep-alive, upgrade
+	for _, h := range req.Headers {
+		if h1.EqualFold(h.Name, "connection") && nominatesFields(h.Value) {
+			nominates = true
+		}
+	}
 	for _, h := range req.Headers {
 		switch {
 		case inList(h.Name, hopByHop):
@@ -145,24 +150,17 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 				break // "TE: trailers" is end to end
 			}
 			continue
-		case connectionListed(req, h.Name):
-			// A field the client named in Connection is hop-by-hop: it
-			// goes, before realipd writes its own (so naming x-real-ip
-			// or X-Forwarded-For there removes the client's, not
-			// realipd's).
-			continue
 		case sameNameUnderscores(h.Name, clientIPHeader):
 			// A client-sent client-IP header never survives, nor one
 			// spelt with underscores (X_Real_IP), which CGI-style
 			// servers take for the same header.
 			continue
 		case h1.EqualFold(h.Name, "x-forwarded-for"):
-			if len(h.Value) > 0 {
-				if len(xff) > 0 {
-					xff = append(xff, ", "...)
-				}
-				xff = append(xff, h.Value...)
-			}
+			continue // joined below
+		case nominates && connectionListed(req, h.Name):
+			// A field the client named in Connection is hop-by-hop: it
+			// goes. Naming x-real-ip or X-Forwarded-For there changes
+			// nothing: realipd writes both itself, after.
 			continue
 		case h1.EqualFold(h.Name, "host") && req.Absolute:
 			continue // written from the target below
@@ -197,9 +195,11 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 	// Envoy with use_remote_address: true appends the peer to
 	// X-Forwarded-For (one line, the client's lines joined).
 	b = append(b, "X-Forwarded-For: "...)
-	b = append(b, xff...)
-	if len(xff) > 0 {
-		b = append(b, ", "...)
+	for _, h := range req.Headers {
+		if len(h.Value) > 0 && h1.EqualFold(h.Name, "x-forwarded-for") {
+			b = append(b, h.Value...)
+			b = append(b, ", "...)
+		}
 	}
 	b = append(b, hc.peerIP...)
 	b = append(b, "\r\n"...)
@@ -226,6 +226,58 @@ func inList(name []byte, list []string) bool {
 		}
 	}
 	return false
+}
+
+// nominatesFields reports whether a Connection value names a field to
+// remove: a token other than close, keep-alive and upgrade.
+func nominatesFields(v []byte) bool {
+	return !onlyTokens(v, "close", "keep-alive", "upgrade")
+}
+
+// onlyTokens reports whether every element of the list v is one of toks.
+func onlyTokens(v []byte, toks ...string) bool {
+	for len(v) > 0 {
+		var tok []byte
+		if i := indexByte(v, ','); i < 0 {
+			tok, v = v, nil
+		} else {
+			tok, v = v[:i], v[i+1:]
+		}
+		tok = trimSpace(tok)
+		if len(tok) == 0 {
+			continue
+		}
+		known := false
+		for _, t := range toks {
+			if h1.EqualFold(tok, t) {
+				known = true
+				break
+			}
+		}
+		if !known {
+			return false
+		}
+	}
+	return true
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 // connectionListed reports whether the request's Connection header names
