@@ -55,6 +55,11 @@ work="$(mktemp -d /tmp/realipd-bench.XXXXXX)"
 chmod 755 "$work"
 pids=()
 cleanup() {
+	# Every process left in the namespaces (the background jobs are
+	# subshells: killing them would not reach ip netns exec's child).
+	for ns in rb-pod rb-client; do
+		ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+	done
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	ip netns del rb-client 2>/dev/null || true

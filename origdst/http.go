@@ -152,7 +152,7 @@ type httpConn struct {
 	srv      *Server
 	pc       *proxyConn
 	client   *net.TCPConn
-	crc      syscall.RawConn
+	reader   *bufferedReader // the client's next request, into in
 	dst      netip.AddrPort
 	listener string
 	peer     string           // the peer as resolution sees it: the TCP peer, or a trusted PROXY header's source
@@ -203,7 +203,7 @@ func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Re
 	if err != nil {
 		return
 	}
-	hc.crc = rc
+	hc.reader = newBufferedReader(rc, &hc.in)
 	if len(pre) > 0 {
 		hc.in.hold()
 		hc.in.w = copy(*hc.in.b, pre) // pre is at most a PROXY header's read-ahead: it fits
@@ -299,9 +299,12 @@ func (hc *httpConn) waitRequest() bool {
 	if hc.srv.httpDraining.Load() {
 		return false
 	}
-	avail, err := waitData(hc.crc)
+	n, err := hc.reader.read()
 	hc.idle.Store(false)
-	return err == nil && avail > 0 && !hc.srv.httpDraining.Load()
+	if n > 0 {
+		hc.pc.touch()
+	}
+	return err == nil && n > 0 && !hc.srv.httpDraining.Load()
 }
 
 // readHead reads until hc.in holds a whole request head and parses it.
