@@ -23,7 +23,8 @@
 # of HAProxy and nginx are printed as a Markdown table.
 #
 # Environment: ROUNDS (3), DURATION (5s), CONNS ("1 32 256"), TCP (1: run
-# iperf3), REALIPD (a built binary; default: go build into a temp dir).
+# iperf3), REALIPD (a built binary; default: go build into a temp dir),
+# PROFILE (a file: first write there a CPU profile of realipd under wrk -c32).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -232,6 +233,15 @@ run_iperf() { # target
 	g="$(awk '/receiver/ {for (i=1;i<=NF;i++) if ($i=="Gbits/sec") print $(i-1)}' <<<"$out" | tail -1)"
 	echo "tcp - - $t ${g:-0} 0 0" >>"$results"
 }
+
+if [ -n "${PROFILE:-}" ]; then
+	# A CPU profile of realipd under wrk -c32, written to $PROFILE.
+	inclient wrk -t1 -c32 -d12s "http://$POD:8080/" >/dev/null &
+	sleep 1
+	inpod curl -fsS -o "$PROFILE" "http://127.0.0.1:9902/debug/pprof/profile?seconds=10"
+	wait
+	echo "profile written to $PROFILE" >&2
+fi
 
 for round in $(seq "$ROUNDS"); do
 	echo "round $round/$ROUNDS" >&2

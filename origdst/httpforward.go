@@ -327,12 +327,23 @@ func policySets(d *decide.Decider, policy []plugins.Header, name []byte) bool {
 // which relayResponse then forwards.
 func (hc *httpConn) sendRequest(head []byte) error {
 	req := &hc.req
+	left := req.ContentLength
+	if left > 0 && !req.ExpectContinue {
+		// The body's first bytes go out with the head, in one write.
+		k := min(left, int64(len(hc.in.data())), int64(cap(head)-len(head)))
+		head = append(head, hc.in.data()[:k]...)
+		hc.in.consume(int(k))
+		left -= k
+	}
 	if _, err := hc.up.Write(head); err != nil {
 		return err
 	}
 	hc.pc.touch()
-	if !hasBody(req) || req.ExpectContinue {
+	switch {
+	case !hasBody(req) || req.ExpectContinue:
 		return nil
+	case !req.Chunked:
+		return hc.copyN(hc.up, hc.client, &hc.in, left, errClientBody)
 	}
 	return hc.sendBody()
 }
@@ -466,13 +477,24 @@ func (hc *httpConn) relayResponse(websocket bool) (started bool, err error) {
 			hc.tunnel()
 			return true, errTunnelled
 		}
+		if resp.Status >= 200 {
+			if req.ExpectContinue && hasBody(req) {
+				// A final answer without 100 Continue: the body was never
+				// sent; the connection cannot be kept in step.
+				req.KeepAlive = false
+				hc.resp.KeepAlive = false
+			}
+			hc.upServed++
+			// The head goes out with the body's first bytes, in one write.
+			return true, hc.relayBody(hc.isHead, resp.HeadLen)
+		}
 		if _, err := hc.client.Write(head); err != nil {
 			return true, err
 		}
 		started = true
 		hc.pc.touch()
 		hc.upIn.consume(resp.HeadLen)
-		if resp.Status < 200 {
+		{
 			if resp.Status == 100 && req.ExpectContinue {
 				req.ExpectContinue = false
 				if err := hc.sendBody(); err != nil {
@@ -481,14 +503,6 @@ func (hc *httpConn) relayResponse(websocket bool) (started bool, err error) {
 			}
 			continue
 		}
-		if req.ExpectContinue && hasBody(req) {
-			// A final answer without 100 Continue: the body was never
-			// sent; the connection cannot be kept in step.
-			req.KeepAlive = false
-			hc.resp.KeepAlive = false
-		}
-		hc.upServed++
-		return true, hc.relayBody(hc.isHead)
 	}
 }
 
@@ -513,31 +527,46 @@ func (hc *httpConn) readResponseHead() error {
 	}
 }
 
-// relayBody copies the response body to the client by its framing.
-func (hc *httpConn) relayBody(head bool) error {
+// relayBody copies the response to the client by its body's framing; the
+// first pending bytes of the upstream's input are its head, not yet
+// written, which go out with the body's first bytes.
+func (hc *httpConn) relayBody(head bool, pending int) error {
 	resp := &hc.resp
+	// write sends the first n bytes of the upstream's input.
+	write := func(n int) error {
+		if n == 0 {
+			return nil
+		}
+		if _, err := hc.client.Write(hc.upIn.data()[:n]); err != nil {
+			return err
+		}
+		hc.pc.touch()
+		hc.upIn.consume(n)
+		return nil
+	}
 	switch resp.BodyFraming(head) {
 	case h1.FramingNone:
-		return nil
+		return write(pending)
 	case h1.FramingLength:
-		return hc.copyN(hc.client, hc.up, &hc.upIn, resp.ContentLength, nil)
+		k := min(resp.ContentLength, int64(len(hc.upIn.data())-pending))
+		if err := write(pending + int(k)); err != nil {
+			return err
+		}
+		return hc.copyN(hc.client, hc.up, &hc.upIn, resp.ContentLength-k, nil)
 	case h1.FramingClose:
 		resp.KeepAlive = false
 		hc.req.KeepAlive = false
-		if !hc.upIn.empty() {
-			if _, err := hc.client.Write(hc.upIn.data()); err != nil {
-				return err
-			}
-			hc.upIn.consume(hc.upIn.w - hc.upIn.r)
+		if err := write(len(hc.upIn.data())); err != nil {
+			return err
 		}
 		_, err := io.Copy(hc.client, hc.up)
 		return err
 	}
 	// Chunked: copied as it came, framed on the way to find its end.
 	var s h1.ChunkScanner
-	for !s.Done() {
+	for {
 		data := hc.upIn.data()
-		n := 0
+		n := pending
 		for n < len(data) && !s.Done() {
 			k, _, err := s.Next(data[n:])
 			if err != nil {
@@ -548,20 +577,17 @@ func (hc *httpConn) relayBody(head bool) error {
 			}
 			n += k
 		}
-		if n > 0 {
-			if _, err := hc.client.Write(data[:n]); err != nil {
-				return err
-			}
-			hc.pc.touch()
-			hc.upIn.consume(n)
+		if err := write(n); err != nil {
+			return err
 		}
-		if !s.Done() {
-			if err := hc.upIn.fill(hc.up, hc.pc, false); err != nil {
-				return err
-			}
+		pending = 0
+		if s.Done() {
+			return nil
+		}
+		if err := hc.upIn.fill(hc.up, hc.pc, false); err != nil {
+			return err
 		}
 	}
-	return nil
 }
 
 // tunnel relays bytes both ways between the client and the upstream after
