@@ -172,8 +172,10 @@ type httpConn struct {
 	req    h1.Request
 	isHead bool // req is a HEAD: its response has no body
 	resp   h1.Response
-	// Per request, reused: the lines of the header resolution reads.
+	// Per request, reused: the lines of the header resolution reads, and
+	// the policies' request.
 	lines []string
+	preq  plugins.Request
 }
 
 // serveHTTP serves c as HTTP/1.1 until it closes; its first bytes may be
@@ -262,7 +264,9 @@ func (hc *httpConn) serveOne() bool {
 		hc.srv.m.httpUnresolved.WithLabelValues(res.Reason.String()).Inc()
 	}
 	o := d.Decide(context.Background(), &hc.srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: res, OriginalDst: hc.dst}, func() *plugins.Request {
-		return &plugins.Request{
+		// One per connection, reused: a policy keeps nothing of a
+		// Request once its Decide has returned (plugins.Request).
+		hc.preq = plugins.Request{
 			ClientIP:    res.IP,
 			Peer:        hc.peer,
 			OriginalDst: hc.dst,
@@ -271,6 +275,7 @@ func (hc *httpConn) serveOne() bool {
 			Headers:     hc.policyHeaders(d.Chain()),
 			Listener:    hc.listener,
 		}
+		return &hc.preq
 	})
 	if o.Deny {
 		hc.srv.m.deniedHTTP(local, o.Policy)
