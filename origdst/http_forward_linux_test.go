@@ -141,6 +141,21 @@ func TestHTTPModeFraming(t *testing.T) {
 	if b, _ := io.ReadAll(resp.Body); string(b) != sum([]byte("xyz")) {
 		t.Errorf("expect: the upstream got %s", b)
 	}
+	// An HTTP/1.0 client never gets a chunked response: the request goes
+	// upstream in HTTP/1.0.
+	io.WriteString(c, "GET /chunked/3000 HTTP/1.0\r\nHost: app\r\nConnection: keep-alive\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(resp.Body); err != nil || len(b) != 3000 || len(resp.TransferEncoding) != 0 {
+		t.Errorf("HTTP/1.0: %d bytes, %v, transfer encoding %q", len(b), err, resp.TransferEncoding)
+	}
+	if resp.Close {
+		c = httpModeConn(t, Settings{Resolver: r}, app) // the upstream closed: so did the client
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		br = bufio.NewReader(c)
+	}
 	// Close-delimited: the response ends the connection.
 	resp, b = do("GET /close/1234 HTTP/1.1\r\nHost: app\r\n\r\n")
 	if resp.StatusCode != 200 || len(b) != 1234 {

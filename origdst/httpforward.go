@@ -135,7 +135,13 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 	b = append(b, req.Method...)
 	b = append(b, ' ')
 	b = append(b, originPath(req)...)
-	b = append(b, " HTTP/1.1\r\n"...)
+	if req.Minor == 0 {
+		// An HTTP/1.0 client cannot read a chunked response: asking in
+		// HTTP/1.0 keeps the upstream from sending one.
+		b = append(b, " HTTP/1.0\r\n"...)
+	} else {
+		b = append(b, " HTTP/1.1\r\n"...)
+	}
 	clientIPHeader := d.ClientIPHeader()
 	nominates := false // a Connection header names more than close, keep-alive, upgrade
 	for _, h := range req.Headers {
