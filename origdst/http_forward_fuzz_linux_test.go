@@ -194,3 +194,48 @@ func FuzzHTTPModeForwarding(f *testing.F) {
 		}
 	})
 }
+
+// FuzzHTTPModeResponses has an upstream answer a client's requests with
+// arbitrary bytes, then close: realipd must neither panic nor hang.
+func FuzzHTTPModeResponses(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nok\r\n0\r\nA: b\r\n\r\n",
+		"HTTP/1.1 101 Switching Protocols\r\n\r\nxyz",
+		"HTTP/1.0 200 OK\r\n\r\nbody until close",
+		"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+	} {
+		f.Add([]byte(s), false)
+	}
+	var answer atomic.Pointer[[]byte]
+	up := scriptedUpstream(f, func(c net.Conn, _ int) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		c.Write(*answer.Load())
+	})
+	_, conn := reviewServer(f, current(f, Settings{Resolver: resolver(f, clientip.Config{Strategy: clientip.RemoteAddr})}), up)
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		answer.Store(&data)
+		c, ended := conn(t)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		io.WriteString(c, method+" / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi")
+		c.(*net.TCPConn).CloseWrite()
+		if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+			t.Fatalf("no end to the answer: %v: %q", err, data)
+		}
+		select {
+		case p := <-ended:
+			if p != nil {
+				t.Fatalf("panic: %v: %q", p, data)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("ServeConn has not returned: %q", data)
+		}
+	})
+}

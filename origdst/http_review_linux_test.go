@@ -8,6 +8,7 @@ package origdst
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -439,5 +440,83 @@ func TestReviewTunnelHoldsRetiredChain(t *testing.T) {
 	case <-old.Done():
 	case <-time.After(3 * time.Second):
 		t.Error("the replaced chain is still open 3 s after the reload, held by a WebSocket tunnel decided before it")
+	}
+}
+
+// TestReviewEnvoySanitizedHeadersPass: Envoy's connection manager, at the
+// edge (use_remote_address: true, no trusted hop: the configuration
+// realipd's control plane gives it), sanitizes request headers that carry
+// what only the proxy may say: x-envoy-external-address (the client's
+// address, which Envoy sets to the peer), x-forwarded-proto (set from the
+// downstream connection), x-forwarded-client-cert (removed by default),
+// x-envoy-internal and the x-envoy-* controls. The HTTP mode, which stands
+// for Envoy, forwards whatever the client sent: a backend moved from
+// behind Envoy that reads x-envoy-external-address gets a client IP of the
+// client's choosing, one that reads x-forwarded-proto takes plain HTTP for
+// HTTPS.
+func TestReviewEnvoySanitizedHeadersPass(t *testing.T) {
+	got := make(chan http.Header, 1)
+	up := scriptedUpstream(t, func(c net.Conn, _ int) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			close(got)
+			return
+		}
+		got <- req.Header
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	})
+	_, conn := reviewServer(t, current(t, Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})}), up)
+	c, _ := conn(t)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\nX-Envoy-External-Address: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Client-Cert: By=spiffe://admin\r\n\r\n")
+	if _, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil {
+		t.Fatal(err)
+	}
+	h := <-got
+	if v := h.Values("X-Envoy-External-Address"); len(v) > 0 && v[0] == "6.6.6.6" {
+		t.Errorf("x-envoy-external-address: the client's %q", v)
+	}
+	if v := h.Values("X-Forwarded-Proto"); len(v) > 0 && v[0] != "http" {
+		t.Errorf("x-forwarded-proto: the client's %q", v)
+	}
+	if v := h.Values("X-Forwarded-Client-Cert"); len(v) > 0 {
+		t.Errorf("x-forwarded-client-cert: the client's %q", v)
+	}
+}
+
+// TestReviewLongSpliceCutAsIdle: a body over 64 KiB is moved by one
+// io.CopyN of all that is left (copyN, spliced) and a close-delimited
+// response by one io.Copy, and the connection's activity is recorded
+// (pc.touch) only once they end: the idle sweeper sees a connection
+// moving bytes all along as idle and cuts it once the transfer has lasted
+// idle_timeout. With idle_timeout: 1s, a 1 MiB response that takes 3 s
+// to come is cut after about 1 s.
+func TestReviewLongSpliceCutAsIdle(t *testing.T) {
+	const size, pieces = 1 << 20, 30
+	up := scriptedUpstream(t, func(c net.Conn, _ int) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", size)
+		piece := bytes.Repeat([]byte("x"), size/pieces+1)
+		for left := size; left > 0; left -= len(piece) {
+			time.Sleep(100 * time.Millisecond) // a slow upstream: 3 s for the body
+			if _, err := c.Write(piece[:min(len(piece), left)]); err != nil {
+				return
+			}
+		}
+	})
+	_, conn := reviewServer(t, current(t, Settings{Resolver: resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})}), up,
+		func(o *Options) { o.IdleTimeout = time.Second })
+	c, _ := conn(t)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: app\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	if n != size {
+		t.Errorf("%d bytes of %d, then %v: cut while moving bytes", n, size, err)
 	}
 }
