@@ -2,9 +2,9 @@
 
 package origdst
 
-// Reproducers of the security review of the HTTP mode's forwarding path
-// (issue 18). Each test fails on the code it was written against and
-// describes the expected behaviour.
+// Regression tests from the security review of the HTTP mode's forwarding
+// path (issue 18). Each test failed on the code it was written against;
+// its comment describes the flaw it guards against.
 
 import (
 	"bufio"
