@@ -505,6 +505,9 @@ func (hc *httpConn) sendBody() error {
 // copyN copies n bytes from src to dst: first what buf holds, then the
 // rest, spliced when it is long. A failure to read is wrapped in readErr.
 func (hc *httpConn) copyN(dst, src *net.TCPConn, buf *buffer, n int64, readErr error) error {
+	if n <= 0 {
+		return nil
+	}
 	if k := int64(buf.w - buf.r); k > 0 {
 		k = min(k, n)
 		if _, err := dst.Write((*buf.b)[buf.r : buf.r+int(k)]); err != nil {
