@@ -84,6 +84,8 @@ func CheckClientIPHeader(name string) (string, error) {
 		return "", fmt.Errorf("%q is not a valid header name", name)
 	case slices.Contains(unwritableHeaders, h):
 		return "", fmt.Errorf("%q frames or routes the request (or is hop-by-hop): realipd must not overwrite it", name)
+	case h == "x-forwarded-for":
+		return "", fmt.Errorf("%q is the forwarding header realipd appends the peer to (the native HTTP mode writes it): the client IP needs a header of its own", name)
 	}
 	return h, nil
 }

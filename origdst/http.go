@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -165,9 +164,10 @@ type httpConn struct {
 	outBuf *[]byte // the pooled buffer of out, held while the connection works
 	out    []byte  // a head being written
 
-	up       *net.TCPConn // the upstream connection, nil until the first forwarded request
-	upRC     syscall.RawConn
-	upServed int // responses read on up
+	up           *net.TCPConn // the upstream connection, nil until the first forwarded request
+	upWaiter     *dataWaiter  // up's
+	clientWaiter *dataWaiter  // the client's, made when a long body first needs it
+	upServed     int          // responses read on up
 
 	req    h1.Request
 	isHead bool // req is a HEAD: its response has no body
@@ -242,18 +242,29 @@ func (hc *httpConn) serveOne() bool {
 	if err := hc.readHead(); err != nil {
 		var he *h1.Error
 		if errors.As(err, &he) {
-			hc.answer(he.Status, he.Reason+"\n", nil, false)
+			hc.isHead = false
+			if hc.answer(he.Status, he.Reason+"\n", nil, false) {
+				hc.lingerClose()
+			}
 		}
 		return false
 	}
 	req := &hc.req
 	hc.isHead = bytesEqual(req.Method, "HEAD")
+	// The chain is held while the policies decide, and released at once:
+	// a request that goes on (a long body, a WebSocket tunnel) must not
+	// keep a chain a reload replaced, nor its plugins, alive.
 	d, held := hc.srv.cur.Acquire()
-	if held {
-		defer d.Release()
+	release := func() {
+		if held {
+			held = false
+			d.Release()
+		}
 	}
+	defer release()
 	local := hc.srv.countersOf(d)
 	if refusal := envoyRefuses(req); refusal != "" {
+		release()
 		hc.srv.m.deniedHTTP(local, decide.PolicyHTTPRefused)
 		hc.srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
 		d.Refuse(context.Background(), &hc.srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst}, decide.PolicyHTTPRefused)
@@ -277,6 +288,7 @@ func (hc *httpConn) serveOne() bool {
 		}
 		return &hc.preq
 	})
+	release()
 	if o.Deny {
 		hc.srv.m.deniedHTTP(local, o.Policy)
 		return hc.answerRequest(o.Status, o.Body, func(b []byte) []byte {
@@ -424,8 +436,16 @@ const (
 // adds header fields), after reading and dropping its body when it is
 // short; it reports whether the connection goes on.
 func (hc *httpConn) answerRequest(status int, body string, extra func([]byte) []byte) bool {
-	keep := hc.req.KeepAlive && hc.dropBody()
-	return hc.answer(status, body, extra, keep) && keep
+	// A client that asked for 100 Continue has not sent its body, and
+	// waits: the answer goes now, and the connection closes after it.
+	keep := hc.req.KeepAlive && !hc.req.ExpectContinue && hc.dropBody()
+	if !hc.answer(status, body, extra, keep) {
+		return false
+	}
+	if !keep {
+		hc.lingerClose()
+	}
+	return keep
 }
 
 // dropBody reads and drops the current request's head and body, when the
@@ -484,17 +504,36 @@ func (hc *httpConn) answer(status int, body string, extra func([]byte) []byte, k
 	if extra != nil {
 		b = extra(b)
 	}
-	b = append(b, "Content-Type: "+textPlain+"\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(body)), 10)
-	if !keep {
-		b = append(b, "\r\nConnection: close"...)
+	noBody := status == 204 || status == 304
+	if !noBody {
+		b = append(b, "Content-Type: "+textPlain+"\r\nContent-Length: "...)
+		b = strconv.AppendInt(b, int64(len(body)), 10)
+		b = append(b, "\r\n"...)
 	}
-	b = append(b, "\r\n\r\n"...)
-	b = append(b, body...)
+	if !keep {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	if !noBody && !hc.isHead {
+		// No body on a HEAD's answer, 204 or 304: the client would take
+		// it for the start of its next response.
+		b = append(b, body...)
+	}
 	hc.out = b[:0]
 	_, err := hc.client.Write(b)
 	hc.pc.touch()
 	return err == nil
+}
+
+// lingerClose ends a connection realipd refused, so that its answer is
+// read: it half-closes, then reads and drops what the client still sends
+// (at most 256 KiB, for at most a second) before closing. Closing at once
+// with unread input resets the connection, and the reset can overtake the
+// answer.
+func (hc *httpConn) lingerClose() {
+	_ = hc.client.CloseWrite()
+	_ = hc.client.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.CopyN(io.Discard, hc.client, 256<<10)
 }
 
 // head returns the head buffer, empty.

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/decide"
 	"github.com/realipd/realipd/origdst/internal/h1"
@@ -27,12 +29,26 @@ var errClientBody = errors.New("origdst: reading the request body")
 func (hc *httpConn) forward(d *decide.Decider, local *denyCounters, res clientip.Result, policy []plugins.Header) bool {
 	req := &hc.req
 	websocket := req.Upgrade != nil // envoyRefuses let only WebSocket through
+	replayable := !hasBody(req) && replayableRequest(req)
 	head := hc.rewriteHead(d, local, res, policy, websocket)
 	// From here on the request's views of the input buffer may be
 	// overwritten (reading its body reuses the buffer).
 	hc.in.consume(req.HeadLen)
+	if req.ExpectContinue && hasBody(req) {
+		// As Envoy does by default: realipd, having decided, asks for the
+		// body itself; the upstream gets no Expect.
+		if _, err := io.WriteString(hc.client, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil {
+			return false
+		}
+		req.ExpectContinue = false
+	}
 	retried := false
 	for {
+		if hc.up != nil && !hc.upstreamReusable() {
+			// The upstream closed the kept-alive connection, or sent
+			// what nobody asked for: a new one, before anything is sent.
+			hc.dropUpstream()
+		}
 		if hc.up == nil {
 			if err := hc.dialUpstream(); err != nil {
 				hc.srv.m.httpUpstreamErrors.Inc()
@@ -59,9 +75,10 @@ func (hc *httpConn) forward(d *decide.Decider, local *denyCounters, res clientip
 			hc.srv.log.Debug("origdst: HTTP request body refused", "peer", hc.peer, "error", err)
 			hc.answer(http400, "malformed request body\n", nil, false)
 			return false
-		case reused && !retried && !hasBody(req) && isUpstreamGone(err):
+		case reused && !retried && replayable && isUpstreamGone(err):
 			// The upstream closed a kept-alive connection as the request
-			// went out: once more on a new one, as Go's Transport does.
+			// went out: a request that may be sent twice goes once more
+			// on a new one, as Go's Transport does.
 			retried = true
 			continue
 		}
@@ -76,6 +93,33 @@ func (hc *httpConn) forward(d *decide.Decider, local *denyCounters, res clientip
 }
 
 func hasBody(req *h1.Request) bool { return req.Chunked || req.ContentLength > 0 }
+
+// replayableRequest reports whether req may be sent a second time when the
+// first may have reached the upstream: an idempotent method that changes
+// nothing (GET, HEAD, OPTIONS, TRACE), or a request with an idempotency
+// key, as Go's Transport decides.
+func replayableRequest(req *h1.Request) bool {
+	switch string(req.Method) {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	for _, h := range req.Headers {
+		if h1.EqualFold(h.Name, "idempotency-key") || h1.EqualFold(h.Name, "x-idempotency-key") {
+			return true
+		}
+	}
+	return false
+}
+
+// upstreamReusable reports whether the kept-alive upstream connection can
+// carry the next request: nothing came on it since the last response (no
+// close, no stray bytes, which would be taken for the next answer).
+func (hc *httpConn) upstreamReusable() bool {
+	if !hc.upIn.empty() {
+		return false
+	}
+	return hc.upWaiter.quiet()
+}
 
 // isUpstreamGone reports whether err is the upstream having closed or
 // reset the connection.
@@ -99,9 +143,28 @@ func (hc *httpConn) dialUpstream() error {
 		abort(up)
 		return err
 	}
-	hc.up, hc.upRC, hc.upServed = up, rc, 0
+	hc.up, hc.upWaiter, hc.upServed = up, newDataWaiter(rc), 0
 	return nil
 }
+
+// waiterOf returns the dataWaiter of c, the client's or the upstream's.
+func (hc *httpConn) waiterOf(c *net.TCPConn) *dataWaiter {
+	if c == hc.up {
+		return hc.upWaiter
+	}
+	if hc.clientWaiter == nil {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return newDataWaiter(nil)
+		}
+		hc.clientWaiter = newDataWaiter(rc)
+	}
+	return hc.clientWaiter
+}
+
+// discardCounter counts the bytes relay moves for the HTTP mode, which
+// has no byte counters.
+var discardCounter = prometheus.NewCounter(prometheus.CounterOpts{Name: "origdst_http_bytes_unused", Help: "not registered"})
 
 // dropUpstream closes the upstream connection.
 func (hc *httpConn) dropUpstream() {
@@ -113,8 +176,10 @@ func (hc *httpConn) dropUpstream() {
 }
 
 // afterResponse decides whether the connection goes on after a response.
+// An upstream that sent more than the response keeps no connection: the
+// extra bytes would be taken for the next answer.
 func (hc *httpConn) afterResponse() bool {
-	if !hc.resp.KeepAlive {
+	if !hc.resp.KeepAlive || !hc.upIn.empty() {
 		_ = hc.up.Close()
 		hc.up = nil
 		hc.upIn.r, hc.upIn.w = 0, 0
@@ -163,7 +228,13 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 			continue
 		case h1.EqualFold(h.Name, "x-forwarded-for"):
 			continue // joined below
-		case nominates && connectionListed(req, h.Name):
+		case sameNameUnderscores(h.Name, "x-forwarded-for"):
+			continue // X_Forwarded_For: what CGI-style servers take for it
+		case h1.EqualFold(h.Name, "expect"):
+			continue // realipd answered it (forward)
+		case envoySanitizes(h.Name):
+			continue
+		case nominates && !h1.EqualFold(h.Name, "host") && connectionListed(req, h.Name):
 			// A field the client named in Connection is hop-by-hop: it
 			// goes. Naming x-real-ip or X-Forwarded-For there changes
 			// nothing: realipd writes both itself, after.
@@ -198,6 +269,8 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 		b = append(b, req.Upgrade...)
 		b = append(b, "\r\n"...)
 	}
+	// As Envoy at the edge: the scheme the client used.
+	b = append(b, "X-Forwarded-Proto: http\r\n"...)
 	// Envoy with use_remote_address: true appends the peer to
 	// X-Forwarded-For (one line, the client's lines joined).
 	b = append(b, "X-Forwarded-For: "...)
@@ -223,6 +296,19 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 	b = append(b, "\r\n"...)
 	hc.out = b
 	return b
+}
+
+// envoySanitizes reports whether Envoy's connection manager, as realipd's
+// xDS control plane configures it (at the edge: use_remote_address), would
+// not let a client's header of that name through: the x-envoy-* headers
+// (a backend moved from behind Envoy may trust x-envoy-external-address),
+// x-forwarded-client-cert (sanitized) and x-forwarded-proto (set to the
+// scheme the client used, which the HTTP mode writes).
+func envoySanitizes(name []byte) bool {
+	if len(name) >= 8 && h1.EqualFold(name[:8], "x-envoy-") {
+		return true
+	}
+	return h1.EqualFold(name, "x-forwarded-client-cert") || h1.EqualFold(name, "x-forwarded-proto")
 }
 
 func inList(name []byte, list []string) bool {
@@ -334,7 +420,7 @@ func policySets(d *decide.Decider, policy []plugins.Header, name []byte) bool {
 func (hc *httpConn) sendRequest(head []byte) error {
 	req := &hc.req
 	left := req.ContentLength
-	if left > 0 && !req.ExpectContinue {
+	if left > 0 {
 		// The body's first bytes go out with the head, in one write.
 		k := min(left, int64(len(hc.in.data())), int64(cap(head)-len(head)))
 		head = append(head, hc.in.data()[:k]...)
@@ -346,7 +432,7 @@ func (hc *httpConn) sendRequest(head []byte) error {
 	}
 	hc.pc.touch()
 	switch {
-	case !hasBody(req) || req.ExpectContinue:
+	case !hasBody(req):
 		return nil
 	case !req.Chunked:
 		return hc.copyN(hc.up, hc.client, &hc.in, left, errClientBody)
@@ -419,6 +505,9 @@ func (hc *httpConn) sendBody() error {
 // copyN copies n bytes from src to dst: first what buf holds, then the
 // rest, spliced when it is long. A failure to read is wrapped in readErr.
 func (hc *httpConn) copyN(dst, src *net.TCPConn, buf *buffer, n int64, readErr error) error {
+	if n <= 0 {
+		return nil
+	}
 	if k := int64(buf.w - buf.r); k > 0 {
 		k = min(k, n)
 		if _, err := dst.Write((*buf.b)[buf.r : buf.r+int(k)]); err != nil {
@@ -430,7 +519,17 @@ func (hc *httpConn) copyN(dst, src *net.TCPConn, buf *buffer, n int64, readErr e
 	}
 	for n > 0 {
 		if n > spliceAbove {
-			m, err := io.CopyN(dst, src, n)
+			// Spliced in the kernel, as much as is there at a time, so
+			// that a long transfer still moving is never taken for idle.
+			w := hc.waiterOf(src)
+			avail, err := w.wait()
+			if err != nil || avail == 0 {
+				if err == nil {
+					err = io.ErrUnexpectedEOF
+				}
+				return errors.Join(readErr, err)
+			}
+			m, err := io.CopyN(dst, src, min(int64(avail), n))
 			n -= m
 			hc.pc.touch()
 			if err != nil {
@@ -484,31 +583,21 @@ func (hc *httpConn) relayResponse(websocket bool) (started bool, err error) {
 			return true, errTunnelled
 		}
 		if resp.Status >= 200 {
-			if req.ExpectContinue && hasBody(req) {
-				// A final answer without 100 Continue: the body was never
-				// sent; the connection cannot be kept in step.
-				req.KeepAlive = false
-				hc.resp.KeepAlive = false
-			}
 			hc.upServed++
 			// The head goes out with the body's first bytes, in one write.
 			return true, hc.relayBody(hc.isHead, resp.HeadLen)
 		}
-		if _, err := hc.client.Write(head); err != nil {
-			return true, err
-		}
-		started = true
-		hc.pc.touch()
-		hc.upIn.consume(resp.HeadLen)
-		{
-			if resp.Status == 100 && req.ExpectContinue {
-				req.ExpectContinue = false
-				if err := hc.sendBody(); err != nil {
-					return started, err
-				}
+		// An interim answer: forwarded to an HTTP/1.1 client (not a 100:
+		// realipd answered the client's Expect itself), dropped for an
+		// HTTP/1.0 one, which has none.
+		if resp.Status != 100 && req.Minor == 1 {
+			if _, err := hc.client.Write(head); err != nil {
+				return true, err
 			}
-			continue
+			started = true
+			hc.pc.touch()
 		}
+		hc.upIn.consume(resp.HeadLen)
 	}
 }
 
@@ -550,6 +639,10 @@ func (hc *httpConn) relayBody(head bool, pending int) error {
 		hc.upIn.consume(n)
 		return nil
 	}
+	if pending > 0 && hc.srv.httpDraining.Load() {
+		// Draining: the client is told this connection ends here.
+		pending = hc.markClose(pending)
+	}
 	switch resp.BodyFraming(head) {
 	case h1.FramingNone:
 		return write(pending)
@@ -565,8 +658,8 @@ func (hc *httpConn) relayBody(head bool, pending int) error {
 		if err := write(len(hc.upIn.data())); err != nil {
 			return err
 		}
-		_, err := io.Copy(hc.client, hc.up)
-		return err
+		// Until the upstream closes, in steps (see copyN).
+		return hc.srv.relay(hc.pc, hc.client, hc.up, discardCounter)
 	}
 	// Chunked: copied as it came, framed on the way to find its end.
 	var s h1.ChunkScanner
@@ -594,6 +687,32 @@ func (hc *httpConn) relayBody(head bool, pending int) error {
 			return err
 		}
 	}
+}
+
+// markClose inserts "Connection: close" at the end of the response head,
+// the first pending bytes of the upstream's input, and returns the head's
+// new length.
+func (hc *httpConn) markClose(pending int) int {
+	const field = "Connection: close\r\n"
+	hc.upIn.hold()
+	buf := *hc.upIn.b
+	if hc.upIn.r >= len(field) {
+		// Room before the data: move the head back, leave the body.
+		r := hc.upIn.r
+		copy(buf[r-len(field):], buf[r:r+pending-2])
+		copy(buf[r-len(field)+pending-2:], field)
+		hc.upIn.r -= len(field)
+		return pending + len(field)
+	}
+	if hc.upIn.w+len(field) <= len(buf) {
+		// Room after the data: move the body on.
+		r := hc.upIn.r
+		copy(buf[r+pending-2+len(field):], buf[r+pending-2:hc.upIn.w])
+		copy(buf[r+pending-2:], field)
+		hc.upIn.w += len(field)
+		return pending + len(field)
+	}
+	return pending // no room: the client learns it from the close
 }
 
 // tunnel relays bytes both ways between the client and the upstream after

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,6 +48,14 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 	defer func() {
 		srv.active.Add(-1)
 		srv.m.active.Dec()
+	}()
+	defer func() {
+		// A bug must cost one connection, not every connection of the
+		// process.
+		if r := recover(); r != nil {
+			abort(c.TCPConn)
+			srv.log.Error("origdst: a connection's handler failed; the connection was reset", "peer", c.RemoteAddr().String(), "panic", r, "stack", string(debug.Stack()))
+		}
 	}()
 	pc := &proxyConn{client: c.TCPConn}
 	ctx := srv.track(pc)

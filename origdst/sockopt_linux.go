@@ -106,17 +106,42 @@ func probeMark(mark uint32) error {
 // netpoller parks the goroutine) from EOF. One is made per socket, so
 // that waiting allocates nothing. It is not safe for concurrent use.
 type dataWaiter struct {
-	rc    syscall.RawConn
-	check func(fd uintptr) bool // w.poll, bound once
-	avail int
-	err   error
-	peek  [1]byte
+	rc      syscall.RawConn
+	check   func(fd uintptr) bool // w.poll, bound once
+	peekNow func(fd uintptr)      // w.peekQuiet, bound once
+	avail   int
+	err     error
+	isQuiet bool
+	peek    [1]byte
 }
 
 func newDataWaiter(rc syscall.RawConn) *dataWaiter {
 	w := &dataWaiter{rc: rc}
 	w.check = w.poll
+	w.peekNow = w.peekQuiet
 	return w
+}
+
+// quiet reports whether the socket has nothing to read and is not at EOF,
+// now, without waiting: a kept-alive connection the peer has neither
+// closed nor sent anything on.
+func (w *dataWaiter) quiet() bool {
+	w.isQuiet = false
+	if err := w.rc.Control(w.peekNow); err != nil {
+		return false
+	}
+	return w.isQuiet
+}
+
+func (w *dataWaiter) peekQuiet(fd uintptr) {
+	for {
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&w.peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		w.isQuiet = errno == unix.EAGAIN
+		return
+	}
 }
 
 // wait waits for data or EOF; see dataWaiter.

@@ -32,6 +32,8 @@ func newDataWaiter(syscall.RawConn) *dataWaiter { return &dataWaiter{} }
 
 func (*dataWaiter) wait() (int, error) { return 0, errors.ErrUnsupported }
 
+func (*dataWaiter) quiet() bool { return false }
+
 func stopListening(int) error { return errors.ErrUnsupported }
 
 func listenAgain(int) error { return errors.ErrUnsupported }

@@ -82,6 +82,11 @@ type Request struct {
 	Path []byte
 	// Absolute: the target is in absolute form.
 	Absolute bool
+
+	// checked is how much of an incomplete head a call found no fault in
+	// and no end of; the next call, with the same head longer, goes on
+	// from there.
+	checked int
 }
 
 // Common header names, lower case.
@@ -98,16 +103,27 @@ var (
 
 // ParseRequest parses the request head at the start of b into r, reusing
 // r.Headers' storage. It returns ErrIncomplete when b holds no whole head
-// yet (and is still under MaxHeadBytes), or an *Error.
+// yet (and is still under MaxHeadBytes), or an *Error. After ErrIncomplete
+// r remembers how far the head was checked, and a call with the same head,
+// longer (more bytes read), checks only the new bytes: a head that comes a
+// byte at a time costs time linear in its length. Any other result forgets
+// it; so does Reset.
 func ParseRequest(b []byte, r *Request) error {
-	end := bytes.Index(b, crlfcrlf)
+	from := min(r.checked, len(b))
+	r.checked = 0
+	i := bytes.Index(b[max(from-3, 0):], crlfcrlf)
+	end := -1
+	if i >= 0 {
+		end = max(from-3, 0) + i
+	}
 	if end < 0 {
 		if len(b) >= MaxHeadBytes {
 			return refuse(431, "request header fields too large")
 		}
-		if err := checkPartial(b); err != nil {
+		if err := checkPartial(b, max(from-1, 0)); err != nil {
 			return err
 		}
+		r.checked = len(b)
 		return ErrIncomplete
 	}
 	if end+4 > MaxHeadBytes {
@@ -181,6 +197,9 @@ func ParseRequest(b []byte, r *Request) error {
 		case equalFold(h.Name, hUpgrade):
 			upgrade = h.Value
 		case equalFold(h.Name, hExpect):
+			if r.Minor == 0 {
+				break // ignored in HTTP/1.0 (RFC 9110 10.1.1), as Go's server does
+			}
 			if !equalFold(h.Value, []byte("100-continue")) {
 				return refuse(417, "unsupported expectation")
 			}
@@ -209,12 +228,17 @@ func ParseRequest(b []byte, r *Request) error {
 	return nil
 }
 
+// Reset makes r forget an incomplete head: the next ParseRequest starts
+// a new one.
+func (r *Request) Reset() { r.checked = 0 }
+
 // checkPartial refuses, before the head is whole, what can never become a
-// valid head: a bare LF or CR already received. It keeps a client from
-// holding a connection with a head that is bound to fail.
-func checkPartial(b []byte) error {
-	for i, c := range b {
-		switch c {
+// valid head: a bare LF or CR already received, looking at b from from on.
+// It keeps a client from holding a connection with a head that is bound to
+// fail.
+func checkPartial(b []byte, from int) error {
+	for i := from; i < len(b); i++ {
+		switch c := b[i]; c {
 		case '\n':
 			if i == 0 || b[i-1] != '\r' {
 				return refuse(400, "bare LF")
