@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/realipd/realipd/internal/netnstest"
@@ -212,3 +214,39 @@ func TestEBPFInbound(t *testing.T) {
 	}
 }
 
+// TestEBPFDetachAtOnce: once DetachEBPF returns, no program of the
+// capture is attached any more, so that the next connect goes where it
+// was going ('realipd ebpf detach', then traffic). Removing the pins alone
+// left the links to be released later by the kernel; a few rounds catch
+// that.
+func TestEBPFDetachAtOnce(t *testing.T) {
+	mount := requireEBPF(t, false)
+	pin := newEBPFBPFFS(t)
+	rel, dir := netnstest.NewCgroup(t, mount)
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	t.Cleanup(func() { _ = DetachEBPF(pin) }) // if the test fails half way
+	hooks := []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt}
+	for round := range 100 {
+		c, err := AttachEBPF(EBPFOptions{Cgroup: rel, OutboundPort: 15001, ExcludeMark: 1338, Pin: pin})
+		if err != nil {
+			t.Fatalf("AttachEBPF: %v", err)
+		}
+		c.Close()
+		if err := DetachEBPF(pin); err != nil {
+			t.Fatalf("DetachEBPF: %v", err)
+		}
+		for _, h := range hooks {
+			r, err := link.QueryPrograms(link.QueryOptions{Target: int(cg.Fd()), Attach: h})
+			if err != nil {
+				t.Fatalf("querying the %v programs of the cgroup: %v", h, err)
+			}
+			if len(r.Programs) != 0 {
+				t.Fatalf("round %d: right after DetachEBPF, %d %v program(s) still attached", round, len(r.Programs), h)
+			}
+		}
+	}
+}
