@@ -33,7 +33,8 @@
 // so that an idle connection holds no splice pipe). Connections are
 // bounded in number (MaxConnections), in setup time (DialTimeout,
 // ProxyHeaderTimeout) and in idleness (IdleTimeout: no byte moved either
-// way).
+// way, measured on the monotonic clock, which a step of the wall clock
+// does not move).
 // When Serve's context ends the listeners close, the connections have
 // DrainTimeout to finish and the rest are cut.
 //

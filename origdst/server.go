@@ -42,7 +42,8 @@ type Options struct {
 	// (default DefaultDialTimeout).
 	DialTimeout time.Duration
 	// IdleTimeout closes a proxied connection that moved no byte either
-	// way for this long; 0: never.
+	// way for this long, on the monotonic clock (decide.Monotonic); 0:
+	// never.
 	IdleTimeout time.Duration
 	// DrainTimeout is how long, once Serve's ctx ends, proxied connections
 	// may finish before they are cut; 0 cuts them at once.
@@ -116,6 +117,10 @@ type Server struct {
 	lns      map[*Listener]struct{}  // the listeners accepting
 	draining bool
 	connCtx  context.Context // the connections' context, cancelled when they are cut
+
+	// now is the clock of the idle timeout: decide.Monotonic (tests
+	// inject one).
+	now func() time.Duration
 
 	warnLookup, warnAccept decide.Every
 	cur                    *decide.Current // the decision in force, shared with the other doors
@@ -200,6 +205,7 @@ func New(opts Options, cur *decide.Current) (*Server, error) {
 	policyError := func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() }
 	srv.tcpDoor = decide.Door{Name: decide.DoorTCP, PolicyError: policyError, Logger: log}
 	srv.httpDoor = decide.Door{Name: decide.DoorHTTP, PolicyError: policyError, Logger: log}
+	srv.now = decide.Monotonic
 	srv.dialOn = opts.RunDial
 	srv.reverseProxy = srv.newReverseProxy()
 	srv.v6only = make([]bool, len(listen))
