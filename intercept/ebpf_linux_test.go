@@ -283,6 +283,40 @@ func TestEBPFOutbound(t *testing.T) {
 	ebpfAssertNoIPTables(t, n.ns)
 }
 
+// TestEBPFExcludeMarkZero: ExcludeMark 0 excludes no socket. Every
+// unmarked socket carries mark 0, so a program that compared the mark
+// with it unconditionally left them all alone and captured nothing.
+func TestEBPFExcludeMarkZero(t *testing.T) {
+	mount := requireEBPF(t, false)
+	self, err := ProcessCgroup(0)
+	if err != nil {
+		netnstest.Unavailablef(t, "needs to run in a cgroup v2: %v", err)
+	}
+	n := newEBPFNet(t)
+	rel, dir := netnstest.NewCgroup(t, mount)
+	c, err := AttachEBPF(EBPFOptions{Cgroup: rel, GetsockoptCgroup: self, OutboundPort: n.port})
+	if err != nil {
+		t.Fatalf("AttachEBPF: %v", err)
+	}
+	defer c.Close()
+	dials := []netnstest.Dial{
+		{Family: 4, Addr: ebpfDst4},
+		{Family: 6, Addr: ebpfDst6},
+		{Family: 6, Addr: ebpfDst4in},
+		{Family: 4, Addr: ebpfDst4, Mark: 1338},
+	}
+	want := []string{"captured " + ebpfDst4.String(), "captured " + ebpfDst6.String(), "captured " + ebpfDst4.String(), "captured " + ebpfDst4.String()}
+	got := netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials)
+	for i := range dials {
+		if got[i].Err != "" || got[i].Reply != want[i] {
+			t.Errorf("client dial %+v: got %+v, want %q", dials[i], got[i], want[i])
+		}
+	}
+	if cnt, err := c.Counters(); err != nil || cnt.Captured != 4 || cnt.Excluded != 0 {
+		t.Errorf("counters %+v (%v), want 4 captured and none excluded", cnt, err)
+	}
+}
+
 // ebpfWaitEmpty waits up to d for the hash map m to have no entry and returns
 // how many it has.
 func ebpfWaitEmpty(m *ebpf.Map, d time.Duration) int {
