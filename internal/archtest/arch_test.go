@@ -13,6 +13,8 @@ import (
 const module = "github.com/realipd/realipd"
 
 type pkg struct {
+	Dir        string
+	GoFiles    []string
 	ImportPath string
 	Name       string
 	Doc        string
