@@ -138,11 +138,12 @@ func (n *Netns) IP(t testing.TB, args ...string) string {
 }
 
 // AddAddr gives dev the addresses (CIDRs) and returns once every one can
-// be bound. An IPv6 address is added without duplicate address detection
-// (nodad), and still waited for: the kernel marks an address tentative
-// until its address-configuration work has run, which takes the RTNL lock
-// and may wait behind other namespaces being made or deleted — meanwhile
-// bind(2) to the address fails with EADDRNOTAVAIL, even on lo.
+// be bound. An IPv6 address is added with nodad: without it the kernel
+// marks the address tentative until its address-configuration work has
+// run, which takes the RTNL lock and may wait behind the namespaces other
+// tests make or delete, and bind(2) to the address fails meanwhile with
+// EADDRNOTAVAIL, even on lo. AddAddr still waits until no address of the
+// namespace is tentative (a new link's link-local address included).
 func (n *Netns) AddAddr(t testing.TB, dev string, addrs ...string) {
 	t.Helper()
 	for _, addr := range addrs {
