@@ -18,7 +18,7 @@ FUZZTIME ?= 10s
 BENCH    ?= .
 
 .DEFAULT_GOAL := help
-.PHONY: help build install image image-iptables release test race bench fuzz lint fmt proto proto-check run ci clean
+.PHONY: help build install image image-iptables release test race bench bench-proxies fuzz lint fmt proto proto-check run ci clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,9 @@ race: ## Run every test with the race detector (needs cgo and a C compiler)
 
 bench: ## Run the benchmarks (BENCH=regexp to pick some), with allocations
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem ./...
+
+bench-proxies: ## As root: the native listener beside HAProxy and nginx (bench/proxies.sh; docs/performance.md)
+	bash bench/proxies.sh
 
 fuzz: ## Run each Fuzz target for FUZZTIME (default 10s)
 	@set -e; for pkg in $$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}{{end}}' ./...); do \

@@ -2,6 +2,7 @@ package clientip
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/netip"
 	"slices"
 )
@@ -81,7 +82,7 @@ func NewPrefixSet(prefixes []netip.Prefix) PrefixSet {
 	})
 	merged6 := s.v6[:0]
 	for _, r := range s.v6 {
-		if n := len(merged6); n > 0 && !merged6[n-1].hi.less(r.lo) {
+		if n := len(merged6); n > 0 && (!merged6[n-1].hi.less(r.lo) || merged6[n-1].hi.inc() == r.lo) {
 			if merged6[n-1].hi.less(r.hi) {
 				merged6[n-1].hi = r.hi
 			}
@@ -168,4 +169,76 @@ func (s *PrefixSet) containsV4(x uint32) bool {
 		}
 	}
 	return lo > 0 && x <= r[lo-1].hi
+}
+
+// Prefixes returns the fewest prefixes that cover exactly the addresses of
+// the set: duplicates and prefixes inside others are gone, and adjacent
+// ones are joined where they make a larger prefix (10.0.0.0/25 and
+// 10.0.0.128/25 are 10.0.0.0/24). IPv4 prefixes come first, each family in
+// address order. Its length is the size of a list once merged.
+func (s *PrefixSet) Prefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range s.v4 {
+		lo, hi := uint64(r.lo), uint64(r.hi)
+		for {
+			k := min(bits.TrailingZeros32(uint32(lo)), 32)
+			for lo+(1<<k)-1 > hi {
+				k--
+			}
+			var b [4]byte
+			binary.BigEndian.PutUint32(b[:], uint32(lo))
+			out = append(out, netip.PrefixFrom(netip.AddrFrom4(b), 32-k))
+			lo += 1 << k
+			if lo > hi {
+				break
+			}
+		}
+	}
+	for _, r := range s.v6 {
+		lo := r.lo
+		for {
+			k := 128
+			if lo.hi != 0 || lo.lo != 0 {
+				k = bits.TrailingZeros64(lo.lo)
+				if lo.lo == 0 {
+					k = 64 + bits.TrailingZeros64(lo.hi)
+				}
+			}
+			for r.hi.less(lo.addMask(k)) || lo.addMask(k).less(lo) {
+				k--
+			}
+			var b [16]byte
+			binary.BigEndian.PutUint64(b[:8], lo.hi)
+			binary.BigEndian.PutUint64(b[8:], lo.lo)
+			out = append(out, netip.PrefixFrom(netip.AddrFrom16(b), 128-k))
+			last := lo.addMask(k)
+			if last == r.hi {
+				break
+			}
+			lo = last.inc()
+		}
+	}
+	return out
+}
+
+// addMask returns a + 2^k - 1 (wrapping).
+func (a u128) addMask(k int) u128 {
+	var m u128
+	switch {
+	case k >= 128:
+		m = u128{^uint64(0), ^uint64(0)}
+	case k >= 64:
+		m = u128{uint64(1)<<(k-64) - 1, ^uint64(0)}
+	default:
+		m = u128{0, uint64(1)<<k - 1}
+	}
+	lo, carry := bits.Add64(a.lo, m.lo, 0)
+	hi, _ := bits.Add64(a.hi, m.hi, carry)
+	return u128{hi, lo}
+}
+
+// inc returns a + 1 (wrapping).
+func (a u128) inc() u128 {
+	lo, carry := bits.Add64(a.lo, 1, 0)
+	return u128{a.hi + carry, lo}
 }

@@ -134,9 +134,11 @@ func New(cur *decide.Current, opts Options) (*Server, error) {
 
 // Listen opens the listener for an extproc.listen address: TCP "host:port"
 // or "unix:///path". A stale unix socket file (one nobody accepts on) is
-// removed first; a live one is an error.
+// removed first; a live one is an error. A unix socket is for this
+// process's user alone (mode 0600); listenaddr.Listen shares one with a
+// group (extproc.socket_group).
 func Listen(addr string) (net.Listener, error) {
-	ln, err := listenaddr.Listen(addr)
+	ln, err := listenaddr.Listen(addr, listenaddr.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("extproc: %w", err)
 	}

@@ -307,6 +307,45 @@ func BenchmarkIdleConnections(b *testing.B) {
 	b.ReportMetric(rate, "setup-conns/s")
 }
 
+// BenchmarkIdleHTTPConnections: how much realipd holds per idle
+// keep-alive connection of the HTTP mode (a request served, the client
+// and the upstream connection both kept): 10,000 of them (or as many as
+// RLIMIT_NOFILE allows), Go heap and stacks per connection, and file
+// descriptors per connection (the client's and the upstream's).
+func BenchmarkIdleHTTPConnections(b *testing.B) {
+	want := 10000
+	w := newWorld(b)
+	w.rules(b, intercept.ModeRedirect, intercept.IPv4)
+	target := netip.AddrPortFrom(w.bIP[intercept.IPv4], 8080)
+	n := want
+	if limit := raiseNoFile(b, uint64(2*want+512)); (int(limit)-countFDs(b)-256)/2 < n {
+		n = (int(limit) - countFDs(b) - 256) / 2
+		b.Logf("RLIMIT_NOFILE allows %d files: holding %d connections, not %d", limit, n, want)
+	}
+	var perConn, fdsPerConn float64
+	for i := 0; i < b.N; i++ {
+		r := w.serve(b, Options{Mode: ModeRedirect, Listen: []netip.AddrPort{anyAddr(intercept.IPv4, outboundPort)}, HTTPPorts: []uint16{target.Port()}, MaxConnections: n + 100}, Settings{})
+		up := startHelper(b, w.b, "httpupstream", target, n)
+		up.wait(b, "READY")
+		fds, mem := countFDs(b), settle()
+		clients := startHelper(b, w.a, "httpclients", target, n)
+		clients.wait(b, "HELD")
+		up.wait(b, "HELD")
+		r.waitMetric(b, "active_connections", "", float64(n))
+		perConn = float64(settle()-mem) / float64(n)
+		fdsPerConn = float64(countFDs(b)-fds) / float64(n)
+		clients.stop(b)
+		up.stop(b)
+		r.waitMetric(b, "active_connections", "", 0)
+		if err := r.stop(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(n), "conns")
+	b.ReportMetric(perConn/1024, "KiB/conn")
+	b.ReportMetric(fdsPerConn, "fds/conn")
+}
+
 // settle collects garbage and returns the Go heap and stacks in use.
 func settle() uint64 {
 	var ms runtime.MemStats
@@ -444,6 +483,46 @@ func TestHelperProcess(t *testing.T) {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(3)
 			}
+			conns = append(conns, c)
+		}
+	case "httpupstream":
+		// Answers one request on each connection, then holds it.
+		ln, err := net.Listen("tcp", target)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		fmt.Println("READY")
+		for len(conns) < n {
+			c, err := ln.Accept()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(3)
+			}
+			conns = append(conns, c)
+			go func() {
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	case "httpclients":
+		// Each connection sends one keep-alive request, reads its
+		// answer, and is held.
+		fmt.Println("READY")
+		for len(conns) < n {
+			c, err := net.Dial("tcp", target)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(3)
+			}
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != 200 {
+				fmt.Fprintln(os.Stderr, "httpclients:", err)
+				os.Exit(3)
+			}
+			io.Copy(io.Discard, resp.Body)
 			conns = append(conns, c)
 		}
 	}

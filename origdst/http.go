@@ -4,394 +4,559 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
-	"net/textproto"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
-
-	"golang.org/x/net/http/httpguts"
+	"unsafe"
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/decide"
+	"github.com/realipd/realipd/origdst/internal/h1"
 	"github.com/realipd/realipd/plugins"
 )
 
 // The HTTP mode: connections whose original destination port is one of
-// Options.HTTPPorts are served as HTTP/1.1 (keep-alive included) by the
-// standard library's server, one http.Server per connection. Every
-// request is resolved and decided on, as the ext_proc server does for
-// Envoy, and then forwarded to the original destination by an
-// httputil.ReverseProxy.
+// Options.HTTPPorts are served as HTTP/1.1, keep-alive and pipelining
+// included, by a forwarding path written for the job (not net/http): one
+// goroutine per client connection reads each request head with a strict,
+// bounded parser (internal/h1), resolves and decides on it as the ext_proc
+// server does for Envoy (decide), and forwards it, rewritten in place, over
+// one upstream connection of its own to the connection's original
+// destination; the response goes back as the upstream framed it, its head
+// copied and its body spliced or copied by its framing. There is no shared
+// pool of upstream connections, so nothing can go to one client's upstream
+// connection from another; a connection that waits for its next request
+// holds no buffer.
 
 // Limits of the HTTP mode, Envoy's where Envoy has one.
 const (
-	// maxRequestHeaderBytes is Envoy's default max_request_headers_kb (60
-	// KiB): a request with more header bytes is refused (431).
-	maxRequestHeaderBytes = 60 << 10
-	// requestHeaderTimeout bounds the wait for a request's headers.
+	// requestHeaderTimeout bounds the wait for the rest of a request's
+	// head once its first bytes came.
 	requestHeaderTimeout = 30 * time.Second
-	// idleUpstreamTimeout is how long an upstream connection kept alive
-	// for later requests may stay unused.
-	idleUpstreamTimeout = 60 * time.Second
+	// httpBufSize is the buffer of a connection while it works; heads up
+	// to h1.MaxHeadBytes get a large one.
+	httpBufSize = 8 << 10
+	// spliceAbove is the body size from which a body is spliced from one
+	// socket to the other rather than copied through the buffer.
+	spliceAbove = 64 << 10
+	// maxDrainBody is how much of the body of a request answered without
+	// forwarding (a deny, a refusal) is read and dropped to keep the
+	// connection; a longer one closes it.
+	maxDrainBody = 64 << 10
 )
 
-// upstreamErrorBody answers a request whose original destination could
-// not be reached.
-const upstreamErrorBody = "upstream connect error\n"
+// Bodies of the answers the HTTP mode gives itself.
+const (
+	upstreamErrorBody = "upstream connect error\n"
+	textPlain         = "text/plain; charset=utf-8"
+)
 
-// httpConn serves the requests of one connection.
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, httpBufSize); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, h1.MaxHeadBytes+httpBufSize); return &b }}
+)
+
+func getBuf() *[]byte { return smallBufs.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if b == nil {
+		return
+	}
+	if len(*b) > httpBufSize {
+		largeBufs.Put(b)
+		return
+	}
+	smallBufs.Put(b)
+}
+
+// buffer is a window [r:w) of read but unconsumed bytes in a pooled buffer.
+type buffer struct {
+	b    *[]byte
+	r, w int
+}
+
+func (b *buffer) data() []byte { return (*b.b)[b.r:b.w] }
+
+func (b *buffer) empty() bool { return b.r == b.w }
+
+func (b *buffer) consume(n int) {
+	b.r += n
+	if b.r == b.w {
+		b.r, b.w = 0, 0
+	}
+}
+
+// hold makes sure a buffer is held.
+func (b *buffer) hold() {
+	if b.b == nil {
+		b.b = getBuf()
+	}
+}
+
+// release gives an empty buffer back to its pool.
+func (b *buffer) release() {
+	if b.b != nil && b.empty() {
+		putBuf(b.b)
+		b.b = nil
+	}
+}
+
+// room makes room to read into: it moves the data to the start when the
+// end is full, and grows a full small buffer to a large one when grow.
+func (b *buffer) room(grow bool) []byte {
+	buf := *b.b
+	if b.w == len(buf) && b.r > 0 {
+		n := copy(buf, buf[b.r:b.w])
+		b.r, b.w = 0, n
+	}
+	if b.w == len(buf) && grow && len(buf) == httpBufSize {
+		big := largeBufs.Get().(*[]byte)
+		n := copy(*big, buf[b.r:b.w])
+		putBuf(b.b)
+		b.b, b.r, b.w = big, 0, n
+		buf = *big
+	}
+	return buf[b.w:]
+}
+
+// fill reads once from c into the buffer; grow lets a full small buffer
+// become a large one (a long head).
+func (b *buffer) fill(c *net.TCPConn, pc *proxyConn, grow bool) error {
+	b.hold()
+	room := b.room(grow)
+	if len(room) == 0 {
+		return errBufferFull
+	}
+	n, err := c.Read(room)
+	if n > 0 {
+		b.w += n
+		pc.touch()
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+var errBufferFull = errors.New("origdst: buffer full")
+
+// httpConn serves the requests of one client connection.
 type httpConn struct {
 	srv      *Server
 	pc       *proxyConn
-	peer     string           // the peer as resolution sees it: the TCP peer, or a trusted PROXY header's source
-	peerIP   netip.Addr       // the IP Envoy would append to X-Forwarded-For: that peer's
-	fixed    *clientip.Result // set when a trusted PROXY header names a client that is not an IP: unresolved
+	client   *net.TCPConn
+	reader   *bufferedReader // the client's next request, into in
 	dst      netip.AddrPort
 	listener string
-	handlers sync.WaitGroup // requests being served, upgraded ones included
+	peer     string           // the peer as resolution sees it: the TCP peer, or a trusted PROXY header's source
+	peerIP   []byte           // the IP Envoy would append to X-Forwarded-For: that peer's
+	fixed    *clientip.Result // set when a trusted PROXY header names a client that is not an IP: unresolved
+	idle     atomic.Bool      // waiting for the next request (a drain wakes it)
+
+	in     buffer  // from the client
+	upIn   buffer  // from the upstream
+	outBuf *[]byte // the pooled buffer of out, held while the connection works
+	out    []byte  // a head being written
+
+	up       *net.TCPConn // the upstream connection, nil until the first forwarded request
+	upRC     syscall.RawConn
+	upServed int // responses read on up
+
+	req    h1.Request
+	isHead bool // req is a HEAD: its response has no body
+	resp   h1.Response
+	// Per request, reused: the lines of the header resolution reads, and
+	// the policies' request.
+	lines []string
+	preq  plugins.Request
 }
 
-// rewrite is what one allowed request's forwarding needs; it travels in
-// the request's context to the reverse proxy's Rewrite.
-type rewrite struct {
-	pc             *proxyConn
-	dst            netip.AddrPort
-	decider        *decide.Decider // what decided: which policy headers may be written
-	clientIPHeader string
-	clientIP       string // "" removes the header
-	peerIP         string
-	policy         []plugins.Header
-}
-
-type rewriteKey struct{}
-
-// serveHTTP serves conn, whose first bytes may be pre (read past a PROXY
-// header), as HTTP/1.1 until it closes. res is the client a trusted PROXY
-// header named (its Source is SourceHeader), the peer's (no header, or
-// one that names no source: each request is resolved from the peer and
-// its forwarding header), or unresolved.
+// serveHTTP serves c as HTTP/1.1 until it closes; its first bytes may be
+// pre (read past a PROXY header). res is the client a trusted PROXY
+// header named (its Source is SourceHeader), or the peer's.
 func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Result, listener string) {
-	hc := &httpConn{srv: srv, pc: pc, dst: c.OriginalDst(), listener: listener}
-	pc.touch()
+	hc := &httpConn{srv: srv, pc: pc, client: c.TCPConn, dst: c.OriginalDst(), listener: listener}
+	defer hc.close()
 	peer := addrPortOf(c.RemoteAddr())
+	var ip netip.Addr
 	switch {
 	case res.Source == clientip.SourceHeader:
 		// A trusted proxy speaking PROXY protocol: its source is the
 		// peer, as for Envoy's proxy_protocol listener filter.
-		hc.peerIP = res.IP
+		ip = res.IP
 		hc.peer = netip.AddrPortFrom(res.IP, 0).String()
 	case !res.OK():
 		hc.fixed = &res
-		hc.peerIP = peer.Addr()
+		ip = peer.Addr()
 		hc.peer = peer.String()
 	default:
-		hc.peerIP = peer.Addr()
+		ip = peer.Addr()
 		hc.peer = peer.String()
 	}
-	done := make(chan struct{})
-	var closeDone sync.Once
-	hs := &http.Server{
-		Handler:           hc,
-		ReadHeaderTimeout: requestHeaderTimeout,
-		IdleTimeout:       srv.opts.IdleTimeout,
-		MaxHeaderBytes:    maxRequestHeaderBytes,
-		// OPTIONS * goes to the handler, to be decided on like any
-		// request, not answered by net/http.
-		DisableGeneralOptionsHandler: true,
-		ErrorLog:                     log.New(io.Discard, "", 0),
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateClosed || s == http.StateHijacked {
-				closeDone.Do(func() { close(done) })
-			}
-		},
+	hc.peerIP = ip.Unmap().AppendTo(nil)
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
 	}
-	if !srv.trackHTTP(pc, hs) { // the drain began meanwhile
+	hc.reader = newBufferedReader(rc, &hc.in)
+	if len(pre) > 0 {
+		hc.in.hold()
+		hc.in.w = copy(*hc.in.b, pre) // pre is at most a PROXY header's read-ahead: it fits
+	}
+	if !srv.trackHTTP(pc, hc) { // the drain began meanwhile
 		abort(c.TCPConn)
 		return
 	}
-	_ = hs.Serve(&oneConnListener{conn: &prefixConn{Conn: c.TCPConn, tcp: c.TCPConn, pc: pc, pre: pre}, done: done})
-	// Serve returns once the connection is closed, or hijacked by an
-	// upgrade (WebSocket) that its handler still serves.
-	hc.handlers.Wait()
-	_ = c.TCPConn.Close()
+	pc.touch()
+	for hc.serveOne() {
+	}
 }
 
-// ServeHTTP resolves the client of r, lets the policies decide, and
-// answers a deny itself or forwards r to the original destination.
-func (hc *httpConn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	hc.handlers.Add(1)
-	defer hc.handlers.Done()
-	srv := hc.srv
-	// What Envoy's HTTP connection manager refuses or rewrites before any
-	// filter runs (so ext_proc never sees it) is refused or rewritten
-	// here first.
-	if refusal := envoyRefuses(r); refusal != "" {
-		d := srv.cur.Load()
-		srv.m.deniedHTTP(srv.countersOf(d), decide.PolicyHTTPRefused)
-		srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
-		d.Refuse(r.Context(), &srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst}, decide.PolicyHTTPRefused)
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusForbidden)
-		_, _ = io.WriteString(w, refusal+"\n")
-		return
+// close releases what the connection holds.
+func (hc *httpConn) close() {
+	if hc.up != nil {
+		_ = hc.up.Close()
+		hc.up = nil
 	}
-	d, held := srv.cur.Acquire()
+	_ = hc.client.Close()
+	putBuf(hc.in.b)
+	putBuf(hc.upIn.b)
+	putBuf(hc.outBuf)
+	hc.in.b, hc.upIn.b, hc.outBuf, hc.out = nil, nil, nil, nil
+}
+
+// serveOne serves one request; false ends the connection.
+func (hc *httpConn) serveOne() bool {
+	if hc.in.empty() {
+		if !hc.waitRequest() {
+			return false
+		}
+	}
+	if err := hc.readHead(); err != nil {
+		var he *h1.Error
+		if errors.As(err, &he) {
+			hc.answer(he.Status, he.Reason+"\n", nil, false)
+		}
+		return false
+	}
+	req := &hc.req
+	hc.isHead = bytesEqual(req.Method, "HEAD")
+	d, held := hc.srv.cur.Acquire()
 	if held {
 		defer d.Release()
 	}
-	local := srv.countersOf(d)
-	var res clientip.Result
-	switch {
-	case hc.fixed != nil:
-		res = *hc.fixed
-	case local.header == "":
-		res = d.Resolver().Client(hc.peer, nil)
-	case local.header == "X-Forwarded-For":
-		// Envoy joins the lines of X-Forwarded-For (an inline header)
-		// into one and skips the empty ones.
-		res = d.Resolver().Client(hc.peer, nonBlank(r.Header[local.header]))
-	default:
-		res = d.Resolver().Client(hc.peer, r.Header[local.header])
+	local := hc.srv.countersOf(d)
+	if refusal := envoyRefuses(req); refusal != "" {
+		hc.srv.m.deniedHTTP(local, decide.PolicyHTTPRefused)
+		hc.srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
+		d.Refuse(context.Background(), &hc.srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst}, decide.PolicyHTTPRefused)
+		return hc.answerRequest(http403, refusal+"\n", nil)
 	}
+	res := hc.resolve(d, local)
 	if !res.OK() {
-		srv.m.httpUnresolved.WithLabelValues(res.Reason.String()).Inc()
+		hc.srv.m.httpUnresolved.WithLabelValues(res.Reason.String()).Inc()
 	}
-	o := d.Decide(r.Context(), &srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: res, OriginalDst: hc.dst}, func() *plugins.Request {
-		return &plugins.Request{
+	o := d.Decide(context.Background(), &hc.srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: res, OriginalDst: hc.dst}, func() *plugins.Request {
+		// One per connection, reused: a policy keeps nothing of a
+		// Request once its Decide has returned (plugins.Request).
+		hc.preq = plugins.Request{
 			ClientIP:    res.IP,
 			Peer:        hc.peer,
 			OriginalDst: hc.dst,
 			Resolution:  res,
 			Strategy:    d.Resolver().Strategy(),
-			Headers:     policyHeaders(d.Chain(), r),
+			Headers:     hc.policyHeaders(d.Chain()),
 			Listener:    hc.listener,
 		}
+		return &hc.preq
 	})
 	if o.Deny {
-		srv.m.deniedHTTP(local, o.Policy)
-		hdr := w.Header()
-		for _, ph := range o.Headers {
-			if d.WritableHeader(ph, true) {
-				hdr.Set(ph.Name, ph.Value)
+		hc.srv.m.deniedHTTP(local, o.Policy)
+		return hc.answerRequest(o.Status, o.Body, func(b []byte) []byte {
+			for _, ph := range o.Headers {
+				if d.WritableHeader(ph, true) {
+					b = appendField(b, ph.Name, ph.Value)
+				}
 			}
-		}
-		hdr.Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(o.Status)
-		_, _ = io.WriteString(w, o.Body)
-		return
+			return b
+		})
 	}
-	srv.m.httpAllowed.Inc()
-	rw := &rewrite{pc: hc.pc, dst: hc.dst, decider: d, clientIPHeader: local.clientIPHeader, peerIP: hc.peerIP.Unmap().String(), policy: o.Headers}
-	if res.OK() {
-		rw.clientIP = res.IP.String()
-	}
-	srv.reverseProxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), rewriteKey{}, rw)))
+	hc.srv.m.httpAllowed.Inc()
+	return hc.forward(d, local, res, o.Headers)
 }
 
-// policyHeaders are the headers of r the chain's policies read
-// (plugins.HeaderInputs), names lower-case, with the request's pseudo
-// headers as Envoy gives them (:authority, :method, :path, :scheme);
-// nil when no policy reads any. Names come sorted (net/http keeps no
-// order between names), repeated lines in order.
-func policyHeaders(chain *plugins.Chain, r *http.Request) []plugins.Header {
+// waitRequest waits for the first bytes of the next request without
+// holding a buffer; false when the connection ends (the client closed,
+// realipd cut it, or a drain began).
+func (hc *httpConn) waitRequest() bool {
+	hc.in.release()
+	hc.upIn.release()
+	putBuf(hc.outBuf)
+	hc.outBuf, hc.out = nil, nil
+	hc.idle.Store(true)
+	if hc.srv.httpDraining.Load() {
+		return false
+	}
+	n, err := hc.reader.read()
+	hc.idle.Store(false)
+	if n > 0 {
+		hc.pc.touch()
+	}
+	return err == nil && n > 0 && !hc.srv.httpDraining.Load()
+}
+
+// readHead reads until hc.in holds a whole request head and parses it.
+func (hc *httpConn) readHead() error {
+	deadline := false
+	defer func() {
+		if deadline {
+			_ = hc.client.SetReadDeadline(time.Time{})
+		}
+	}()
+	for {
+		if !hc.in.empty() {
+			err := h1.ParseRequest(hc.in.data(), &hc.req)
+			if err != h1.ErrIncomplete {
+				return err
+			}
+		}
+		if !deadline && !hc.in.empty() {
+			// The head is coming in pieces: bound the wait for the rest.
+			deadline = true
+			_ = hc.client.SetReadDeadline(time.Now().Add(requestHeaderTimeout))
+		}
+		if err := hc.in.fill(hc.client, hc.pc, true); err != nil {
+			return err
+		}
+	}
+}
+
+// resolve resolves the client of hc.req with d.
+func (hc *httpConn) resolve(d *decide.Decider, local *denyCounters) clientip.Result {
+	if hc.fixed != nil {
+		return *hc.fixed
+	}
+	name := local.headerName
+	if name == "" {
+		return d.Resolver().Client(hc.peer, nil)
+	}
+	lines := hc.lines[:0]
+	xff := name == "x-forwarded-for"
+	for _, h := range hc.req.Headers {
+		if h1.EqualFold(h.Name, name) && !(xff && len(h.Value) == 0) {
+			// Envoy joins the lines of X-Forwarded-For (an inline header)
+			// into one and skips the empty ones.
+			lines = append(lines, bytesString(h.Value))
+		}
+	}
+	hc.lines = lines
+	res := d.Resolver().Client(hc.peer, lines)
+	clear(lines) // keep no view of the buffer
+	return res
+}
+
+// policyHeaders are the headers of hc.req the chain's policies read
+// (plugins.HeaderInputs), names lower-case, values copied, with the
+// request's pseudo headers as Envoy gives them (:authority, :method,
+// :path, :scheme) first, then the header lines in request order; nil when
+// no policy reads any.
+func (hc *httpConn) policyHeaders(chain *plugins.Chain) []plugins.Header {
 	names, all := chain.RequestHeaders()
 	if !all && len(names) == 0 {
 		return nil
 	}
-	path := r.RequestURI
-	if r.URL.IsAbs() {
-		// Absolute form (GET http://host/p): Envoy's :path is /p, what
-		// is forwarded.
-		path = r.URL.RequestURI()
-	}
-	pseudo := []plugins.Header{
-		{Name: ":authority", Value: r.Host},
-		{Name: ":method", Value: r.Method},
-		{Name: ":path", Value: path},
-		{Name: ":scheme", Value: "http"},
-	}
+	req := &hc.req
+	want := func(name string) bool { return all || slices.Contains(names, name) }
 	var out []plugins.Header
-	for _, p := range pseudo {
-		if all || slices.Contains(names, p.Name) {
-			out = append(out, p)
-		}
+	if want(":authority") {
+		out = append(out, plugins.Header{Name: ":authority", Value: string(req.Host)})
 	}
-	if all {
-		keys := make([]string, 0, len(r.Header))
-		for k := range r.Header {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			for _, v := range r.Header[k] {
-				out = append(out, plugins.Header{Name: strings.ToLower(k), Value: v})
-			}
-		}
-		return out
+	if want(":method") {
+		out = append(out, plugins.Header{Name: ":method", Value: string(req.Method)})
 	}
-	for _, n := range names {
-		if strings.HasPrefix(n, ":") {
-			continue
-		}
-		for _, v := range r.Header[textproto.CanonicalMIMEHeaderKey(n)] {
-			out = append(out, plugins.Header{Name: n, Value: v})
+	if want(":path") {
+		out = append(out, plugins.Header{Name: ":path", Value: string(originPath(req))})
+	}
+	if want(":scheme") {
+		out = append(out, plugins.Header{Name: ":scheme", Value: "http"})
+	}
+	for _, h := range req.Headers {
+		name := lowerString(h.Name)
+		if want(name) {
+			out = append(out, plugins.Header{Name: name, Value: string(h.Value)})
 		}
 	}
 	return out
 }
 
-// newReverseProxy builds the proxy of the HTTP mode: it forwards each
-// request to its connection's original destination over the server's
-// upstream dials (SO_MARK), keeping upstream connections alive between
-// requests, and answers 503 when the upstream cannot be reached.
-func (srv *Server) newReverseProxy() *httputil.ReverseProxy {
-	transport := &http.Transport{
-		Proxy: nil, // never a proxy from the environment
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return srv.dialUpstream(ctx, addr)
-		},
-		MaxIdleConnsPerHost:    16,
-		IdleConnTimeout:        idleUpstreamTimeout,
-		DisableCompression:     true, // forward the body as the upstream sent it
-		MaxResponseHeaderBytes: 1 << 20,
+// originPath is the request target as the origin server gets it (Envoy's
+// :path): the absolute form's path and query, "/" when it has none.
+func originPath(req *h1.Request) []byte {
+	if !req.Absolute {
+		return req.Path
 	}
-	srv.closeIdleUpstreams = transport.CloseIdleConnections
-	return &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			rw := pr.In.Context().Value(rewriteKey{}).(*rewrite)
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = rw.dst.String()
-			pr.Out.Host = pr.In.Host
-			hdr := pr.Out.Header
-			// A client-sent client-IP header never survives, nor one
-			// spelt with underscores (X_Real_IP), which CGI-style
-			// servers take for the same header.
-			for name := range hdr {
-				if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), rw.clientIPHeader) {
-					delete(hdr, name)
+	if req.Path != nil {
+		return req.Path
+	}
+	// http://host or http://host?q
+	t := req.Target
+	if i := slices.Index(t, '?'); i >= 0 {
+		return append([]byte("/"), t[i:]...)
+	}
+	return []byte("/")
+}
+
+// The status codes the HTTP mode answers with itself.
+const (
+	http403 = 403
+	http400 = 400
+	http503 = 503
+)
+
+// answerRequest answers the current request with status and body (extra
+// adds header fields), after reading and dropping its body when it is
+// short; it reports whether the connection goes on.
+func (hc *httpConn) answerRequest(status int, body string, extra func([]byte) []byte) bool {
+	keep := hc.req.KeepAlive && hc.dropBody()
+	return hc.answer(status, body, extra, keep) && keep
+}
+
+// dropBody reads and drops the current request's head and body, when the
+// body is at most maxDrainBody long; false when it is longer or malformed
+// (the connection must then close).
+func (hc *httpConn) dropBody() bool {
+	req := &hc.req
+	hc.in.consume(req.HeadLen)
+	switch {
+	case req.Chunked:
+		var s h1.ChunkScanner
+		total := 0
+		for !s.Done() {
+			n, _, err := s.Next(hc.in.data())
+			if err != nil {
+				return false
+			}
+			if n == 0 {
+				if total > maxDrainBody || hc.in.fill(hc.client, hc.pc, false) != nil {
+					return false
 				}
+				continue
 			}
-			if rw.clientIP != "" {
-				hdr.Set(rw.clientIPHeader, rw.clientIP)
+			total += n
+			hc.in.consume(n)
+		}
+		return true
+	case req.ContentLength > maxDrainBody:
+		return false
+	case req.ContentLength > 0:
+		left := int(req.ContentLength)
+		for {
+			k := min(left, hc.in.w-hc.in.r)
+			hc.in.consume(k)
+			if left -= k; left == 0 {
+				return true
 			}
-			// Envoy with use_remote_address: true appends the peer to
-			// X-Forwarded-For (one line, the client's lines joined).
-			xff := strings.Join(nonBlank(pr.In.Header["X-Forwarded-For"]), ", ")
-			if xff != "" {
-				xff += ", "
+			if hc.in.fill(hc.client, hc.pc, false) != nil {
+				return false
 			}
-			hdr["X-Forwarded-For"] = []string{xff + rw.peerIP}
-			for _, ph := range rw.policy {
-				if rw.decider.WritableHeader(ph, false) {
-					hdr.Set(ph.Name, ph.Value)
-				}
-			}
-		},
-		Transport:     transport,
-		FlushInterval: -1, // stream responses as they come (server-sent events)
-		ErrorLog:      log.New(io.Discard, "", 0),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if rw, _ := r.Context().Value(rewriteKey{}).(*rewrite); rw != nil && srv.wasCut(rw.pc) {
-				return // realipd cut the client's connection (idle_timeout, the drain)
-			}
-			srv.m.httpUpstreamErrors.Inc()
-			srv.log.Debug("origdst: HTTP request to the original destination failed", "original_dst", r.URL.Host, "error", err)
-			if errors.Is(err, context.Canceled) {
-				return // the client went away
-			}
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = io.WriteString(w, upstreamErrorBody)
-		},
+		}
 	}
+	return true
 }
 
-// dialUpstream connects to an original destination with the server's
-// dialer (SO_MARK, dial_timeout), counting failures.
-func (srv *Server) dialUpstream(ctx context.Context, addr string) (net.Conn, error) {
-	var conn net.Conn
-	var err error
-	dial := func() { conn, err = srv.dial.DialContext(ctx, "tcp", addr) }
-	if srv.dialOn != nil {
-		srv.dialOn(dial)
-	} else {
-		dial()
+// answer writes a response of realipd's own: status, the extra fields,
+// Content-Type, Content-Length and, unless keep, Connection: close. It
+// reports whether the write succeeded.
+func (hc *httpConn) answer(status int, body string, extra func([]byte) []byte, keep bool) bool {
+	b := hc.head()
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, statusText(status)...)
+	b = append(b, "\r\n"...)
+	if extra != nil {
+		b = extra(b)
 	}
-	if err != nil {
-		srv.m.dialErrors.WithLabelValues(dialReason(err)).Inc()
-		return nil, err
+	b = append(b, "Content-Type: "+textPlain+"\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if !keep {
+		b = append(b, "\r\nConnection: close"...)
 	}
-	return conn, nil
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, body...)
+	hc.out = b[:0]
+	_, err := hc.client.Write(b)
+	hc.pc.touch()
+	return err == nil
 }
 
-// oneConnListener hands one connection to an http.Server, then blocks
-// Accept until that connection is closed or hijacked (done), so that
-// Serve returns then.
-type oneConnListener struct {
-	conn net.Conn
-	once sync.Once
-	done chan struct{}
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	var c net.Conn
-	l.once.Do(func() { c = l.conn })
-	if c != nil {
-		return c, nil
+// head returns the head buffer, empty.
+func (hc *httpConn) head() []byte {
+	if hc.outBuf == nil {
+		hc.outBuf = getBuf()
+		hc.out = (*hc.outBuf)[:0]
 	}
-	<-l.done
-	return nil, net.ErrClosed
+	return hc.out[:0]
 }
 
-func (l *oneConnListener) Close() error   { return nil }
-func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
-
-// prefixConn is the client's TCP connection as the HTTP mode uses it:
-// its first bytes read are pre, and every read and write marks the
-// connection active for the idle sweep (idle_timeout holds in the middle
-// of a request and after an upgrade, not only between requests). It is a
-// net.Conn and no more, so that io.Copy of an upgraded connection goes
-// through Read and Write rather than the TCP connection's own ReadFrom
-// and WriteTo.
-type prefixConn struct {
-	net.Conn
-	tcp *net.TCPConn
-	pc  *proxyConn
-	pre []byte
-}
-
-func (c *prefixConn) Read(b []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(b, c.pre)
-		c.pre = c.pre[n:]
-		c.pc.touch()
-		return n, nil
+func statusText(code int) string {
+	switch code {
+	case 400:
+		return "Bad Request"
+	case 403:
+		return "Forbidden"
+	case 417:
+		return "Expectation Failed"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 501:
+		return "Not Implemented"
+	case 502:
+		return "Bad Gateway"
+	case 503:
+		return "Service Unavailable"
 	}
-	n, err := c.tcp.Read(b)
-	if n > 0 {
-		c.pc.touch()
+	if t := http.StatusText(code); t != "" {
+		return t
 	}
-	return n, err
+	return "Status"
 }
 
-func (c *prefixConn) Write(b []byte) (int, error) {
-	n, err := c.tcp.Write(b)
-	if n > 0 {
-		c.pc.touch()
-	}
-	return n, err
+// appendField appends "name: value\r\n".
+func appendField(b []byte, name, value string) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	b = append(b, value...)
+	return append(b, "\r\n"...)
 }
 
-// CloseWrite half-closes the connection (an upgraded connection whose
-// upstream finished sending).
-func (c *prefixConn) CloseWrite() error { return c.tcp.CloseWrite() }
+// bytesString views b as a string without copying; b must not change
+// while the string is in use.
+func bytesString(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
+// lowerString returns b lower-cased, as a new string.
+func lowerString(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return string(out)
+}
 
 // isHTTPPort reports whether connections to port are served as HTTP.
 func (srv *Server) isHTTPPort(port uint16) bool {
@@ -423,97 +588,54 @@ func (srv *Server) setUpHTTP(c *Conn) (pre []byte, res clientip.Result, err erro
 	return rest, res, nil
 }
 
-// trackHTTP records the server of an HTTP connection, so that a drain can
-// end its keep-alive; false when the drain has begun.
-func (srv *Server) trackHTTP(pc *proxyConn, hs *http.Server) bool {
+// trackHTTP records an HTTP connection, so that a drain can end its
+// keep-alive; false when the drain has begun.
+func (srv *Server) trackHTTP(pc *proxyConn, hc *httpConn) bool {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if srv.draining {
 		return false
 	}
-	srv.httpServers[pc] = hs
+	srv.httpConns[pc] = hc
 	pc.http = true // idle-swept from now on
 	return true
 }
 
 // drainHTTP ends the keep-alive of every HTTP connection: idle ones close
-// now, the others after the response in progress (http.Server.Shutdown);
-// the drain timeout still cuts what is left.
+// now, the others after the response in progress; the drain timeout still
+// cuts what is left.
 func (srv *Server) drainHTTP() {
+	srv.httpDraining.Store(true)
 	srv.mu.Lock()
-	servers := make([]*http.Server, 0, len(srv.httpServers))
-	for _, hs := range srv.httpServers {
-		servers = append(servers, hs)
+	conns := make([]*httpConn, 0, len(srv.httpConns))
+	for _, hc := range srv.httpConns {
+		conns = append(conns, hc)
 	}
 	srv.mu.Unlock()
-	for _, hs := range servers {
-		hs.SetKeepAlivesEnabled(false)
-		go func() { _ = hs.Shutdown(context.Background()) }()
-	}
-	if srv.closeIdleUpstreams != nil {
-		srv.closeIdleUpstreams()
-	}
-}
-
-// envoyRefuses says why Envoy's HTTP connection manager, as realipd's xDS
-// control plane configures it, would refuse r before its filters run, or
-// "" when it would not; it strips an h2c upgrade from r, as Envoy's
-// HTTP/1 codec does, and forwards the request without it. Envoy takes
-// WebSocket upgrades only (upgrade_configs) and no CONNECT; anything else
-// would be tunnelled past the policies and the client-IP header.
-func envoyRefuses(r *http.Request) string {
-	if r.Method == http.MethodConnect {
-		return "CONNECT is not allowed"
-	}
-	upgrade := r.Header.Get("Upgrade")
-	if upgrade == "" {
-		return ""
-	}
-	if httpguts.HeaderValuesContainsToken(r.Header["Upgrade"], "h2c") {
-		r.Header.Del("Upgrade")
-		r.Header.Del("Http2-Settings")
-		var keep []string
-		for _, v := range r.Header["Connection"] {
-			for _, tok := range strings.Split(v, ",") {
-				tok = strings.TrimSpace(tok)
-				if tok != "" && !strings.EqualFold(tok, "upgrade") && !strings.EqualFold(tok, "http2-settings") {
-					keep = append(keep, tok)
-				}
-			}
-		}
-		r.Header.Del("Connection")
-		if len(keep) > 0 {
-			r.Header.Set("Connection", strings.Join(keep, ", "))
-		}
-		return ""
-	}
-	if httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") && !strings.EqualFold(strings.TrimSpace(upgrade), "websocket") {
-		return "upgrade to " + strconvQuote(upgrade) + " is not allowed"
-	}
-	return ""
-}
-
-// strconvQuote quotes s for a one-line answer, at most 64 bytes of it.
-func strconvQuote(s string) string {
-	if len(s) > 64 {
-		s = s[:64]
-	}
-	return strconv.Quote(s)
-}
-
-// nonBlank returns lines without the blank ones (lines itself when there
-// are none).
-func nonBlank(lines []string) []string {
-	if !slices.ContainsFunc(lines, isBlank) {
-		return lines
-	}
-	out := make([]string, 0, len(lines))
-	for _, l := range lines {
-		if !isBlank(l) {
-			out = append(out, l)
+	for _, hc := range conns {
+		// A connection that marked itself idle before the drain began is
+		// woken (its wait ends at the deadline); one that marks itself
+		// after sees the drain (see waitRequest).
+		if hc.idle.Load() {
+			_ = hc.client.SetReadDeadline(time.Unix(1, 0))
 		}
 	}
-	return out
 }
 
-func isBlank(s string) bool { return strings.TrimSpace(s) == "" }
+// dialUpstream connects to an original destination with the server's
+// dialer (SO_MARK, dial_timeout), counting failures.
+func (srv *Server) dialUpstream(ctx context.Context, addr string) (net.Conn, error) {
+	var conn net.Conn
+	var err error
+	dial := func() { conn, err = srv.dial.DialContext(ctx, "tcp", addr) }
+	if srv.dialOn != nil {
+		srv.dialOn(dial)
+	} else {
+		dial()
+	}
+	if err != nil {
+		srv.m.dialErrors.WithLabelValues(dialReason(err)).Inc()
+		return nil, err
+	}
+	return conn, nil
+}

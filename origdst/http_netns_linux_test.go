@@ -51,6 +51,11 @@ func (w *world) httpApp(t testing.TB, addr netip.AddrPort) {
 				brw.Flush()
 			}
 		}
+		if r.URL.Path == "/body" {
+			body, err := io.ReadAll(r.Body)
+			json.NewEncoder(rw).Encode(map[string]any{"header": r.Header, "body": string(body), "trailer": r.Trailer, "error": fmt.Sprint(err)})
+			return
+		}
 		json.NewEncoder(rw).Encode(r.Header)
 	}))
 }
@@ -265,6 +270,105 @@ func TestHTTPModeNetns(t *testing.T) {
 					if strings.EqualFold(strings.ReplaceAll(name, "_", "-"), "x-real-ip") && (name != "X-Real-Ip" || len(v) != 1 || v[0] != src.Addr().String()) {
 						t.Errorf("the upstream got %s: %q", name, v)
 					}
+				}
+			})
+
+			t.Run("ambiguous framing refused before anything goes upstream", func(t *testing.T) {
+				allowed := func() float64 { return r.metric(t, "http_requests_total", "allow") }
+				for _, tc := range []struct {
+					raw    string
+					status int
+				}{
+					{"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400},
+					{"POST /x HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400},
+					{"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400},
+					{"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: +3\r\n\r\nabc", 400},
+					{"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 3, 3\r\n\r\nabc", 400},
+					{"GET /x HTTP/1.1\r\nHost: app\r\nX-A: b\r\n c\r\n\r\n", 400},
+					{"GET /x HTTP/1.1\nHost: app\r\n\r\n", 400},
+					{"GET /x HTTP/1.1\r\nHost: app\r\nX-A : b\r\n\r\n", 400},
+					{"POST /x HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+					{"GET /x HTTP/1.1\r\n\r\n", 400},
+				} {
+					before := allowed()
+					c, br := conn()
+					if resp, body := roundTrip(t, c, br, tc.raw); resp.StatusCode != tc.status {
+						t.Errorf("%q: %d %q, want %d", tc.raw, resp.StatusCode, body, tc.status)
+					}
+					if allowed() != before {
+						t.Errorf("%q was forwarded", tc.raw)
+					}
+				}
+			})
+
+			t.Run("a malformed chunked body: 400, not an upstream error", func(t *testing.T) {
+				upErrors := r.metric(t, "http_upstream_errors_total", "")
+				for _, raw := range []string{
+					"POST /body HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+					"POST /body HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+					"POST /body HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n",
+				} {
+					c, br := conn()
+					if resp, body := roundTrip(t, c, br, raw); resp.StatusCode != http.StatusBadRequest {
+						t.Errorf("%q: %d %q, want 400", raw, resp.StatusCode, body)
+					}
+				}
+				if n := r.metric(t, "http_upstream_errors_total", ""); n != upErrors {
+					t.Errorf("malformed request bodies counted as %v upstream errors", n-upErrors)
+				}
+			})
+
+			t.Run("bodies, and no trailer forwarded", func(t *testing.T) {
+				c, br := conn()
+				type echoed struct {
+					Header  http.Header
+					Body    string
+					Trailer http.Header
+				}
+				for _, tc := range []struct{ raw, body string }{
+					{"POST /body HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nhello", "hello"},
+					{"POST /body HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nX-Real-IP: 6.6.6.6\r\nX-Other: 1\r\n\r\n", "hello"},
+				} {
+					resp, body := roundTrip(t, c, br, tc.raw)
+					var got echoed
+					if err := json.Unmarshal([]byte(body), &got); resp.StatusCode != 200 || err != nil {
+						t.Fatalf("%q: %d %q", tc.raw, resp.StatusCode, body)
+					}
+					if got.Body != tc.body || len(got.Trailer) != 0 || got.Header.Get("X-Real-Ip") != src.Addr().String() {
+						t.Errorf("%q: the upstream got body %q, trailer %v, x-real-ip %q", tc.raw, got.Body, got.Trailer, got.Header.Get("X-Real-Ip"))
+					}
+				}
+			})
+
+			t.Run("pipelined requests, each decided", func(t *testing.T) {
+				before := rec.count()
+				c, br := conn()
+				io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: app\r\n\r\nGET /2 HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n")
+				for i := range 2 {
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatalf("response %d: %v", i, err)
+					}
+					body, _ := io.ReadAll(resp.Body)
+					var got http.Header
+					if err := json.Unmarshal(body, &got); resp.StatusCode != 200 || err != nil || got.Get("X-Real-Ip") != src.Addr().String() {
+						t.Errorf("response %d: %d %q", i, resp.StatusCode, body)
+					}
+				}
+				if n := rec.count() - before; n != 2 {
+					t.Errorf("%d decisions for two pipelined requests", n)
+				}
+			})
+
+			t.Run("naming realipd's headers in Connection does not strip them", func(t *testing.T) {
+				c, br := conn()
+				resp, body := roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, X-Real-IP, X-Forwarded-For\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 1.2.3.4\r\n\r\n")
+				var got http.Header
+				if err := json.Unmarshal([]byte(body), &got); resp.StatusCode != 200 || err != nil {
+					t.Fatalf("%d %q", resp.StatusCode, body)
+				}
+				if ip, xff := got.Get("X-Real-Ip"), got.Values("X-Forwarded-For"); ip != src.Addr().String() || len(xff) != 1 || xff[0] != "6.6.6.6, "+src.Addr().String() {
+					t.Errorf("the upstream got x-real-ip %q, X-Forwarded-For %q; want %v and the client's line with it appended", ip, xff, src.Addr())
 				}
 			})
 

@@ -217,9 +217,10 @@ func newHandoffMetrics(reg prometheus.Registerer) (*handoffMetrics, error) {
 type denyCounters struct {
 	tcp  map[string]prometheus.Counter // connections_refused_total{reason="policy_deny"}
 	http map[string]prometheus.Counter // http_requests_total{decision="deny"}; nil without HTTP ports
-	// The Decider's header names as net/http spells them (canonical):
-	// the one its resolver reads ("" for none), and the client-IP header.
-	header, clientIPHeader string
+	// The Decider's header names: the one its resolver reads,
+	// lower-case ("" for none), and the client-IP header as net/http
+	// spells it (canonical), which the HTTP mode writes.
+	headerName, clientIPHeader string
 }
 
 // countersKey names the server's counters of one Decider (countersOf).
@@ -230,9 +231,7 @@ func (srv *Server) countersOf(d *decide.Decider) *denyCounters {
 	return d.Local(countersKey, func(d *decide.Decider) any {
 		names := d.PolicyNames()
 		c := &denyCounters{tcp: make(map[string]prometheus.Counter, len(names)), clientIPHeader: textproto.CanonicalMIMEHeaderKey(d.ClientIPHeader())}
-		if h := d.Resolver().Header(); h != "" {
-			c.header = textproto.CanonicalMIMEHeaderKey(h)
-		}
+		c.headerName = d.Resolver().Header()
 		for _, n := range names {
 			c.tcp[n] = srv.m.refusedBy.WithLabelValues(refusedPolicyDeny.String(), n)
 		}

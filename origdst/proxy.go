@@ -362,7 +362,7 @@ func (srv *Server) pipe(pc *proxyConn, up *net.TCPConn, pre []byte, detect bool)
 }
 
 // relay copies from src to dst until src's EOF. It waits for src to have
-// data without holding anything (waitData), then moves exactly what is
+// data without holding anything (dataWaiter), then moves exactly what is
 // there with io.CopyN between the two *net.TCPConn, which splices in the
 // kernel. (A plain io.Copy splices too, but holds a pipe, two file
 // descriptors, for as long as it waits: an idle connection would keep two
@@ -372,8 +372,9 @@ func (srv *Server) relay(pc *proxyConn, dst, src *net.TCPConn, moved prometheus.
 	if err != nil {
 		return err
 	}
+	w := newDataWaiter(rc)
 	for {
-		avail, err := waitData(rc)
+		avail, err := w.wait()
 		if err != nil {
 			return err
 		}
@@ -407,7 +408,7 @@ func (srv *Server) untrack(pc *proxyConn) {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	delete(srv.conns, pc)
-	delete(srv.httpServers, pc)
+	delete(srv.httpConns, pc)
 }
 
 // setUpstream records pc's upstream connection; false when pc was cut

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"sync"
@@ -126,10 +124,9 @@ type Server struct {
 	cur                    *decide.Current // the decision in force, shared with the other doors
 	tcpDoor, httpDoor      decide.Door
 
-	httpPorts          []uint16
-	reverseProxy       *httputil.ReverseProxy // the HTTP mode's forwarding
-	closeIdleUpstreams func()
-	httpServers        map[*proxyConn]*http.Server // the HTTP connections' servers; guarded by mu
+	httpPorts    []uint16
+	httpConns    map[*proxyConn]*httpConn // the HTTP connections; guarded by mu
+	httpDraining atomic.Bool              // the drain ends the HTTP connections' keep-alive
 }
 
 // New checks opts and builds a Server deciding with cur, which the other
@@ -190,24 +187,23 @@ func New(opts Options, cur *decide.Current) (*Server, error) {
 		return nil, err
 	}
 	srv := &Server{
-		opts:        opts,
-		log:         log,
-		m:           m,
-		conns:       map[*proxyConn]struct{}{},
-		lns:         map[*Listener]struct{}{},
-		connCtx:     context.Background(),
-		warnLookup:  decide.Every{Interval: 10 * time.Second},
-		warnAccept:  decide.Every{Interval: 10 * time.Second},
-		cur:         cur,
-		httpPorts:   httpPorts,
-		httpServers: map[*proxyConn]*http.Server{},
+		opts:       opts,
+		log:        log,
+		m:          m,
+		conns:      map[*proxyConn]struct{}{},
+		lns:        map[*Listener]struct{}{},
+		connCtx:    context.Background(),
+		warnLookup: decide.Every{Interval: 10 * time.Second},
+		warnAccept: decide.Every{Interval: 10 * time.Second},
+		cur:        cur,
+		httpPorts:  httpPorts,
+		httpConns:  map[*proxyConn]*httpConn{},
 	}
 	policyError := func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() }
 	srv.tcpDoor = decide.Door{Name: decide.DoorTCP, PolicyError: policyError, Logger: log}
 	srv.httpDoor = decide.Door{Name: decide.DoorHTTP, PolicyError: policyError, Logger: log}
 	srv.now = decide.Monotonic
 	srv.dialOn = opts.RunDial
-	srv.reverseProxy = srv.newReverseProxy()
 	srv.v6only = make([]bool, len(listen))
 	for i, a := range listen {
 		if a.Addr().Is6() && a.Addr().IsUnspecified() {
@@ -514,6 +510,37 @@ func (srv *Server) isDraining() bool {
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	return srv.draining
+}
+
+// ServeConn serves one connection that the caller accepted itself and
+// whose original destination it knows, as a capture listener's connection
+// is served: the connection limit, the PROXY header, the policies, then
+// the TCP proxy or, for an HTTP port, the HTTP mode; listener names it to
+// the policies. It returns once the connection is done. The server must be
+// serving (ServeListeners, Serve or Handoff.Serve running, not draining);
+// otherwise c is closed and an error returned. It is for callers with
+// listeners of their own, and for tests that need no capture listener.
+func (srv *Server) ServeConn(c *net.TCPConn, originalDst netip.AddrPort, listener string) error {
+	srv.mu.Lock()
+	if !srv.serving.Load() || srv.draining {
+		srv.mu.Unlock()
+		abort(c)
+		return errors.New("origdst: not serving")
+	}
+	srv.handlers.Add(1)
+	srv.mu.Unlock()
+	srv.m.accepted.Inc()
+	if srv.active.Add(1) > int64(srv.opts.MaxConnections) {
+		srv.active.Add(-1)
+		srv.handlers.Done()
+		abort(c)
+		srv.m.refused[refusedLimit].Inc()
+		return errors.New("origdst: max_connections reached")
+	}
+	srv.m.active.Inc()
+	dst := netip.AddrPortFrom(originalDst.Addr().Unmap(), originalDst.Port())
+	srv.serveConn(&Conn{TCPConn: c, Accepted: time.Now(), dst: dst}, listener)
+	return nil
 }
 
 // acceptLoop accepts on ln until it is closed. Accept errors other than

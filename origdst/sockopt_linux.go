@@ -99,43 +99,63 @@ func probeMark(mark uint32) error {
 	return setMark(fd, mark)
 }
 
-// waitData waits until the socket of rc has data or is at EOF, without
-// reading anything, and returns how many bytes it can read now: 0 at EOF.
-// It asks the kernel (SIOCINQ), and when that says 0, peeks at one byte to
-// tell "nothing yet" (wait: Go's netpoller parks the goroutine) from EOF.
-func waitData(rc syscall.RawConn) (avail int, err error) {
-	var serr error
-	err = rc.Read(func(fd uintptr) bool {
-		for {
-			n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-			if err != nil {
-				serr = err
-				return true
-			}
-			if n > 0 {
-				avail = n
-				return true
-			}
-			var b [1]byte
-			m, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false // nothing yet: wait for readability
-			case err != nil:
-				serr = err
-				return true
-			case m == 0:
-				return true // EOF
-			}
-			// Data arrived between the two calls: ask again.
-		}
-	})
+// dataWaiter waits until a socket has data or is at EOF, without reading
+// anything (so that a connection waiting holds no buffer), and says how
+// many bytes it can read now: 0 at EOF. It asks the kernel (SIOCINQ), and
+// when that says 0, peeks at one byte to tell "nothing yet" (wait: Go's
+// netpoller parks the goroutine) from EOF. One is made per socket, so
+// that waiting allocates nothing. It is not safe for concurrent use.
+type dataWaiter struct {
+	rc    syscall.RawConn
+	check func(fd uintptr) bool // w.poll, bound once
+	avail int
+	err   error
+	peek  [1]byte
+}
+
+func newDataWaiter(rc syscall.RawConn) *dataWaiter {
+	w := &dataWaiter{rc: rc}
+	w.check = w.poll
+	return w
+}
+
+// wait waits for data or EOF; see dataWaiter.
+func (w *dataWaiter) wait() (avail int, err error) {
+	w.avail, w.err = 0, nil
+	err = w.rc.Read(w.check)
 	if err == nil {
-		err = serr
+		err = w.err
 	}
-	return avail, err
+	return w.avail, err
+}
+
+// poll is the readiness check of wait: true when done.
+func (w *dataWaiter) poll(fd uintptr) bool {
+	for {
+		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			w.err = err
+			return true
+		}
+		if n > 0 {
+			w.avail = n
+			return true
+		}
+		// recvfrom(MSG_PEEK) without x/sys's Sockaddr, which allocates.
+		m, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&w.peek[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN:
+			return false // nothing yet: wait for readability
+		case errno != 0:
+			w.err = errno
+			return true
+		case m == 0:
+			return true // EOF
+		}
+		// Data arrived between the two calls: ask again.
+	}
 }
 
 // stopListening makes a listening TCP socket stop listening while it stays
@@ -160,4 +180,60 @@ func listenAgain(fd int) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	return nil
+}
+
+// bufferedReader reads a socket into a buffer it takes from a pool only
+// when there is something to read: a connection that waits for its next
+// request holds no buffer, yet reading costs the same system calls as a
+// plain Read (a read that finds nothing, the wait, the read). One is made
+// per socket; it is not safe for concurrent use.
+type bufferedReader struct {
+	rc    syscall.RawConn
+	check func(fd uintptr) bool // r.try, bound once
+	buf   *buffer
+	n     int
+	err   error
+}
+
+func newBufferedReader(rc syscall.RawConn, buf *buffer) *bufferedReader {
+	r := &bufferedReader{rc: rc, buf: buf}
+	r.check = r.try
+	return r
+}
+
+// read waits until the socket has data, then reads what is there into the
+// buffer (taking one from the pool if it holds none); n == 0 with a nil
+// error is EOF.
+func (r *bufferedReader) read() (n int, err error) {
+	r.n, r.err = 0, nil
+	err = r.rc.Read(r.check)
+	if err == nil {
+		err = r.err
+	}
+	return r.n, err
+}
+
+// try is the readiness check of read: true when done.
+func (r *bufferedReader) try(fd uintptr) bool {
+	held := r.buf.b != nil
+	r.buf.hold()
+	room := r.buf.room(false)
+	for {
+		n, err := unix.Read(int(fd), room)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			if !held && r.buf.empty() {
+				r.buf.release() // wait without it
+			}
+			return false
+		case err != nil:
+			r.err = err
+			return true
+		}
+		r.buf.w += n
+		r.n = n
+		return true
+	}
 }

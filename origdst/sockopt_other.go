@@ -26,8 +26,18 @@ func setMark(int, uint32) error { return errors.ErrUnsupported }
 
 func probeMark(uint32) error { return errors.ErrUnsupported }
 
-func waitData(syscall.RawConn) (int, error) { return 0, errors.ErrUnsupported }
+type dataWaiter struct{}
+
+func newDataWaiter(syscall.RawConn) *dataWaiter { return &dataWaiter{} }
+
+func (*dataWaiter) wait() (int, error) { return 0, errors.ErrUnsupported }
 
 func stopListening(int) error { return errors.ErrUnsupported }
 
 func listenAgain(int) error { return errors.ErrUnsupported }
+
+type bufferedReader struct{}
+
+func newBufferedReader(syscall.RawConn, *buffer) *bufferedReader { return &bufferedReader{} }
+
+func (*bufferedReader) read() (int, error) { return 0, errors.ErrUnsupported }

@@ -19,8 +19,9 @@ import (
 	"github.com/realipd/realipd/clientip"
 )
 
-// Request is what a policy decides on. Policies must not modify it or keep
-// references to its slices after Decide returns.
+// Request is what a policy decides on. Policies must not modify it, nor
+// keep it or references to its slices after Decide returns: a caller may
+// reuse it for its next request (the native HTTP mode does).
 type Request struct {
 	ClientIP    netip.Addr      // the resolved client IP; invalid when none was found
 	Peer        string          // the peer as received ("ip:port"), may be empty

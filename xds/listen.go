@@ -9,9 +9,11 @@ import (
 
 // Listen opens the listener for an xds.listen address: TCP "host:port" or
 // "unix:///path". A stale unix socket file (one nobody accepts on) is removed
-// first; a live one, or a path that is not a socket, is an error.
+// first; a live one, or a path that is not a socket, is an error. A unix
+// socket is for this process's user alone (mode 0600); listenaddr.Listen
+// shares one with a group (xds.socket_group).
 func Listen(addr string) (net.Listener, error) {
-	ln, err := listenaddr.Listen(addr)
+	ln, err := listenaddr.Listen(addr, listenaddr.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
 	}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/listenaddr"
+	"github.com/realipd/realipd/listsource"
 	"github.com/realipd/realipd/xds"
 )
 
@@ -23,7 +25,7 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump
 	if err != nil {
 		return role{}, nil, err
 	}
-	ln, err := bindRole("admin", "admin.listen", cfg.Admin.Listen)
+	ln, err := bindRole("admin", "admin.listen", cfg.Admin.Listen, listenaddr.Options{})
 	if err != nil {
 		return role{}, nil, err
 	}
@@ -35,12 +37,15 @@ func adminRole(cfg *config.Config, logger *slog.Logger, reg admin.Registry, dump
 
 // configDump is what /config_dump shows: the configuration in force (which
 // a reload replaces), the plugins' settings redacted, the xDS version
-// served and each node's versions, and the native listener's fallback (with auto, who holds each
-// capture port).
+// served and each node's versions, the native listener's fallback (with auto, who holds each
+// capture port), and the list sources' state.
 type configDump struct {
 	Config  *config.Config `json:"config"`
 	XDS     *xdsDump       `json:"xds,omitempty"`
 	OrigDst *origdstDump   `json:"origdst,omitempty"`
+	// ListSources are the list sources in force: each one's URLs
+	// (redacted) or file, entries, age, ETag, and last refusal.
+	ListSources []listsource.Status `json:"list_sources,omitempty"`
 }
 
 type xdsDump struct {
@@ -57,6 +62,11 @@ func (s *serving) configDump() any {
 	}
 	if s.origdstDump != nil {
 		d.OrigDst = s.origdstDump()
+	}
+	if s.listSources != nil {
+		for _, src := range s.listSources() {
+			d.ListSources = append(d.ListSources, src.Status())
+		}
 	}
 	return d
 }

@@ -5,11 +5,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/realipd/realipd/decide"
-	"github.com/realipd/realipd/extproc/extproctest"
 	"github.com/realipd/realipd/intercept"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/netnstest"
@@ -26,49 +23,6 @@ import (
 	"github.com/realipd/realipd/origdst"
 	"github.com/realipd/realipd/plugins"
 )
-
-// uaPolicy reads request headers (HeaderInputs): it denies the user agent
-// "evil" with its own status, body and header, and tags every other
-// request with the path it saw.
-type uaPolicy struct{}
-
-func (uaPolicy) RequestHeaders() ([]string, bool) { return []string{":path", "user-agent"}, false }
-
-func (uaPolicy) Decide(_ context.Context, req *plugins.Request) (plugins.Decision, error) {
-	var path, ua string
-	for _, h := range req.Headers {
-		switch h.Name {
-		case ":path":
-			path = h.Value
-		case "user-agent":
-			ua = h.Value
-		}
-	}
-	if ua == "evil" {
-		return plugins.Decision{Deny: true, Status: 429, Body: "slow down\n", Headers: []plugins.Header{{Name: "retry-after", Value: "7"}}}, nil
-	}
-	return plugins.Decision{Headers: []plugins.Header{{Name: "x-policy-tag", Value: "path=" + path}}}, nil
-}
-
-// httpCase is one request of the shared table: a configuration, the peer
-// (an address of the client namespace) and the header lines it sends.
-type httpCase struct {
-	name    string
-	config  string // YAML: trust, extproc and policies sections
-	policy  plugins.Policy
-	peer    string
-	headers [][2]string
-	// want is the client IP header the upstream gets ("" for none), or,
-	// for a deny, "deny <status>".
-	want string
-}
-
-// answer is what a request came to, on either path.
-type answer struct {
-	decision string // "allow" or "deny <status> <body>"
-	clientIP string // the client IP header the upstream gets; "" removed
-	tag      string // the header the policy adds
-}
 
 // TestHTTPModeAgreesWithExtProc runs one table of requests through the
 // ext_proc server (over a real gRPC connection, with the X-Forwarded-For
@@ -82,56 +36,8 @@ type answer struct {
 // its own; the upstream gets X-Forwarded-For with the peer appended, as
 // Envoy sends it.
 func TestHTTPModeAgreesWithExtProc(t *testing.T) {
-	const (
-		range77 = "trust: {strategy: rightmost_trusted_range, trusted_cidrs: [10.77.0.128/25, 10.1.0.0/16, 'fd77::100/120']}\n"
-		untV4   = "10.77.0.2"
-		trV4    = "10.77.0.200"
-		untV6   = "fd77::2"
-		trV6    = "fd77::105"
-	)
-	xff := func(v string) [2]string { return [2]string{"X-Forwarded-For", v} }
-	cases := []httpCase{
-		{name: "untrusted peer, spoofed XFF and x-real-ip", config: range77, peer: untV4,
-			headers: [][2]string{xff("6.6.6.6"), {"X-Real-IP", "6.6.6.6"}}, want: untV4},
-		{name: "trusted peer, forwarded client", config: range77, peer: trV4, headers: [][2]string{xff("198.51.100.9, 10.1.2.3")}, want: "198.51.100.9"},
-		{name: "trusted peer, two XFF lines", config: range77, peer: trV4, headers: [][2]string{xff("203.0.113.1"), xff("198.51.100.9, 10.1.2.3")}, want: "198.51.100.9"},
-		{name: "trusted peer, an empty XFF line (Envoy skips it)", config: range77, peer: trV4, headers: [][2]string{xff("198.51.100.9"), xff("")}, want: "198.51.100.9"},
-		{name: "trusted peer, a client-sent x-real-ip is replaced", config: range77, peer: trV4,
-			headers: [][2]string{{"X-Real-IP", "1.2.3.4"}, xff("198.51.100.9")}, want: "198.51.100.9"},
-		{name: "trusted peer, no header: the peer", config: range77, peer: trV4, want: trV4},
-		{name: "trusted peer, all trusted: the peer", config: range77, peer: trV4, headers: [][2]string{xff("10.1.2.3, 10.77.0.130")}, want: trV4},
-		{name: "invalid decisive entry: unresolved, denied", config: range77, peer: trV4, headers: [][2]string{xff("8.8.8.8, bogus")}, want: "deny 403"},
-		{name: "unresolved, on_unresolved pass: the header removed", config: "trust: {strategy: rightmost_trusted_range, trusted_cidrs: [10.77.0.128/25], on_unresolved: pass}\n",
-			peer: trV4, headers: [][2]string{xff("8.8.8.8, bogus"), {"X-Real-IP", "1.2.3.4"}}, want: ""},
-		{name: "cidr deny of the resolved client, deny_status", config: range77 + "extproc: {deny_status: 429}\npolicies: [{name: block, type: cidr, deny: [198.51.100.0/24]}]\n",
-			peer: trV4, headers: [][2]string{xff("198.51.100.9")}, want: "deny 429"},
-		{name: "cidr allow list passes the client", config: range77 + "policies: [{name: only, type: cidr, allow: [198.51.100.0/24]}]\n",
-			peer: trV4, headers: [][2]string{xff("198.51.100.9")}, want: "198.51.100.9"},
-		{name: "cidr allow list: the peer itself is not in it", config: range77 + "policies: [{name: only, type: cidr, allow: [198.51.100.0/24]}]\n",
-			peer: untV4, headers: [][2]string{xff("198.51.100.9")}, want: "deny 403"},
-		{name: "custom client IP header", config: range77 + "extproc: {client_ip_header: x-client-ip}\n", peer: trV4,
-			headers: [][2]string{xff("198.51.100.9"), {"X-Client-IP", "6.6.6.6"}}, want: "198.51.100.9"},
-		{name: "Forwarded header", config: "trust: {strategy: rightmost_trusted_range, header: Forwarded, trusted_cidrs: [10.77.0.128/25]}\n", peer: trV4,
-			headers: [][2]string{{"Forwarded", `for=192.0.2.60;proto=http, for="[2001:db8::7]:443"`}}, want: "2001:db8::7"},
-		{name: "single_header CF-Connecting-IP", config: "trust: {strategy: single_header, header: CF-Connecting-IP}\n", peer: trV4,
-			headers: [][2]string{{"CF-Connecting-IP", "198.51.100.7"}, {"CF-Connecting-IP", "198.51.100.8"}}, want: "198.51.100.8"},
-		{name: "trusted count 2", config: "trust: {strategy: rightmost_trusted_count, trusted_hops: 2}\n", peer: untV4,
-			headers: [][2]string{xff("6.6.6.6, 198.51.100.3, 10.9.9.9")}, want: "198.51.100.3"},
-		{name: "trusted count, too few entries", config: "trust: {strategy: rightmost_trusted_count, trusted_hops: 3}\n", peer: untV4,
-			headers: [][2]string{xff("198.51.100.3")}, want: "deny 403"},
-		{name: "envoy_xff cidrs", config: "trust: {strategy: envoy_xff, trusted_cidrs: [10.77.0.128/25, 10.1.0.0/16]}\n", peer: trV4,
-			headers: [][2]string{xff("198.51.100.4, 10.1.1.1")}, want: "198.51.100.4"},
-		{name: "leftmost_non_private", config: "trust: {strategy: leftmost_non_private}\n", peer: untV4,
-			headers: [][2]string{xff("10.0.0.1, 198.51.100.200, 8.8.8.8")}, want: "8.8.8.8"},
-		{name: "remote_addr ignores the headers", config: "trust: {strategy: remote_addr}\n", peer: untV4, headers: [][2]string{xff("8.8.8.8")}, want: untV4},
-		{name: "IPv6 untrusted peer", config: range77, peer: untV6, headers: [][2]string{xff("6.6.6.6")}, want: untV6},
-		{name: "IPv6 trusted peer", config: range77, peer: trV6, headers: [][2]string{xff("2001:db8::9, fd77::1ff")}, want: "2001:db8::9"},
-		{name: "IPv6 trusted peer, all trusted", config: range77, peer: trV6, headers: [][2]string{xff("fd77::1ff")}, want: trV6},
-		{name: "header policy allows and tags", config: range77, policy: uaPolicy{}, peer: trV4,
-			headers: [][2]string{xff("198.51.100.9"), {"User-Agent", "curl"}}, want: "198.51.100.9"},
-		{name: "header policy denies with its status", config: range77, policy: uaPolicy{}, peer: trV4,
-			headers: [][2]string{xff("198.51.100.9"), {"User-Agent", "evil"}}, want: "deny 429"},
-	}
+	cases := agreementCases()
+	const untV4, trV4, untV6, trV6 = caseUntV4, caseTrV4, caseUntV6, caseTrV6
 
 	// The pod (a) holds realipd and the app; the clients are in b.
 	a, b := netnstest.New(t), netnstest.New(t)
@@ -233,38 +139,7 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 			ep.set(t, cfg, chain) // both doors: one store
 			ipHeader := cfg.ExtProc.ClientIPHeader
 
-			// ext_proc: the headers as Envoy forwards them, its
-			// X-Forwarded-For entry appended, source.address the peer.
-			peerAddr := netip.AddrPortFrom(netip.MustParseAddr(tc.peer), 40000+uint16(i))
-			var sent []extproctest.Header
-			var xffLines []string
-			for _, h := range tc.headers {
-				if strings.EqualFold(h[0], "X-Forwarded-For") {
-					if strings.TrimSpace(h[1]) != "" { // Envoy joins the lines, skipping empty ones
-						xffLines = append(xffLines, h[1])
-					}
-					continue
-				}
-				sent = append(sent, extproctest.Header{Name: strings.ToLower(h[0]), Value: h[1]})
-			}
-			envoyXFF := strings.Join(append(xffLines, tc.peer), ", ")
-			sent = append(sent, extproctest.Header{Name: "x-forwarded-for", Value: envoyXFF},
-				extproctest.Header{Name: ":path", Value: "/case"}, extproctest.Header{Name: ":authority", Value: appAddr(tc.peer)})
-			res, err := ep.client.Process(context.Background(), extproctest.Request{Headers: sent, SourceAddress: peerAddr.String(), DestinationAddress: appAddr(tc.peer)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var viaExtProc answer
-			if im := res.Immediate; im != nil {
-				viaExtProc.decision = fmt.Sprintf("deny %d %s", im.GetStatus().GetCode(), im.GetBody())
-			} else {
-				viaExtProc.decision = "allow"
-				viaExtProc.clientIP, _ = res.SetHeader(ipHeader)
-				if !res.Removed(ipHeader) && viaExtProc.clientIP == "" {
-					t.Errorf("ext_proc neither set nor removed %s", ipHeader)
-				}
-				viaExtProc.tag, _ = res.SetHeader("x-policy-tag")
-			}
+			viaExtProc, envoyXFF := askExtProcCase(t, ep, tc, i, appAddr(tc.peer), ipHeader)
 
 			// The native listener: a real request from the peer.
 			req, err := http.NewRequest("GET", "http://"+appAddr(tc.peer)+"/case", nil)
@@ -283,40 +158,8 @@ func TestHTTPModeAgreesWithExtProc(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var viaNative answer
-			if resp.StatusCode != http.StatusOK {
-				viaNative.decision = fmt.Sprintf("deny %d %s", resp.StatusCode, body)
-			} else {
-				viaNative.decision = "allow"
-				var got http.Header
-				if err := json.Unmarshal(body, &got); err != nil {
-					t.Fatalf("the app's answer %q: %v", body, err)
-				}
-				if vs := got.Values(ipHeader); len(vs) > 1 {
-					t.Errorf("the upstream got %s %q", ipHeader, vs)
-				}
-				viaNative.clientIP = got.Get(ipHeader)
-				viaNative.tag = got.Get("x-policy-tag")
-				// What Envoy would forward: the client's lines joined, the peer appended.
-				if x := got.Values("X-Forwarded-For"); len(x) != 1 || x[0] != envoyXFF {
-					t.Errorf("the upstream got X-Forwarded-For %q, want %q", x, envoyXFF)
-				}
-			}
-
-			if viaNative != viaExtProc {
-				t.Errorf("native %+v, ext_proc %+v", viaNative, viaExtProc)
-			}
-			switch {
-			case strings.HasPrefix(tc.want, "deny "):
-				if !strings.HasPrefix(viaNative.decision, tc.want+" ") {
-					t.Errorf("decision %q, want %s", viaNative.decision, tc.want)
-				}
-			case viaNative.decision != "allow" || viaNative.clientIP != tc.want:
-				t.Errorf("%+v, want allowed with client IP %q", viaNative, tc.want)
-			}
-			if tc.policy != nil && viaNative.decision == "allow" && viaNative.tag != "path=/case" {
-				t.Errorf("the policy's header %q, want path=/case", viaNative.tag)
-			}
+			viaNative := nativeAnswer(t, resp.StatusCode, body, resp.Header, ipHeader, envoyXFF)
+			checkAgreement(t, tc, viaNative, viaExtProc)
 		})
 	}
 

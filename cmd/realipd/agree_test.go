@@ -242,7 +242,7 @@ func cliTrust(t *testing.T, flags []string) config.Trust {
 		case "--header":
 			trust.Header = v
 		case "--trusted-cidrs":
-			trust.TrustedCIDRs = strings.Split(v, ",")
+			trust.TrustedCIDRs = config.CIDRs(strings.Split(v, ",")...)
 		case "--trusted-hops":
 			n := 0
 			for _, c := range v {
@@ -276,7 +276,7 @@ func (h *extProcHarness) set(t *testing.T, cfg *config.Config, chain *plugins.Ch
 // testDecider is the Decider of cfg with chain, as serve builds it.
 func testDecider(t *testing.T, cfg *config.Config, chain *plugins.Chain) *decide.Decider {
 	t.Helper()
-	s, err := decisionSettings(cfg, chain)
+	s, err := decisionSettings(cfg, chain, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/listenaddr"
 )
 
 // extprocRole builds the ext_proc server of cfg on the chains of chains
@@ -32,7 +33,7 @@ func extprocRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registe
 		drain = extproc.DefaultDrainTimeout
 	}
 	listen := cfg.ExtProc.Listen
-	ln, err := bindRole("extproc", "extproc.listen", listen)
+	ln, err := bindRole("extproc", "extproc.listen", listen, listenaddr.Options{Group: cfg.ExtProc.SocketGroup})
 	if err != nil {
 		return role{}, nil, err
 	}

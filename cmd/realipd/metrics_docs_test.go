@@ -190,7 +190,7 @@ func everyRoleRegistry(t *testing.T) *recordingRegistry {
 	cfg.OrigDst.Listen = []string{"192.0.2.1:1"} // not this host's: binding it would fail
 	cfg.Policies = []config.Policy{
 		{Name: "tp", Type: "plugin", Path: bin[0], SHA256: bin[1], Timeout: config.Duration{Duration: time.Second}, OnError: "deny"},
-		{Name: "block", Type: "cidr", Deny: []string{"192.0.2.0/24"}},
+		{Name: "block", Type: "cidr", Deny: config.CIDRs("192.0.2.0/24")},
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -190,7 +190,7 @@ func TestOrigDstAutoWithoutXDS(t *testing.T) {
 	logs := newLogTail()
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	reg := prometheus.NewRegistry()
-	chains, err := newDecisions(&cfg, logger, reg, time.Second)
+	chains, err := newDecisions(context.Background(), &cfg, logger, reg, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/realipd/realipd/internal/config"
 )
 
 // The commands the README and envoy/README.md show, in their sh blocks,
@@ -323,5 +325,32 @@ func TestREADMEConfigExample(t *testing.T) {
 	_, errOut, code := runCmd(t, "validate", "--config", cfg)
 	if code != 1 || !strings.Contains(errOut, "policies[1]") || !strings.Contains(errOut, list) {
 		t.Errorf("validate without the list: exit %d, stderr %q; want exit 1 naming policies[1] and %s", code, errOut, list)
+	}
+}
+
+// TestREADMECDNExample: the README's CDN example is a valid file whose
+// trusted proxies are the cloudflare preset (checked without fetching it:
+// tests contact nothing outside the machine).
+func TestREADMECDNExample(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var example string
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(data), -1) {
+		if strings.Contains(m[1], "preset:") {
+			example = m[1]
+		}
+	}
+	if example == "" {
+		t.Fatal("the README has no yaml example with a preset")
+	}
+	cfg, err := config.Parse([]byte(example))
+	if err != nil {
+		t.Fatalf("the README's CDN example: %v", err)
+	}
+	specs := cfg.Trust.TrustedSources()
+	if len(specs) != 1 || specs[0].Preset != "cloudflare" || !specs[0].Required || cfg.Trust.CacheDir == "" {
+		t.Errorf("the README's CDN example trusts %+v (cache_dir %q), want the cloudflare preset", specs, cfg.Trust.CacheDir)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,7 +31,7 @@ var errShuttingDown = errors.New("serve is shutting down")
 // otherwise.
 type reloadTarget struct {
 	name  string
-	stage func(cfg *config.Config) (staged, error)
+	stage func(ctx context.Context, cfg *config.Config) (staged, error)
 	// rejected, if set, hears of every rejected reload with its problems
 	// (a *config.ValidationError when they have key paths).
 	rejected func(err error)
@@ -143,7 +144,7 @@ func (r *reloader) reload(ctx context.Context, why string) bool {
 
 	stages := make([]staged, 0, len(r.targets))
 	for _, t := range r.targets {
-		s, err := t.stage(cfg)
+		s, err := t.stage(ctx, cfg)
 		if err != nil {
 			for _, s := range stages {
 				s.abort()
@@ -259,10 +260,16 @@ func securityDiff(a, b *config.Config) []any {
 
 // prefixStrings writes each CIDR or IP of a validated list in its canonical
 // form (a bare IP as a single-address prefix), so that "192.0.2.7" and
-// "192.0.2.7/32" are the same entry.
-func prefixStrings(list []string) []string {
+// "192.0.2.7/32" are the same entry; a source is its mapping.
+func prefixStrings(list []config.ListEntry) []string {
 	out := make([]string, len(list))
-	for i, s := range list {
+	for i, e := range list {
+		if e.Source != nil {
+			b, _ := json.Marshal(e.Source)
+			out[i] = "source " + string(b)
+			continue
+		}
+		s := e.CIDR
 		out[i] = s
 		if p, err := netip.ParsePrefix(s); err == nil {
 			out[i] = p.Masked().String()

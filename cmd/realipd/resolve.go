@@ -17,6 +17,7 @@ import (
 	"github.com/realipd/realipd/extproc"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/internal/policies"
+	"github.com/realipd/realipd/listsource"
 	"github.com/realipd/realipd/plugins"
 )
 
@@ -182,7 +183,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		trust.Header = *header
 	}
 	if set["trusted-cidrs"] {
-		trust.TrustedCIDRs = splitList(*cidrs)
+		trust.TrustedCIDRs = config.CIDRs(splitList(*cidrs)...)
 	} else if s := trust.Strategy; s != clientip.RightmostTrustedRange.String() && s != clientip.EnvoyXFF.String() {
 		trust.TrustedCIDRs = nil // kept in the file for origdst's PROXY protocol only
 	}
@@ -197,9 +198,30 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	cfg.Trust = trust
 
+	// The list sources the server would use: those of trust, and with
+	// --json those of the policies too. They load as at serve's start
+	// (their caches, or fetched), without writing the cache.
+	var lists config.Lists
+	if *configPath != "" {
+		specs := cfg.Trust.TrustedSources()
+		if *asJSON {
+			specs = cfg.ListSources()
+		}
+		if len(specs) > 0 {
+			set := listsource.NewSet(listsource.Options{CacheDir: cfg.Trust.CacheDir, CacheReadOnly: true,
+				Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			defer set.Close()
+			st, err := set.Stage(ctx, specs)
+			if err != nil {
+				return failure(fmt.Errorf("resolve: list sources: %w", err))
+			}
+			lists = st.List
+		}
+	}
+
 	// The server's own decision settings, so that the resolver and the
 	// removal of Envoy's entry are the server's.
-	settings, err := decisionSettings(cfg, nil)
+	settings, err := decisionSettings(cfg, nil, lists)
 	if err != nil {
 		return failure(fmt.Errorf("resolve: %w", err))
 	}
@@ -222,7 +244,7 @@ func runResolve(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	res, expl := r.Explain(*peer, lines)
 	if *asJSON {
 		out := resolveOutput{resolveInput: in, Explanation: expl}
-		if err := decideForResolve(ctx, cfg, *configPath != "", settings, *peer, res, *f.headers, &out, stderr); err != nil {
+		if err := decideForResolve(ctx, cfg, *configPath != "", lists, settings, *peer, res, *f.headers, &out, stderr); err != nil {
 			return failure(fmt.Errorf("resolve: %w", err))
 		}
 		enc := json.NewEncoder(stdout)
@@ -283,13 +305,19 @@ type resolveOutput struct {
 // decideForResolve fills out's decision with the servers' own decide step
 // (decide.Decider.Decide): trust.on_unresolved, then the policies of cfg
 // (when withPolicies; their plugins are started and stopped before it
-// returns), each seeing the header lines it reads.
-func decideForResolve(ctx context.Context, cfg *config.Config, withPolicies bool, settings decide.Settings, peer string, res clientip.Result, headers headerLines, out *resolveOutput, stderr io.Writer) error {
+// returns; their cidr lists with the lists of their sources), each seeing
+// the header lines it reads.
+func decideForResolve(ctx context.Context, cfg *config.Config, withPolicies bool, lists config.Lists, settings decide.Settings, peer string, res clientip.Result, headers headerLines, out *resolveOutput, stderr io.Writer) error {
 	out.Policies = []string{}
 	if withPolicies && len(cfg.Policies) > 0 {
 		// The plugins' own logs go to stderr, their warnings and errors only.
 		logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-		chain, err := policies.BuildWith(cfg.Policies, policies.Options{Logger: logger})
+		chains, err := policies.Start(cfg.Policies, policies.Options{Logger: logger})
+		if err != nil {
+			return err
+		}
+		chain, err := chains.Build(lists)
+		chains.Release()
 		if err != nil {
 			return err
 		}

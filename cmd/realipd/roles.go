@@ -17,6 +17,7 @@ import (
 	"github.com/realipd/realipd/internal/admin"
 	"github.com/realipd/realipd/internal/config"
 	"github.com/realipd/realipd/listenaddr"
+	"github.com/realipd/realipd/listsource"
 	"github.com/realipd/realipd/xds"
 )
 
@@ -35,9 +36,9 @@ type role struct {
 // bindRole opens the listen address addr of role name (its key names the
 // configuration key) when the role is built, so that an address in use
 // stops serve before anything starts, with one line naming the role, the
-// key and the reason.
-func bindRole(name, key, addr string) (net.Listener, error) {
-	ln, err := listenaddr.Listen(addr)
+// key and the reason. o says who may connect to a unix socket.
+func bindRole(name, key, addr string, o listenaddr.Options) (net.Listener, error) {
+	ln, err := listenaddr.Listen(addr, o)
 	if err != nil {
 		return nil, fmt.Errorf("the %s role cannot start: %s %s: %s", name, key, addr, listenaddr.Reason(err))
 	}
@@ -63,6 +64,18 @@ type serving struct {
 	// origdstDump returns the native listener's part of /config_dump;
 	// nil without the origdst role.
 	origdstDump func() *origdstDump
+	// listSources returns the running list sources (/config_dump); nil
+	// without a role that decides.
+	listSources func() []*listsource.Source
+	// stops are called once the roles have stopped and no reload runs.
+	stops []func()
+}
+
+// stop stops what runs beside the roles (the list sources).
+func (s *serving) stop() {
+	for _, f := range s.stops {
+		f()
+	}
 }
 
 // buildRoles returns the roles cfg enables, in start order. Each role's
@@ -106,10 +119,14 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 	// One Decider serves the ext_proc server and the native listener.
 	var chains *decisions
 	if cfg.ExtProc.Enabled || cfg.OrigDst.Enabled {
-		if chains, err = newDecisions(cfg, logger, reg, shutdownDrain(cfg)); err != nil {
+		// The list sources load here (their caches, or a fetch bounded by
+		// its timeout): a required one without a list stops serve.
+		if chains, err = newDecisions(context.Background(), cfg, logger, reg, shutdownDrain(cfg)); err != nil {
 			return nil, err
 		}
-		cleanups = append(cleanups, chains.close)
+		cleanups = append(cleanups, chains.close, chains.closeSources)
+		s.stops = append(s.stops, chains.closeSources)
+		s.listSources = chains.sources.Sources
 		s.targets = append(s.targets, reloadTarget{name: "policies", stage: chains.reload})
 	}
 	if cfg.ExtProc.Enabled {
@@ -139,7 +156,7 @@ func buildRolesOn(cfg *config.Config, logger *slog.Logger, reg admin.Registry) (
 		cleanups = append(cleanups, r.release)
 		s.xdsVersion, s.xdsNodes = rt.srv.Version, rt.srv.NodeVersions
 		s.roles = append(s.roles, r)
-		s.targets = append(s.targets, reloadTarget{name: "xds", stage: rt.reload, rejected: rt.rejected})
+		s.targets = append(s.targets, reloadTarget{name: "xds", stage: func(_ context.Context, cfg *config.Config) (staged, error) { return rt.reload(cfg) }, rejected: rt.rejected})
 	}
 	if cfg.Intercept.EBPF.Enabled {
 		r, closeCapture, err := ebpfRole(cfg, logger, reg)

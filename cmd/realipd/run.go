@@ -73,7 +73,7 @@ func commands() []command {
 		{name: "resolve", summary: "resolve the client IP of one request given on the command line",
 			flags: func(string) *flag.FlagSet { fs, _ := resolveFlagSet(); return fs }, run: runResolve},
 		{name: "validate", summary: "check a configuration file and list every error with its key path",
-			flags: func(string) *flag.FlagSet { fs, _ := validateFlagSet(); return fs }, run: runValidate},
+			flags: func(string) *flag.FlagSet { fs, _, _ := validateFlagSet(); return fs }, run: runValidate},
 		{name: "bootstrap", summary: "print the Envoy ADS bootstrap for realipd's xDS control plane",
 			flags: func(string) *flag.FlagSet { fs, _ := bootstrapFlagSet(); return fs }, run: runBootstrap},
 		{name: "iptables", summary: "render, apply or remove the iptables rules that steer traffic to the capture ports",

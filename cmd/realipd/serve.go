@@ -66,7 +66,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logger.Info("realipd starting", "version", versionString(), "config", source)
 	ci := cfg.Trust.ClientIP()
 	logger.Info("client IP resolution", "strategy", ci.Strategy.String(), "header", ci.Header,
-		"trusted_cidrs", len(ci.TrustedCIDRs), "trusted_hops", ci.TrustedHops, "policies", len(cfg.Policies))
+		"trusted_cidrs", len(ci.TrustedCIDRs), "trust_sources", len(cfg.Trust.TrustedSources()), "trusted_hops", ci.TrustedHops,
+		"policies", len(cfg.Policies), "list_sources", len(cfg.ListSources()))
 
 	warnInterception(cfg, logger)
 
@@ -74,6 +75,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return failure(fmt.Errorf("serve: %w", err))
 	}
+	defer s.stop() // after the reloads: the list sources
 	// Reloads run beside the roles and stop before serve returns.
 	rctx, stopReloads := context.WithCancel(ctx)
 	var waitReloads func()

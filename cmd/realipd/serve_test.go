@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -238,5 +240,52 @@ func TestServeWarnsAboutInterception(t *testing.T) {
 	warnInterception(c, slog.New(slog.NewTextHandler(logs, nil)))
 	if !strings.Contains(logs.String(), `level=WARN msg="the interception rules: realipd iptables refuses this configuration" error="config: origdst.mode: tproxy differs from xds.mode (redirect)`) {
 		t.Errorf("two modes: no warning:\n%s", logs.String())
+	}
+}
+
+// TestServeUnixSockets: serve makes its unix sockets for its own user
+// (mode 0600), or for the group of the role's socket_group too (mode 0660,
+// that group), whatever the umask, and ext_proc answers on its socket.
+func TestServeUnixSockets(t *testing.T) {
+	dir, err := os.MkdirTemp("", "rip") // short: a socket path has at most 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	extprocSock, xdsSock := filepath.Join(dir, "e.sock"), filepath.Join(dir, "x.sock")
+	gid := os.Getgid() // a group of this process: no root needed to give a socket to it
+	cfg := writeFile(t, "serve.yaml", fmt.Sprintf("extproc: {listen: 'unix://%s', socket_group: %d}\nxds: {listen: 'unix://%s'}\nadmin: {listen: 127.0.0.1:0}\n",
+		extprocSock, gid, xdsSock))
+	old := syscall.Umask(0)
+	s := startServe(t, cfg, nil)
+	syscall.Umask(old)
+	for _, tt := range []struct {
+		path  string
+		mode  os.FileMode
+		group int
+	}{{extprocSock, 0o660, gid}, {xdsSock, 0o600, os.Getegid()}} {
+		fi, err := os.Lstat(tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := fi.Sys().(*syscall.Stat_t); fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != tt.mode || int(st.Gid) != tt.group {
+			t.Errorf("%s: mode %v, group %d; want a socket with mode %v, group %d", tt.path, fi.Mode(), st.Gid, tt.mode, tt.group)
+		}
+	}
+	if s.extproc != "unix://"+extprocSock {
+		t.Errorf("ext_proc serves on %s, want unix://%s", s.extproc, extprocSock)
+	}
+	res, err := s.client.Process(t.Context(), extproctest.Request{SourceAddress: "203.0.113.7:1234"})
+	if err != nil {
+		t.Fatalf("ext_proc over the socket: %v", err)
+	}
+	if ip, _ := res.SetHeader("x-real-ip"); ip != "203.0.113.7" {
+		t.Errorf("ext_proc over the socket: x-real-ip %q, want 203.0.113.7", ip)
+	}
+	s.stop()
+	for _, p := range []string{extprocSock, xdsSock} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s after serve stopped: %v, want it removed", p, err)
+		}
 	}
 }

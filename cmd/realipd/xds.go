@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realipd/realipd/internal/config"
+	"github.com/realipd/realipd/listenaddr"
 	"github.com/realipd/realipd/origdst"
 	"github.com/realipd/realipd/sockowner"
 	"github.com/realipd/realipd/xds"
@@ -39,7 +40,7 @@ func xdsRole(cfg *config.Config, logger *slog.Logger, reg prometheus.Registerer,
 	if err := srv.SetResources(res.Version(), res.ByType()); err != nil {
 		return role{}, nil, err
 	}
-	ln, err := bindRole("xds", "xds.listen", cfg.XDS.Listen)
+	ln, err := bindRole("xds", "xds.listen", cfg.XDS.Listen, listenaddr.Options{Group: cfg.XDS.SocketGroup})
 	if err != nil {
 		return role{}, nil, err
 	}

@@ -363,10 +363,12 @@ func checkRealipdConfig(t reporter, m manifests) {
 	if c.OrigDst.Enabled || c.Intercept.EBPF.Enabled {
 		t.Error("origdst and intercept.ebpf must be off: they need root, and the realipd container has none")
 	}
+	// Envoy alone needs them; a port on the pod's loopback is open to
+	// every container of the pod (TestSockets checks who reaches the
+	// sockets).
 	for key, addr := range map[string]string{"extproc.listen": c.ExtProc.Listen, "xds.listen": c.XDS.Listen} {
-		host, _ := listenPort(t, key, addr)
-		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-			t.Errorf("%s %q: want a loopback address (only Envoy, in the pod, needs it)", key, addr)
+		if network, _ := config.Network(addr); network != "unix" {
+			t.Errorf("%s %q: want a unix:///path socket on the volume realipd shares with Envoy: a port on the pod's loopback is open to every container of the pod", key, addr)
 		}
 	}
 	// The kubelet's probes come to the pod IP.
@@ -383,19 +385,19 @@ func TestPorts(t *testing.T) { checkPorts(t, objects(t)) }
 
 func checkPorts(t reporter, m manifests) {
 	p := loadPod(t, m)
-	_, extproc := listenPort(t, "extproc.listen", p.cfg.ExtProc.Listen)
-	_, xdsPort := listenPort(t, "xds.listen", p.cfg.XDS.Listen)
 	_, admin := listenPort(t, "admin.listen", p.cfg.Admin.Listen)
 	l := bootstrap(t, m)
 	envoyAdmin := envoytest.EndpointOf(l.Bootstrap.GetAdmin().GetAddress()).Addr.Port()
 
+	// ext_proc and xDS are unix sockets: admin is realipd's only port.
+	if len(p.realipd.Ports) != 1 {
+		t.Errorf("container realipd lists ports %v, want only realipd-admin (ext_proc and xDS listen on unix sockets)", p.realipd.Ports)
+	}
 	for _, w := range []struct {
 		c    *corev1.Container
 		name string
 		want int
 	}{
-		{p.realipd, "extproc", extproc},
-		{p.realipd, "xds", xdsPort},
 		{p.realipd, "realipd-admin", admin},
 		{p.envoy, "outbound", p.cfg.XDS.OutboundPort},
 		{p.envoy, "inbound", p.cfg.XDS.InboundPort},
@@ -590,6 +592,118 @@ func mountedKey(c *corev1.Container, volumes map[string]corev1.Volume, path stri
 	return "", ""
 }
 
+// TestSockets: realipd serves ext_proc and xDS on unix sockets in an
+// emptyDir that realipd (read-write) and Envoy (read-only, at the same
+// path) alone mount, and Envoy dials those paths. Each socket belongs to
+// its socket_group (mode 0660), which realipd and Envoy run in and no other
+// container does: nothing else in the pod reaches Envoy's control plane.
+func TestSockets(t *testing.T) { checkSockets(t, objects(t)) }
+
+func checkSockets(t reporter, m manifests) {
+	p := loadPod(t, m)
+	volumes := map[string]corev1.Volume{}
+	for _, v := range p.spec.Volumes {
+		volumes[v.Name] = v
+	}
+	for _, s := range []struct {
+		key, listen string
+		group       *int
+	}{
+		{"extproc", p.cfg.ExtProc.Listen, p.cfg.ExtProc.SocketGroup},
+		{"xds", p.cfg.XDS.Listen, p.cfg.XDS.SocketGroup},
+	} {
+		network, path := config.Network(s.listen)
+		if network != "unix" {
+			t.Errorf("%s.listen %q: want a unix socket on a volume realipd shares with Envoy alone", s.key, s.listen)
+			continue
+		}
+		mount := mountAt(p.realipd, path)
+		if mount == nil {
+			t.Errorf("%s.listen %s: realipd mounts no volume there, so Envoy cannot see the socket", s.key, path)
+			continue
+		}
+		if mount.ReadOnly {
+			t.Errorf("%s.listen %s: realipd mounts volume %s read-only and cannot make its socket there", s.key, path, mount.Name)
+		}
+		if v := volumes[mount.Name]; v.EmptyDir == nil {
+			t.Errorf("%s.listen %s: volume %s is not an emptyDir: the socket must be reachable from the pod's containers only", s.key, path, mount.Name)
+		}
+		switch em := mountAt(p.envoy, path); {
+		case em == nil || em.Name != mount.Name || em.MountPath != mount.MountPath:
+			t.Errorf("%s.listen %s: envoy does not mount volume %s at %s, so it cannot dial the socket at that path", s.key, path, mount.Name, mount.MountPath)
+		case !em.ReadOnly:
+			t.Errorf("envoy mounts volume %s read-write: it only connects to the sockets, and could replace them", mount.Name)
+		}
+		for _, c := range p.all() {
+			if c == p.realipd || c == p.envoy {
+				continue
+			}
+			for _, vm := range c.VolumeMounts {
+				if vm.Name == mount.Name {
+					t.Errorf("container %s mounts volume %s, where realipd's sockets are: only realipd and Envoy may reach them", c.Name, mount.Name)
+				}
+			}
+		}
+		if s.group == nil {
+			t.Errorf("%s.socket_group is unset: the socket is for realipd's user alone (mode 0600), and Envoy (another user) cannot connect", s.key)
+			continue
+		}
+		for _, c := range p.all() {
+			in, known := inGroup(p, c, *s.group)
+			switch {
+			case !known:
+				t.Errorf("container %s: no runAsGroup, so whether it is in group %d (%s.socket_group) depends on its image", c.Name, *s.group, s.key)
+			case (c == p.realipd || c == p.envoy) && !in:
+				t.Errorf("container %s is not in group %d (%s.socket_group): realipd must be to give the socket to it, Envoy to connect", c.Name, *s.group, s.key)
+			case c != p.realipd && c != p.envoy && in:
+				t.Errorf("container %s is in group %d (%s.socket_group): only realipd and Envoy may connect to the socket", c.Name, *s.group, s.key)
+			}
+		}
+	}
+	// Envoy dials those sockets: ADS from its bootstrap (TestEnvoyBootstrap
+	// checks the pipe), ext_proc where realipd's xDS tells it.
+	if got := p.cfg.ExtProcAddress(); got != p.cfg.ExtProc.Listen {
+		t.Errorf("xds.extproc_address %q: Envoy would dial another address than extproc.listen %q, where realipd serves ext_proc", got, p.cfg.ExtProc.Listen)
+	}
+}
+
+// mountAt returns c's volume mount that holds path (the deepest one), or nil.
+func mountAt(c *corev1.Container, path string) *corev1.VolumeMount {
+	var found *corev1.VolumeMount
+	for i, vm := range c.VolumeMounts {
+		rel, err := filepath.Rel(vm.MountPath, path)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || vm.SubPath != "" || vm.SubPathExpr != "" {
+			continue
+		}
+		if found == nil || len(vm.MountPath) > len(found.MountPath) {
+			found = &c.VolumeMounts[i]
+		}
+	}
+	return found
+}
+
+// inGroup says whether c's processes are in group gid: their group
+// (runAsGroup, the container's or the pod's), or a group the pod gives every
+// container (fsGroup, supplementalGroups). known is false when neither
+// names the container's group, which its image then decides.
+func inGroup(p *pod, c *corev1.Container, gid int) (in, known bool) {
+	g := int64(gid)
+	var runAs *int64
+	if psc := p.spec.SecurityContext; psc != nil {
+		if (psc.FSGroup != nil && *psc.FSGroup == g) || slices.Contains(psc.SupplementalGroups, g) {
+			return true, true
+		}
+		runAs = psc.RunAsGroup
+	}
+	if c.SecurityContext != nil && c.SecurityContext.RunAsGroup != nil {
+		runAs = c.SecurityContext.RunAsGroup
+	}
+	if runAs == nil {
+		return false, false
+	}
+	return *runAs == g, true
+}
+
 // TestSecurityContexts: only the init container runs as root, with
 // NET_ADMIN and NET_RAW and nothing else; every other container is non-root
 // with no capability; Envoy runs as the uid the rules exclude, and no other
@@ -659,6 +773,11 @@ func checkSecurityContexts(t reporter, m manifests) {
 			t.Errorf("envoy runs as uid %d, not in intercept.iptables.exclude_uids %v: its own connections would be captured and loop", uid, excluded)
 		case c != p.envoy && slices.Contains(excluded, uid):
 			t.Errorf("container %s runs as uid %d, which the rules exclude: its connections would bypass Envoy", c.Name, uid)
+		}
+		// Envoy shares realipd's group (TestSockets): excluding Envoy by
+		// group would let other containers' connections bypass it too.
+		if c != p.envoy && sc.RunAsGroup != nil && slices.Contains(p.cfg.Intercept.IPTables.ExcludeGIDs, int(*sc.RunAsGroup)) {
+			t.Errorf("container %s runs as gid %d, which the rules exclude: its connections would bypass Envoy", c.Name, *sc.RunAsGroup)
 		}
 	}
 }
@@ -731,10 +850,14 @@ func TestEnvoyBootstrap(t *testing.T) { checkEnvoyBootstrap(t, objects(t)) }
 func checkEnvoyBootstrap(t reporter, m manifests) {
 	p := loadPod(t, m)
 	l := bootstrap(t, m)
-	host, port := listenPort(t, "xds.listen", p.cfg.XDS.Listen)
 	at := envoytest.Endpoint{}
-	if err := at.Addr.UnmarshalText([]byte(net.JoinHostPort(host, strconv.Itoa(port)))); err != nil {
-		t.Fatalf("xds.listen: %v", err)
+	if network, path := config.Network(p.cfg.XDS.Listen); network == "unix" {
+		at.Pipe = path
+	} else {
+		host, port := listenPort(t, "xds.listen", p.cfg.XDS.Listen)
+		if err := at.Addr.UnmarshalText([]byte(net.JoinHostPort(host, strconv.Itoa(port)))); err != nil {
+			t.Fatalf("xds.listen: %v", err)
+		}
 	}
 	if err := envoytest.CheckADS(l, at); err != nil {
 		t.Errorf("ConfigMap %s:\n%v", envoyCM, err)
@@ -936,10 +1059,12 @@ func TestChecksCatchMistakes(t *testing.T) {
 			checkSecurityContexts, "envoy runs as uid 1337, not in intercept.iptables.exclude_uids"},
 		{"application runs as Envoy's uid", "20-deployment.yaml", "runAsUser: 10001", "runAsUser: 101",
 			checkSecurityContexts, "container echo runs as uid 101, which the rules exclude"},
+		{"Envoy excluded by its group", "10-realipd-config.yaml", "exclude_uids: [101]", "exclude_uids: [101]\n        exclude_gids: [65532]",
+			checkSecurityContexts, "container realipd runs as gid 65532, which the rules exclude"},
 		{"extra capability", "20-deployment.yaml", "add: [NET_ADMIN, NET_RAW]", "add: [NET_ADMIN, NET_RAW, SYS_ADMIN]",
 			checkSecurityContexts, "want exactly [NET_ADMIN NET_RAW]"},
-		{"realipd as root", "20-deployment.yaml", "# ext_proc, xDS and admin on ports above 1024 need no privilege.\n            runAsUser: 65532",
-			"runAsUser: 0", checkSecurityContexts, "container realipd: runs as root"},
+		{"realipd as root", "20-deployment.yaml", "runAsUser: 65532", "runAsUser: 0",
+			checkSecurityContexts, "container realipd: runs as root"},
 		{"liveness on the wrong path", "20-deployment.yaml", "path: /healthz", "path: /health",
 			checkProbes, "realipd livenessProbe"},
 		{"admin port captured", "10-realipd-config.yaml", "exclude_inbound_ports: [9902]", "exclude_inbound_ports: []",
@@ -954,8 +1079,34 @@ func TestChecksCatchMistakes(t *testing.T) {
 			checkVolumes, `key "bootstrap.yaml" is not in ConfigMap envoy-bootstrap`},
 		{"mount of no volume", "20-deployment.yaml", "- name: envoy-bootstrap\n              mountPath", "- name: envoy-config\n              mountPath",
 			checkVolumes, `mounts "envoy-config", which is not a volume`},
-		{"bootstrap edited by hand", "11-envoy-bootstrap.yaml", "port_value: 18000", "port_value: 18001",
+		{"bootstrap edited by hand", "11-envoy-bootstrap.yaml", "pipe: { path: /run/realipd/xds.sock }", "pipe: { path: /run/realipd/ads.sock }",
 			checkEnvoyBootstrap, "differs from realipd bootstrap"},
+		{"bootstrap on loopback", "11-envoy-bootstrap.yaml", "pipe: { path: /run/realipd/xds.sock }", "socket_address: { address: 127.0.0.1, port_value: 18000 }",
+			checkEnvoyBootstrap, `cluster "realipd_xds": endpoints [127.0.0.1:18000], want [unix:///run/realipd/xds.sock]`},
+		{"xDS on the pod's loopback", "10-realipd-config.yaml", "listen: unix:///run/realipd/xds.sock\n      socket_group: 65532", "listen: 127.0.0.1:18000",
+			checkRealipdConfig, `xds.listen "127.0.0.1:18000": want a unix:///path socket`},
+		{"ext_proc on the pod's loopback", "10-realipd-config.yaml", "listen: unix:///run/realipd/extproc.sock\n      socket_group: 65532", "listen: 127.0.0.1:9001",
+			checkSockets, `extproc.listen "127.0.0.1:9001": want a unix socket`},
+		{"xDS socket for realipd alone", "10-realipd-config.yaml", "listen: unix:///run/realipd/xds.sock\n      socket_group: 65532", "listen: unix:///run/realipd/xds.sock",
+			checkSockets, "xds.socket_group is unset"},
+		{"socket outside the shared volume", "10-realipd-config.yaml", "listen: unix:///run/realipd/xds.sock", "listen: unix:///tmp/xds.sock",
+			checkSockets, "xds.listen /tmp/xds.sock: realipd mounts no volume there"},
+		{"Envoy without the sockets", "20-deployment.yaml", "- name: realipd-sockets\n              mountPath: /run/realipd\n              readOnly: true", "- name: realipd-sockets\n              mountPath: /run/envoy\n              readOnly: true",
+			checkSockets, "envoy does not mount volume realipd-sockets at /run/realipd"},
+		{"Envoy may replace the sockets", "20-deployment.yaml", "- name: realipd-sockets\n              mountPath: /run/realipd\n              readOnly: true", "- name: realipd-sockets\n              mountPath: /run/realipd",
+			checkSockets, "envoy mounts volume realipd-sockets read-write"},
+		{"sockets on the node", "20-deployment.yaml", "- name: realipd-sockets\n          emptyDir:\n            medium: Memory\n            sizeLimit: 1Mi", "- name: realipd-sockets\n          hostPath: {path: /run/realipd, type: DirectoryOrCreate}",
+			checkSockets, "volume realipd-sockets is not an emptyDir"},
+		{"application reaches the sockets", "20-deployment.yaml", "          readinessProbe:\n            httpGet: {path: /, port: http}", "          volumeMounts: [{name: realipd-sockets, mountPath: /run/realipd, readOnly: true}]\n          readinessProbe:\n            httpGet: {path: /, port: http}",
+			checkSockets, "container echo mounts volume realipd-sockets"},
+		{"Envoy not in the sockets' group", "20-deployment.yaml", "Envoy connect to realipd's sockets (mode 0660).\n            runAsGroup: 65532", "Envoy connect to realipd's sockets (mode 0660).\n            runAsGroup: 101",
+			checkSockets, "container envoy is not in group 65532 (extproc.socket_group)"},
+		{"every container in the sockets' group", "20-deployment.yaml", "        runAsNonRoot: true\n        seccompProfile:", "        runAsNonRoot: true\n        supplementalGroups: [65532]\n        seccompProfile:",
+			checkSockets, "container echo is in group 65532 (xds.socket_group)"},
+		{"application in the sockets' group", "20-deployment.yaml", "runAsGroup: 10001", "runAsGroup: 65532",
+			checkSockets, "container echo is in group 65532"},
+		{"application's group left to its image", "20-deployment.yaml", "            runAsGroup: 10001\n", "",
+			checkSockets, "container echo: no runAsGroup"},
 		{"bootstrap invalid", "11-envoy-bootstrap.yaml", "api_type: GRPC", "api_type: RPC",
 			checkEnvoyBootstrap, "ConfigMap envoy-bootstrap, envoy.yaml: protojson"},
 		{"realipd config invalid", "10-realipd-config.yaml", "trusted_cidrs: []", "trusted_cidrs: [10.0.0.0/33]",

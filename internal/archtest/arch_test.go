@@ -117,6 +117,15 @@ func TestLayering(t *testing.T) {
 					t.Errorf("grpcserve imports %s; it may import the standard library, google.golang.org/grpc and listenaddr only", imp)
 				}
 			}
+		case rel == "listsource":
+			// Fetching and parsing CIDR lists: the standard library and
+			// clientip (merging) only; metrics and the file watch are
+			// wired in cmd/realipd.
+			for _, imp := range p.Imports {
+				if r, ok := local(imp); !isStandard(imp) && (!ok || r != "clientip") {
+					t.Errorf("listsource imports %s; it may import the standard library and clientip only", imp)
+				}
+			}
 		case rel == "sockowner" || rel == "listenaddr":
 			// Shared by the roles: the standard library and x/sys only.
 			for _, imp := range p.Imports {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/realipd/realipd/clientip"
+	"github.com/realipd/realipd/listsource"
 )
 
 // Config is the whole file. Field tags are the YAML keys (README.md,
@@ -22,20 +23,27 @@ type Config struct {
 
 // Trust selects the client-IP resolution strategy.
 type Trust struct {
-	Strategy         string   `json:"strategy" reload:"live"`
-	Header           string   `json:"header" reload:"live"`
-	TrustedCIDRs     []string `json:"trusted_cidrs" reload:"live"`
-	TrustedHops      *int     `json:"trusted_hops" reload:"live"`
-	UseRemoteAddress *bool    `json:"use_remote_address" reload:"live"`
-	OnUnresolved     string   `json:"on_unresolved" reload:"live"` // deny | pass
+	Strategy         string      `json:"strategy" reload:"live"`
+	Header           string      `json:"header" reload:"live"`
+	TrustedCIDRs     []ListEntry `json:"trusted_cidrs" reload:"live"`
+	TrustedHops      *int        `json:"trusted_hops" reload:"live"`
+	UseRemoteAddress *bool       `json:"use_remote_address" reload:"live"`
+	OnUnresolved     string      `json:"on_unresolved" reload:"live"` // deny | pass
+	// CacheDir keeps the last good list of every fetched list source,
+	// read at start (a restart without network keeps its lists): it is
+	// read once, so a change needs a restart.
+	CacheDir string `json:"cache_dir" reload:"restart"`
 
-	clientIP clientip.Config // parsed by Validate
+	clientIP clientip.Config   // parsed by Validate
+	trusted  []netip.Prefix    // the inline CIDRs of trusted_cidrs, parsed by Validate
+	sources  []listsource.Spec // the sources of trusted_cidrs, checked by Validate
 }
 
 // ExtProc configures the ext_proc gRPC server.
 type ExtProc struct {
 	Enabled            bool     `json:"enabled" reload:"restart"`
 	Listen             string   `json:"listen" reload:"restart"`
+	SocketGroup        *int     `json:"socket_group" reload:"restart"` // unix listen: the group that may connect too (mode 0660); nil: the owner alone (0600)
 	ClientIPHeader     string   `json:"client_ip_header" reload:"live"`
 	MetadataNamespace  string   `json:"metadata_namespace" reload:"live"`
 	XFFAppendedByEnvoy bool     `json:"xff_appended_by_envoy" reload:"live"`
@@ -45,8 +53,9 @@ type ExtProc struct {
 
 // XDS configures the xDS control plane.
 type XDS struct {
-	Enabled bool   `json:"enabled" reload:"restart"`
-	Listen  string `json:"listen" reload:"restart"`
+	Enabled     bool   `json:"enabled" reload:"restart"`
+	Listen      string `json:"listen" reload:"restart"`
+	SocketGroup *int   `json:"socket_group" reload:"restart"` // as extproc.socket_group
 	// The interception rules, installed once (an init container's realipd
 	// iptables --apply, or the eBPF capture), steer to these ports in this
 	// mode: Envoy moved elsewhere would lose the traffic.
@@ -89,8 +98,8 @@ type Admin struct {
 type Policy struct {
 	Name     string         `json:"name" reload:"live"`
 	Type     string         `json:"type" reload:"live"` // cidr | plugin
-	Deny     []string       `json:"deny,omitempty" reload:"live"`
-	Allow    []string       `json:"allow,omitempty" reload:"live"`
+	Deny     []ListEntry    `json:"deny,omitempty" reload:"live"`
+	Allow    []ListEntry    `json:"allow,omitempty" reload:"live"`
 	Path     string         `json:"path,omitempty" reload:"live"`
 	SHA256   string         `json:"sha256,omitempty" reload:"live"`
 	Timeout  Duration       `json:"timeout,omitempty" reload:"live"`
@@ -98,8 +107,9 @@ type Policy struct {
 	CacheTTL Duration       `json:"cache_ttl,omitempty" reload:"live"`
 	Config   map[string]any `json:"config,omitempty" reload:"live"`
 
-	deny, allow []netip.Prefix // parsed by Validate
-	dir         string         // the configuration file's directory (plugin policies loaded from a file)
+	deny, allow               []netip.Prefix    // the inline CIDRs, parsed by Validate
+	denySources, allowSources []listsource.Spec // the sources, checked by Validate
+	dir                       string            // the configuration file's directory (plugin policies loaded from a file)
 }
 
 // Dir is the directory a plugin policy's process runs in: the directory of

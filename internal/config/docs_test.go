@@ -68,6 +68,8 @@ func docType(t reflect.Type) string {
 		return "duration"
 	case reflect.TypeFor[PortOrAll]():
 		return `port or "*"`
+	case reflect.TypeFor[[]ListEntry]():
+		return "list of CIDRs, IPs or sources"
 	}
 	switch t.Kind() {
 	case reflect.Pointer:

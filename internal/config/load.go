@@ -153,6 +153,12 @@ func parse(data []byte, file string) (*Config, error) {
 		}
 		applyPolicyDefaults(&cfg, tree.(map[string]any))
 	}
+	if file != "" {
+		// Relative paths of list sources are the file's, checked as such.
+		if dir, err := filepath.Abs(filepath.Dir(file)); err == nil {
+			resolveListPaths(&cfg, dir)
+		}
+	}
 	if verr := cfg.Validate(); verr != nil {
 		var ve *ValidationError
 		if !errors.As(verr, &ve) {

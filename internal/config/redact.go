@@ -3,6 +3,8 @@ package config
 import (
 	"reflect"
 	"slices"
+
+	"github.com/realipd/realipd/listsource"
 )
 
 // RedactedValue stands for every value that Redacted hides.
@@ -13,17 +15,41 @@ const RedactedValue = "<redacted>"
 // RedactedValue, since a plugin's settings may hold credentials. The keys
 // and the nesting of mappings and lists are kept, so an operator still sees
 // which settings a plugin was given. c is not modified and the copy shares
-// no plugin settings with it; the rest of the file (listen addresses, CIDRs,
+// no plugin settings with it. A list source's URL loses its user information
+// and its query's values. The rest of the file (listen addresses, CIDRs,
 // plugin paths and sha256) holds no secrets and is shown as is.
 func (c *Config) Redacted() *Config {
 	out := *c
+	out.Trust.TrustedCIDRs = redactList(c.Trust.TrustedCIDRs)
 	out.Policies = slices.Clone(c.Policies)
 	for i := range out.Policies {
-		if m := out.Policies[i].Config; m != nil {
-			out.Policies[i].Config = redactMap(m)
+		p := &out.Policies[i]
+		if m := p.Config; m != nil {
+			p.Config = redactMap(m)
 		}
+		p.Deny, p.Allow = redactList(p.Deny), redactList(p.Allow)
 	}
 	return &out
+}
+
+// redactList copies a CIDR list with its list sources' URLs redacted
+// (listsource.RedactURL): user information and query values may be
+// credentials.
+func redactList(list []ListEntry) []ListEntry {
+	if !slices.ContainsFunc(list, func(e ListEntry) bool { return e.Source != nil }) {
+		return list
+	}
+	out := slices.Clone(list)
+	for i, e := range out {
+		if e.Source != nil {
+			s := *e.Source
+			if s.URL != "" {
+				s.URL = listsource.RedactURL(s.URL)
+			}
+			out[i].Source = &s
+		}
+	}
+	return out
 }
 
 func redactMap(m map[string]any) map[string]any {

@@ -94,18 +94,19 @@ func TestChangedRestartKeys(t *testing.T) {
 	}{
 		{"nothing", func(*Config) {}, ""},
 		{"live keys", func(c *Config) {
-			c.Trust.TrustedCIDRs = []string{"10.0.0.0/8"}
+			c.Trust.TrustedCIDRs = CIDRs("10.0.0.0/8")
 			c.Policies = []Policy{{Name: "p", Type: "cidr"}}
 			c.ExtProc.DenyStatus = 429
 			c.XDS.HTTPPorts = []int{8081}
 		}, ""},
 		{"keys and sections", func(c *Config) {
 			c.ExtProc.Listen = "unix:///run/x.sock"
+			c.XDS.SocketGroup = new(65532)
 			c.XDS.Mode = "tproxy"
 			c.OrigDst.Listen = []string{"[::]:15001"}
 			c.Intercept.IPTables.RouteTable = 7
 			c.Admin.AllowedHosts = []string{"admin.internal"}
-		}, "extproc.listen,xds.mode,origdst.listen,intercept.iptables.route_table,admin.allowed_hosts"},
+		}, "extproc.listen,xds.socket_group,xds.mode,origdst.listen,intercept.iptables.route_table,admin.allowed_hosts"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,6 +32,9 @@ func checkShape(errs *errorList, path string, v any, t reflect.Type) bool {
 		}
 		return true
 	}
+	if t == listEntryType {
+		return checkListEntryShape(errs, path, v)
+	}
 	if s, ok := reflect.Zero(t).Interface().(shaper); ok {
 		if err := s.checkShape(v); err != nil {
 			errs.add(path, "%s", err.Error())
@@ -100,6 +103,17 @@ func checkShape(errs *errorList, path string, v any, t reflect.Type) bool {
 		}
 		if _, err := strconv.ParseInt(n.String(), 10, t.Bits()); err != nil {
 			errs.add(path, "%s is not a whole number in range", n)
+			return false
+		}
+		return true
+	case reflect.Float32, reflect.Float64:
+		n, ok := v.(json.Number)
+		if !ok {
+			errs.add(path, "must be a number, not %s", describe(v))
+			return false
+		}
+		if _, err := strconv.ParseFloat(n.String(), t.Bits()); err != nil {
+			errs.add(path, "%s is not a number in range", n)
 			return false
 		}
 		return true

@@ -13,6 +13,7 @@ import (
 
 	"github.com/realipd/realipd/clientip"
 	"github.com/realipd/realipd/decide"
+	"github.com/realipd/realipd/listsource"
 )
 
 // Validate checks every key, records the parsed forms (ClientIP,
@@ -31,6 +32,10 @@ func (c *Config) Validate() error {
 	validateAllowedHosts(&errs, "admin.allowed_hosts", c.Admin.AllowedHosts)
 	validatePolicies(&errs, c.Policies)
 	validateDistinctListeners(&errs, c)
+	checkSourceNames(&errs, c)
+	if c.Trust.CacheDir != "" && strings.ContainsRune(c.Trust.CacheDir, 0) {
+		errs.add("trust.cache_dir", "%q is not a directory path", c.Trust.CacheDir)
+	}
 	if len(errs) > 0 {
 		return &ValidationError{Errors: errs}
 	}
@@ -62,12 +67,20 @@ func (c *Config) ExtProcAddress() string {
 	return c.ExtProc.Listen
 }
 
-// DenyPrefixes returns the parsed deny list of a cidr policy (after Validate).
+// DenyPrefixes returns the CIDRs written in a cidr policy's deny list
+// (after Validate); DenySources its list sources.
 func (p Policy) DenyPrefixes() []netip.Prefix { return p.deny }
 
-// AllowPrefixes returns the parsed allow list of a cidr policy (after
-// Validate); empty means every client IP not denied may pass.
+// DenySources returns the list sources of a cidr policy's deny list.
+func (p Policy) DenySources() []listsource.Spec { return p.denySources }
+
+// AllowPrefixes returns the CIDRs written in a cidr policy's allow list
+// (after Validate); AllowSources its list sources. Both empty means every
+// client IP not denied may pass.
 func (p Policy) AllowPrefixes() []netip.Prefix { return p.allow }
+
+// AllowSources returns the list sources of a cidr policy's allow list.
+func (p Policy) AllowSources() []listsource.Spec { return p.allowSources }
 
 // ListenAddrs returns the parsed capture addresses of origdst.listen (after
 // Validate), in the order given.
@@ -102,14 +115,17 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 	if strategyErr != nil {
 		errs.add(path+".strategy", "%q is not one of %s", t.Strategy, strings.Join(clientip.StrategyNames(), ", "))
 	}
-	prefixes := parsePrefixes(errs, path+".trusted_cidrs", t.TrustedCIDRs)
+	prefixes, sources := parseList(errs, path+".trusted_cidrs", t.TrustedCIDRs, listTrust)
+	t.trusted, t.sources = prefixes, sources
 	if strategyErr != nil {
 		return // the rest depends on the strategy
 	}
 	cfg := clientip.Config{Strategy: strategy, Header: t.Header}
-	if slices.Contains(cidrStrategies, strategy) || !cidrsUsedElsewhere {
+	usesCIDRs := slices.Contains(cidrStrategies, strategy) || !cidrsUsedElsewhere
+	if usesCIDRs {
 		cfg.TrustedCIDRs = prefixes
 	}
+
 	switch {
 	case t.TrustedHops != nil:
 		cfg.TrustedHops = *t.TrustedHops
@@ -119,8 +135,13 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 	if t.UseRemoteAddress != nil {
 		cfg.UseRemoteAddress = *t.UseRemoteAddress
 	}
-	r, err := clientip.New(cfg)
-	if err != nil {
+	// The rules of clientip.New look at whether CIDRs are set; sources
+	// will set them once loaded, so a placeholder stands for them here.
+	check := cfg
+	if usesCIDRs && len(sources) > 0 {
+		check.TrustedCIDRs = append(slices.Clip(prefixes), sourcePlaceholder)
+	}
+	if _, err := clientip.New(check); err != nil {
 		ce, ok := errors.AsType[*clientip.ConfigError](err)
 		if !ok {
 			errs.add(path, "%v", err)
@@ -131,9 +152,31 @@ func (t *Trust) validate(errs *errorList, path string, cidrsUsedElsewhere bool) 
 		}
 		return
 	}
-	if len(*errs) == before {
+	r, err := clientip.New(cfg)
+	if err == nil && len(*errs) == before {
 		t.clientIP = r.Config()
 	}
+}
+
+// sourcePlaceholder stands for the lists of trust sources when the trust
+// settings are checked, before any list is loaded.
+var sourcePlaceholder = netip.PrefixFrom(netip.IPv6Unspecified(), 128)
+
+// TrustedPrefixes returns the CIDRs written in trust.trusted_cidrs (after
+// Validate), whatever the strategy: the peers trusted for the PROXY
+// protocol too.
+func (t Trust) TrustedPrefixes() []netip.Prefix { return t.trusted }
+
+// TrustedSources returns the list sources of trust.trusted_cidrs (after
+// Validate).
+func (t Trust) TrustedSources() []listsource.Spec { return t.sources }
+
+// UsesTrustedCIDRs reports whether the strategy reads trust.trusted_cidrs
+// (rightmost_trusted_range, envoy_xff); otherwise they serve the PROXY
+// protocol only.
+func (t Trust) UsesTrustedCIDRs() bool {
+	s, err := clientip.ParseStrategy(t.Strategy)
+	return err == nil && slices.Contains(cidrStrategies, s)
 }
 
 // PassUnresolved reports whether trust.on_unresolved is pass: a request
@@ -162,6 +205,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 
 func (x *ExtProc) validate(errs *errorList, path string) {
 	validateListen(errs, path+".listen", x.Listen, true)
+	validateSocketGroup(errs, path, x.Listen, x.SocketGroup)
 	// The one rule of both doors (decide.CheckClientIPHeader).
 	if h, err := decide.CheckClientIPHeader(x.ClientIPHeader); err != nil {
 		errs.add(path+".client_ip_header", "%s", err.Error())
@@ -188,6 +232,7 @@ var (
 
 func (x *XDS) validate(errs *errorList, path string, c *Config) {
 	validateListen(errs, path+".listen", x.Listen, true)
+	validateSocketGroup(errs, path, x.Listen, x.SocketGroup)
 	oneOf(errs, path+".mode", x.Mode, modes)
 	validatePort(errs, path+".outbound_port", x.OutboundPort)
 	validatePort(errs, path+".inbound_port", x.InboundPort)
@@ -284,7 +329,7 @@ func validatePolicies(errs *errorList, policies []Policy) {
 	for i := range policies {
 		p := &policies[i]
 		path := fmt.Sprintf("policies[%d]", i)
-		p.deny, p.allow = nil, nil
+		p.deny, p.allow, p.denySources, p.allowSources = nil, nil, nil, nil
 		switch first, seen := names[p.Name]; {
 		case p.Name == "":
 			errs.add(path+".name", "required")
@@ -298,8 +343,8 @@ func validatePolicies(errs *errorList, policies []Policy) {
 		}
 		switch p.Type {
 		case "cidr":
-			p.deny = parsePrefixes(errs, path+".deny", p.Deny)
-			p.allow = parsePrefixes(errs, path+".allow", p.Allow)
+			p.deny, p.denySources = parseList(errs, path+".deny", p.Deny, listDeny)
+			p.allow, p.allowSources = parseList(errs, path+".allow", p.Allow, listAllow)
 			if len(p.Deny) == 0 && len(p.Allow) == 0 {
 				errs.add(path, "a cidr policy needs deny, allow or both")
 			}
@@ -342,19 +387,6 @@ func validatePolicies(errs *errorList, policies []Policy) {
 			}
 		}
 	}
-}
-
-func parsePrefixes(errs *errorList, path string, list []string) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(list))
-	for i, s := range list {
-		p, err := parsePrefix(s)
-		if err != nil {
-			errs.add(fmt.Sprintf("%s[%d]", path, i), "%s", err.Error())
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
 }
 
 // validateDistinctListeners refuses two enabled roles on one address.
@@ -410,6 +442,21 @@ func validateListen(errs *errorList, path, addr string, listening bool) {
 	}
 	if err != nil || n < lowest || n > 65535 {
 		errs.add(path, "%q: port %q is not between %d and 65535", addr, port, lowest)
+	}
+}
+
+// validateSocketGroup checks the socket_group of the section at path,
+// whose listen address is listen: a gid, and only for a unix socket (a TCP
+// port has no owner or group: every local process may connect).
+func validateSocketGroup(errs *errorList, path, listen string, group *int) {
+	if group == nil {
+		return
+	}
+	if *group < 0 || int64(*group) > maxID {
+		errs.add(path+".socket_group", "%d is not a group ID between 0 and %d", *group, int64(maxID))
+	}
+	if network, _ := Network(listen); network != "unix" {
+		errs.add(path+".socket_group", "needs a unix:// %s.listen (%q is TCP, which any local process may connect to)", path, listen)
 	}
 }
 
@@ -495,23 +542,6 @@ func oneOf(errs *errorList, path, v string, allowed []string) bool {
 	}
 	errs.add(path, "%q is not one of %s", v, strings.Join(allowed, ", "))
 	return false
-}
-
-// isToken reports whether s is an HTTP field name (RFC 9110 token).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }

@@ -69,7 +69,7 @@ func pluginPolicies(t *testing.T) []config.Policy {
 		return c
 	}
 	return []config.Policy{
-		{Name: "blocklist", Type: "cidr", Deny: []string{"203.0.113.0/24"}},
+		{Name: "blocklist", Type: "cidr", Deny: config.CIDRs("203.0.113.0/24")},
 		{Name: "deny", Type: "plugin", Path: pluginBin.denylist, SHA256: fileSHA(t, pluginBin.denylist),
 			Timeout: ms("2s"), OnError: "deny", CacheTTL: ms("30s"),
 			Config: map[string]any{"list": list, "status": 429, "body": "go away\n"}},
