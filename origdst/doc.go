@@ -44,14 +44,18 @@
 // and the rest are cut.
 //
 // Connections to the original-destination ports of Options.HTTPPorts are
-// served as HTTP/1.1 instead (net/http, keep-alive and upgrades included):
-// each request is resolved from its forwarding headers with the Decider's
-// resolver, decided on, and either answered with a deny (the Decider's
-// deny status) or forwarded to the original destination with the
-// client-IP header set (a client-sent one removed) and the peer appended
-// to X-Forwarded-For: what the ext_proc server answers Envoy for the same
-// peer and headers. The HTTP mode dials from the host's address also with
-// OriginalSource (its upstream connections are shared).
+// served as HTTP/1.1 instead (keep-alive and pipelining included), on a
+// forwarding path of this package's own rather than net/http's (see
+// http.go): each request head is read with a strict, bounded parser,
+// refused as Envoy's connection manager would refuse it, resolved from its
+// forwarding headers with the Decider's resolver and decided on, then
+// either answered with a deny, shaped by the Decider as for every door, or
+// forwarded, over an upstream connection of the client connection's own,
+// to the original destination with the client-IP header set (a client-sent
+// one removed) and the peer appended to X-Forwarded-For: what the ext_proc
+// server answers Envoy for the same peer and headers. The HTTP mode dials
+// from the host's address also with OriginalSource, and names the client
+// in the client-IP header.
 //
 // A Handoff runs a Server for origdst.fallback: auto: it hands each
 // capture port to Envoy and back. Its ListenerACKed and NodeGone methods

@@ -61,7 +61,9 @@ type Options struct {
 	// HTTPPorts are the original-destination ports whose connections are
 	// served as HTTP/1.1 (origdst.http_ports): each request is resolved
 	// from its forwarding headers and decided on, gets the client-IP
-	// header, and is forwarded; a deny is answered with Settings.DenyStatus.
+	// header, and is forwarded; a deny is answered as the Decider shapes
+	// it for every door (extproc.deny_status unless the policy gives its
+	// own).
 	HTTPPorts []uint16
 	// OriginalSource, in ModeTProxy, dials each TCP connection's upstream
 	// from the client's own address (the TCP peer's IP, a transparent
@@ -69,8 +71,8 @@ type Options struct {
 	// Envoy's original_src filter does, so that the application sees the
 	// client: the TPROXY rules skip that mark and route the application's
 	// answers, which the connection mark gets back, to realipd's socket.
-	// The HTTP mode, whose upstream connections are shared, dials from the
-	// host's address and says who the client is in the client-IP header.
+	// The HTTP mode dials from the host's address and says who the client
+	// is in the client-IP header.
 	OriginalSource bool
 	// TProxyMark is the mark of the TPROXY rules (origdst.tproxy_mark),
 	// needed with OriginalSource.
