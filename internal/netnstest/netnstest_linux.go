@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,24 +139,39 @@ func (n *Netns) IP(t testing.TB, args ...string) string {
 }
 
 // AddAddr gives dev the addresses (CIDRs) and returns once every one can
-// be bound. An IPv6 address is added with nodad: without it the kernel
-// marks the address tentative until its address-configuration work has
-// run, which takes the RTNL lock and may wait behind the namespaces other
-// tests make or delete, and bind(2) to the address fails meanwhile with
-// EADDRNOTAVAIL, even on lo. AddAddr still waits until no address of the
-// namespace is tentative (a new link's link-local address included).
+// be bound and reached. An IPv6 address is added with nodad, and still
+// waited for: the kernel's address-configuration work, which marks an
+// address usable (without nodad it is tentative until then, and bind(2)
+// to it fails with EADDRNOTAVAIL, even on lo) and adds its local route
+// (until then a connection to it fails with ENETUNREACH), runs after
+// "ip addr add" has returned, under the RTNL lock, and may wait behind
+// the namespaces other tests make or delete. So AddAddr waits until no
+// address of the namespace is tentative (a new link's link-local address
+// included) and every IPv6 address it added is in the local routing
+// table. (An IPv4 address's routes are added before "ip addr add"
+// returns.)
 func (n *Netns) AddAddr(t testing.TB, dev string, addrs ...string) {
 	t.Helper()
+	var local []string // "local ADDR " lines the local table must show
 	for _, addr := range addrs {
 		args := []string{"addr", "add", addr, "dev", dev}
-		if strings.Contains(addr, ":") {
+		if p, err := netip.ParsePrefix(addr); err == nil && p.Addr().Is6() {
 			args = append(args, "nodad")
+			local = append(local, "local "+p.Addr().String()+" ")
 		}
 		n.IP(t, args...)
 	}
-	n.waitFor(t, "no tentative IPv6 address", func() (bool, string) {
-		out := n.IP(t, "-6", "addr", "show", "tentative")
-		return strings.TrimSpace(out) == "", out
+	n.waitFor(t, "done configuring its IPv6 addresses", func() (bool, string) {
+		if out := n.IP(t, "-6", "addr", "show", "tentative"); strings.TrimSpace(out) != "" {
+			return false, "tentative:\n" + out
+		}
+		routes := n.IP(t, "-6", "route", "show", "table", "local")
+		for _, l := range local {
+			if !strings.Contains(routes, l) {
+				return false, "no " + strings.TrimSpace(l) + " route in the local table:\n" + routes
+			}
+		}
+		return true, ""
 	})
 }
 

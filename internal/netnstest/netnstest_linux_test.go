@@ -33,12 +33,14 @@ func churn(t *testing.T) {
 }
 
 // TestAddressesUsableAtOnce: when New and Veth return, no address they
-// configured is tentative, every one can be bound, and a connection
-// crosses the veth pair at once, also while other namespaces come and go.
-// An IPv6 address added without nodad, even on lo, stayed tentative (bind:
-// cannot assign requested address) until the kernel's address work ran,
-// which waits for the RTNL lock: a race that the churn makes likely, not
-// certain, so the test guards the helpers rather than proves the race.
+// configured is tentative, every one can be bound and reached, and a
+// connection crosses the veth pair at once, also while other namespaces
+// come and go. Until the kernel's address work has run (it waits for the
+// RTNL lock), an IPv6 address added without nodad, even on lo, is
+// tentative (bind: cannot assign requested address), and one added with
+// nodad has no local route yet (connect: network is unreachable): a race
+// that the churn makes likely, not certain, so the test guards the
+// helpers rather than proves the race.
 func TestAddressesUsableAtOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("makes 80 namespaces while others come and go: not with -short")
@@ -61,6 +63,12 @@ func TestAddressesUsableAtOnce(t *testing.T) {
 				if err != nil {
 					t.Errorf("round %d: %v", round, err)
 					continue
+				}
+				c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+				if err != nil {
+					t.Errorf("round %d: %v", round, err)
+				} else {
+					c.Close()
 				}
 				l.Close()
 			}
