@@ -35,7 +35,8 @@
 // per-stream buffer, and the policy request gets copies in request order with
 // lower-case names. With no such policy nothing is collected.
 //
-// With Settings.XFFAppendedByEnvoy and a strategy reading X-Forwarded-For,
+// With decide.Settings.XFFAppendedByEnvoy (extproc.xff_appended_by_envoy)
+// and a strategy reading X-Forwarded-For,
 // the last X-Forwarded-For entry is removed before resolving when it is the
 // one Envoy appends with use_remote_address: true: the IP of source.address,
 // or for a loopback peer Envoy's own address (destination.address, or one of
@@ -48,17 +49,22 @@
 // when every entry is trusted. Every other failure is unresolved: no client
 // IP, the client-IP header removed, resolved_from none, and either a deny
 // (the default; policy trust.on_unresolved, details
-// realipd_client_ip_unresolved) or, with Settings.PassUnresolved, the
-// policies deciding on a request without client IP.
+// realipd_client_ip_unresolved) or, with decide.Settings.PassUnresolved
+// (trust.on_unresolved: pass), the policies deciding on a request without
+// client IP. The decision itself is decide.Decider.Decide, the step every
+// door of realipd shares; this package reads and writes Envoy's wire
+// format around it.
 //
 // The hot path reads and writes protobuf wire format directly (wire.go,
-// encode.go) and takes its settings from an atomic pointer, so Update can
-// swap resolver, policies and names while streams run. Each message holds
-// the policy chain of its settings (plugins.Chain.Acquire, one atomic add)
-// until it is answered, so that a chain replaced by Update and retired by
-// its owner closes only once the messages deciding on it are done.
+// encode.go) and takes its Decider from the decide.Current that New is
+// given and the other doors share, so that a reload swaps resolver,
+// policies and names while streams run. Each message holds the Decider's
+// policy chain (decide.Current.Acquire, one atomic add) until it is
+// answered, so that a chain a reload replaced and retired closes only once
+// the messages deciding on it are done.
 //
 // Serving: TCP or unix:///path, grpc.health.v1 (SERVING for "" and
 // ServiceName until the drain), server reflection, keepalive enforcement, and
-// a bounded graceful drain when Serve's context ends.
+// a graceful drain bounded by Options.DrainTimeout when Serve's context ends
+// (grpcserve, shared with the xDS server).
 package extproc

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/realipd/realipd/decide"
+	"github.com/realipd/realipd/grpcserve"
 	"github.com/realipd/realipd/listenaddr"
 )
 
@@ -181,40 +182,13 @@ func (srv *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 
-	srv.log.Info("extproc: serving", "address", addrString(ln))
-	errc := make(chan error, 1)
-	go func() { errc <- gs.Serve(ln) }()
-	srv.serving.Add(1)
-
-	select {
-	case err := <-errc:
-		srv.serving.Add(-1)
-		hs.Shutdown()
-		gs.Stop()
-		return fmt.Errorf("extproc: serve %s: %w", addrString(ln), err)
-	case <-ctx.Done():
-	}
-	srv.serving.Add(-1)
-
-	srv.log.Info("extproc: draining", "address", addrString(ln), "timeout", srv.drainTimeout)
-	hs.Shutdown() // every service NOT_SERVING
-	stopped := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(stopped)
-	}()
-	t := time.NewTimer(srv.drainTimeout)
-	defer t.Stop()
-	select {
-	case <-stopped:
-	case <-t.C:
-		srv.log.Warn("extproc: drain timeout: cutting remaining streams", "address", addrString(ln))
-		gs.Stop()
-		<-stopped
-	}
-	<-errc // Serve returned (nil after a stop)
-	srv.log.Info("extproc: stopped", "address", addrString(ln))
-	return nil
+	return grpcserve.Serve(ctx, gs, ln, grpcserve.Drain{
+		Name:    "extproc",
+		Logger:  srv.log,
+		Health:  hs,
+		Timeout: srv.drainTimeout,
+		Serving: &srv.serving,
+	})
 }
 
 // Ready reports nil while the server serves on at least one listener and is
@@ -225,8 +199,6 @@ func (srv *Server) Ready(context.Context) error {
 	}
 	return nil
 }
-
-func addrString(ln net.Listener) string { return listenaddr.String(ln) }
 
 // processor is the handler type of serviceDesc.
 type processor interface {

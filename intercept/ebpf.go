@@ -15,11 +15,12 @@ import (
 // Outbound: every TCP connect made by a socket of the processes in Cgroup
 // (and its descendants) goes to 127.0.0.1:OutboundPort instead (::1 for
 // IPv6, ::ffff:127.0.0.1 for an IPv4-mapped destination), unless the
-// destination is loopback or the socket carries ExcludeMark (SO_MARK). The
-// original destination is recorded, and getsockopt(SO_ORIGINAL_DST) on the
-// connection accepted on the capture port answers it, exactly as after an
-// iptables REDIRECT: Envoy's original_dst listener filter and realipd's
-// native listener need no change. The getsockopt hook is attached to
+// destination is loopback or the socket carries a non-zero ExcludeMark
+// (SO_MARK). The original destination is recorded, and
+// getsockopt(SO_ORIGINAL_DST) on the connection accepted on the capture
+// port answers it, exactly as after an iptables REDIRECT: Envoy's
+// original_dst listener filter and realipd's native listener need no
+// change. The getsockopt hook is attached to
 // GetsockoptCgroup, which must contain the capture listener's socket: a
 // socket belongs to the cgroup of the process that created it (for good,
 // even if the process moves), an accepted socket to its listener's, and
@@ -42,7 +43,9 @@ type EBPFOptions struct {
 	GetsockoptCgroup string
 	// OutboundPort is the capture port on loopback (required).
 	OutboundPort uint16
-	// ExcludeMark: sockets with this SO_MARK are never captured (0: none).
+	// ExcludeMark: sockets with this SO_MARK are never captured. 0
+	// excludes none (it is the mark of every unmarked socket, which are
+	// all captured).
 	ExcludeMark uint32
 	// InboundPorts are the local ports steered to the inbound listener;
 	// none: no sk_lookup program is attached.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/realipd/realipd/internal/ebpftest"
+	"github.com/realipd/realipd/internal/netnstest"
 )
 
 // BenchmarkConnectionSetup measures one intercepted connection's setup, side
@@ -33,8 +33,8 @@ import (
 // The client resets its connections (SO_LINGER 0), so that no TIME_WAIT
 // piles up; run it with a bounded count, e.g. -benchtime=5000x.
 func BenchmarkConnectionSetup(b *testing.B) {
-	ebpftest.RequireRoot(b)
-	ns := ebpftest.NewNetns(b, "192.0.2.10/32")
+	netnstest.Require(b)
+	ns := netnstest.New(b, "192.0.2.10/32")
 	var ln *net.TCPListener
 	if err := ns.Do(func() error {
 		l, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -61,7 +61,7 @@ func BenchmarkConnectionSetup(b *testing.B) {
 			}
 			// Without a redirection this fails (no record, no conntrack
 			// entry) and the local address is the destination.
-			_, _ = ebpftest.OriginalDst(c)
+			_, _ = netnstest.OriginalDst(c)
 			_, _ = c.Write([]byte{1})
 			c.Close()
 		}
@@ -117,15 +117,15 @@ func BenchmarkConnectionSetup(b *testing.B) {
 	})
 
 	b.Run("ebpf", func(b *testing.B) {
-		mount := ebpftest.Cgroup2Mount(b)
+		mount := netnstest.Cgroup2Mount(b)
 		if err := ProbeEBPF(false); err != nil {
-			ebpftest.Skip(b, "the kernel cannot run the eBPF capture: %v", err)
+			netnstest.Unavailablef(b, "needs a kernel that runs the eBPF capture: %v", err)
 		}
 		self, err := ProcessCgroup(0)
 		if err != nil {
-			ebpftest.Skip(b, "this process is in no cgroup v2: %v", err)
+			netnstest.Unavailablef(b, "needs to run in a cgroup v2: %v", err)
 		}
-		rel, dir := ebpftest.NewCgroup(b, mount)
+		rel, dir := netnstest.NewCgroup(b, mount)
 		// The listener was made before this process moved: a socket
 		// stays in the cgroup it was created in, and the getsockopt hook
 		// runs for the accepted sockets' cgroup, the listener's.

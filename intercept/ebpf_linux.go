@@ -228,6 +228,7 @@ func (c *EBPFCapture) attach(h ebpfHook) error {
 				return nil
 			}
 			// Pinned for another cgroup or netns: replace it.
+			_ = detachEBPFLink(old)
 			_ = old.Unpin()
 			old.Close()
 		} else if !errors.Is(err, os.ErrNotExist) {
@@ -437,8 +438,9 @@ func (c *EBPFCapture) closeFDs(detach bool) error {
 	return errors.Join(errs...)
 }
 
-// DetachEBPF removes the capture pinned in dir: every pinned link (the
-// programs detach as their last reference goes) and map. It returns
+// DetachEBPF removes the capture pinned in dir: it detaches every pinned
+// link (the connect hooks first), so that no connect is captured once it
+// returns, and removes the pins of the links and maps. It returns
 // ErrEBPFNotPinned when dir holds none of them.
 func DetachEBPF(dir string) error {
 	found := false
@@ -469,15 +471,37 @@ func DetachEBPF(dir string) error {
 	return errors.Join(errs...)
 }
 
+// removePinnedEBPFLink detaches the link pinned in dir under name, then
+// removes the pin; nothing pinned there is no error.
 func removePinnedEBPFLink(dir, name string) error {
 	path := filepath.Join(dir, linkFilePrefix+name)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	l, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	// Removing the pin drops the reference that kept the link alive:
-	// unlinking the file is all Unpin does.
-	if err := os.Remove(path); err != nil {
+	if err != nil {
+		return fmt.Errorf("ebpf: loading the pinned link %s: %w", path, ebpfPermissionHint(err))
+	}
+	defer l.Close()
+	if err := detachEBPFLink(l); err != nil {
+		return fmt.Errorf("ebpf: detaching the pinned link %s: %w", path, err)
+	}
+	if err := l.Unpin(); err != nil {
 		return fmt.Errorf("ebpf: unpinning %s: %w", path, err)
+	}
+	return nil
+}
+
+// detachEBPFLink detaches l from its cgroup or namespace at once
+// (BPF_LINK_DETACH). Dropping the last reference to a link detaches it
+// too, but not at once when that reference is a pin: the kernel frees an
+// unlinked bpffs file after an RCU grace period and releases the link
+// from a work queue, so a connect made meanwhile, right after "detach"
+// returned, would still be captured. A kernel without BPF_LINK_DETACH
+// (before 5.9, where the capture cannot run anyway) is left to that.
+func detachEBPFLink(l link.Link) error {
+	if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
 	}
 	return nil
 }

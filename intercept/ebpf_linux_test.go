@@ -16,15 +16,15 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
-	"github.com/realipd/realipd/internal/ebpftest"
+	"github.com/realipd/realipd/internal/netnstest"
 )
 
 // TestEBPFClientProcess is the client process of the eBPF tests
-// (ebpftest.RunClient starts this binary again running only this test);
+// (netnstest.RunClient starts this binary again running only this test);
 // in a normal run it does nothing.
 func TestEBPFClientProcess(t *testing.T) {
-	if ebpftest.IsClient() {
-		ebpftest.ClientMain()
+	if netnstest.IsClient() {
+		netnstest.ClientMain()
 	}
 }
 
@@ -33,10 +33,10 @@ func TestEBPFClientProcess(t *testing.T) {
 // the cgroup2 mount.
 func requireEBPF(t *testing.T, inbound bool) string {
 	t.Helper()
-	ebpftest.RequireRoot(t)
-	mount := ebpftest.Cgroup2Mount(t)
+	netnstest.Require(t)
+	mount := netnstest.Cgroup2Mount(t)
 	if err := ProbeEBPF(inbound); err != nil {
-		ebpftest.Skip(t, "the kernel cannot run the eBPF capture: %v", err)
+		netnstest.Unavailablef(t, "needs a kernel that runs the eBPF capture: %v", err)
 	}
 	return mount
 }
@@ -46,7 +46,7 @@ func requireEBPF(t *testing.T, inbound bool) string {
 func TestEBPFContextLayout(t *testing.T) {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
-		ebpftest.Skip(t, "no kernel BTF: %v", err)
+		netnstest.Unavailablef(t, "needs the kernel's BTF: %v", err)
 	}
 	check := func(typ string, want map[string]uint32) {
 		var st *btf.Struct
@@ -102,7 +102,7 @@ func (s *ebpfServer) close() { s.ln.Close(); s.wg.Wait() }
 // ebpfCaptureLine is the capture listener's answer: the original destination
 // that a plain getsockopt(SO_ORIGINAL_DST) returns.
 func ebpfCaptureLine(c net.Conn) string {
-	dst, err := ebpftest.OriginalDst(c.(*net.TCPConn))
+	dst, err := netnstest.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		return "captured, no original destination: " + err.Error()
 	}
@@ -114,7 +114,7 @@ func ebpfCaptureLine(c net.Conn) string {
 // answer "direct ADDR", one on 127.0.0.1:8081, and capture listeners on
 // 127.0.0.1:P and [::1]:P that answer "captured ORIGINAL-DESTINATION".
 type ebpfNet struct {
-	ns      *ebpftest.Netns
+	ns      *netnstest.Netns
 	port    uint16 // P
 	servers []*ebpfServer
 }
@@ -128,7 +128,7 @@ var (
 
 func newEBPFNet(t *testing.T) *ebpfNet {
 	t.Helper()
-	n := &ebpfNet{ns: ebpftest.NewNetns(t, "192.0.2.10/32", "2001:db8::10/128")}
+	n := &ebpfNet{ns: netnstest.New(t, "192.0.2.10/32", "2001:db8::10/128")}
 	err := n.ns.Do(func() error {
 		for _, a := range []netip.AddrPort{ebpfDst4, ebpfDst6, ebpfLocal4} {
 			ln, err := net.Listen("tcp", a.String())
@@ -186,7 +186,7 @@ func (n *ebpfNet) dialFromTest(t *testing.T, addr netip.AddrPort) string {
 
 // ebpfAssertNoIPTables checks that the namespace has no iptables rule at all
 // (the capture must not need one).
-func ebpfAssertNoIPTables(t *testing.T, ns *ebpftest.Netns) {
+func ebpfAssertNoIPTables(t *testing.T, ns *netnstest.Netns) {
 	t.Helper()
 	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -209,10 +209,10 @@ func TestEBPFOutbound(t *testing.T) {
 	mount := requireEBPF(t, false)
 	self, err := ProcessCgroup(0)
 	if err != nil {
-		ebpftest.Skip(t, "this process is in no cgroup v2: %v", err)
+		netnstest.Unavailablef(t, "needs to run in a cgroup v2: %v", err)
 	}
 	n := newEBPFNet(t)
-	rel, dir := ebpftest.NewCgroup(t, mount)
+	rel, dir := netnstest.NewCgroup(t, mount)
 
 	c, err := AttachEBPF(EBPFOptions{
 		Cgroup:           rel,
@@ -228,7 +228,7 @@ func TestEBPFOutbound(t *testing.T) {
 
 	captured := func(a netip.AddrPort) string { return "captured " + a.String() }
 	direct := func(a netip.AddrPort) string { return "direct " + a.String() }
-	dials := []ebpftest.Dial{
+	dials := []netnstest.Dial{
 		{Family: 4, Addr: ebpfDst4},
 		{Family: 6, Addr: ebpfDst6},
 		{Family: 6, Addr: ebpfDst4in},           // an IPv4-mapped destination from an AF_INET6 socket
@@ -240,7 +240,7 @@ func TestEBPFOutbound(t *testing.T) {
 		{Family: 6, Addr: netip.MustParseAddrPort("[::ffff:127.0.0.1]:8081")}, // nor mapped loopback
 	}
 	want := []string{captured(ebpfDst4), captured(ebpfDst6), captured(ebpfDst4), direct(ebpfDst4), direct(ebpfDst6), direct(ebpfDst4), captured(ebpfDst4), direct(ebpfLocal4), direct(ebpfLocal4)}
-	got := ebpftest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials)
+	got := netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials)
 	for i := range dials {
 		if got[i].Err != "" || got[i].Reply != want[i] {
 			t.Errorf("client dial %+v: got %+v, want %q", dials[i], got[i], want[i])
@@ -274,13 +274,47 @@ func TestEBPFOutbound(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	got = ebpftest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials[:3])
+	got = netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials[:3])
 	for i, d := range dials[:3] {
 		if w := direct(netip.AddrPortFrom(d.Addr.Addr().Unmap(), d.Addr.Port())); got[i].Reply != w {
 			t.Errorf("after Close, dial %+v: got %+v, want %q", d, got[i], w)
 		}
 	}
 	ebpfAssertNoIPTables(t, n.ns)
+}
+
+// TestEBPFExcludeMarkZero: ExcludeMark 0 excludes no socket. Every
+// unmarked socket carries mark 0, so a program that compared the mark
+// with it unconditionally left them all alone and captured nothing.
+func TestEBPFExcludeMarkZero(t *testing.T) {
+	mount := requireEBPF(t, false)
+	self, err := ProcessCgroup(0)
+	if err != nil {
+		netnstest.Unavailablef(t, "needs to run in a cgroup v2: %v", err)
+	}
+	n := newEBPFNet(t)
+	rel, dir := netnstest.NewCgroup(t, mount)
+	c, err := AttachEBPF(EBPFOptions{Cgroup: rel, GetsockoptCgroup: self, OutboundPort: n.port})
+	if err != nil {
+		t.Fatalf("AttachEBPF: %v", err)
+	}
+	defer c.Close()
+	dials := []netnstest.Dial{
+		{Family: 4, Addr: ebpfDst4},
+		{Family: 6, Addr: ebpfDst6},
+		{Family: 6, Addr: ebpfDst4in},
+		{Family: 4, Addr: ebpfDst4, Mark: 1338},
+	}
+	want := []string{"captured " + ebpfDst4.String(), "captured " + ebpfDst6.String(), "captured " + ebpfDst4.String(), "captured " + ebpfDst4.String()}
+	got := netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials)
+	for i := range dials {
+		if got[i].Err != "" || got[i].Reply != want[i] {
+			t.Errorf("client dial %+v: got %+v, want %q", dials[i], got[i], want[i])
+		}
+	}
+	if cnt, err := c.Counters(); err != nil || cnt.Captured != 4 || cnt.Excluded != 0 {
+		t.Errorf("counters %+v (%v), want 4 captured and none excluded", cnt, err)
+	}
 }
 
 // ebpfWaitEmpty waits up to d for the hash map m to have no entry and returns
@@ -308,8 +342,8 @@ func TestEBPFAttachErrors(t *testing.T) {
 	if _, err := AttachEBPF(EBPFOptions{OutboundPort: 15001}); err == nil || !strings.Contains(err.Error(), "cgroup") {
 		t.Errorf("no cgroup: %v", err)
 	}
-	ebpftest.RequireRoot(t)
-	mount := ebpftest.Cgroup2Mount(t)
+	netnstest.Require(t)
+	mount := netnstest.Cgroup2Mount(t)
 	_, err := AttachEBPF(EBPFOptions{Cgroup2Mount: mount, Cgroup: "/realipd-no-such-cgroup", OutboundPort: 15001})
 	if err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing cgroup: %v", err)

@@ -11,9 +11,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/realipd/realipd/internal/ebpftest"
+	"github.com/realipd/realipd/internal/netnstest"
 )
 
 // newEBPFBPFFS mounts a bpffs of the test's own and returns a directory on it.
@@ -21,7 +23,7 @@ func newEBPFBPFFS(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
-		ebpftest.Skip(t, "cannot mount a bpffs: %v", err)
+		netnstest.Unavailablef(t, "cannot mount a bpffs: %v", err)
 	}
 	t.Cleanup(func() {
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
@@ -45,13 +47,13 @@ func TestEBPFPinned(t *testing.T) {
 	mount := requireEBPF(t, false)
 	self, err := ProcessCgroup(0)
 	if err != nil {
-		ebpftest.Skip(t, "this process is in no cgroup v2: %v", err)
+		netnstest.Unavailablef(t, "needs to run in a cgroup v2: %v", err)
 	}
 	pin := newEBPFBPFFS(t)
 	n := newEBPFNet(t)
-	rel, dir := ebpftest.NewCgroup(t, mount)
+	rel, dir := netnstest.NewCgroup(t, mount)
 	opts := EBPFOptions{Cgroup: rel, GetsockoptCgroup: self, OutboundPort: n.port, ExcludeMark: 1338, Pin: pin}
-	dials := []ebpftest.Dial{{Family: 4, Addr: ebpfDst4}}
+	dials := []netnstest.Dial{{Family: 4, Addr: ebpfDst4}}
 	captured, direct := "captured "+ebpfDst4.String(), "direct "+ebpfDst4.String()
 
 	c, err := AttachEBPF(opts)
@@ -65,7 +67,7 @@ func TestEBPFPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = DetachEBPF(pin) }) // if the test fails half way
-	if got := ebpftest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials); got[0].Reply != captured {
+	if got := netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials); got[0].Reply != captured {
 		t.Fatalf("after Close of a pinned capture: %+v, want %q", got[0], captured)
 	}
 
@@ -100,7 +102,7 @@ func TestEBPFPinned(t *testing.T) {
 			t.Errorf("link %s: was %+v, now %+v; want the same link with a new program", l.Name, b, l)
 		}
 	}
-	if got := ebpftest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials); got[0].Reply != captured {
+	if got := netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials); got[0].Reply != captured {
 		t.Errorf("after the takeover: %+v, want %q", got[0], captured)
 	}
 	if cnt, _ := c.Counters(); cnt.Captured != 2 {
@@ -111,7 +113,7 @@ func TestEBPFPinned(t *testing.T) {
 	if err := DetachEBPF(pin); err != nil {
 		t.Fatalf("DetachEBPF: %v", err)
 	}
-	if got := ebpftest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials); got[0].Reply != direct {
+	if got := netnstest.RunClient(t, "TestEBPFClientProcess", dir, n.ns, dials); got[0].Reply != direct {
 		t.Errorf("after DetachEBPF: %+v, want %q", got[0], direct)
 	}
 	if _, err := EBPFStatus(pin); !errors.Is(err, ErrEBPFNotPinned) {
@@ -128,8 +130,8 @@ func TestEBPFPinned(t *testing.T) {
 // ports reach their own listener.
 func TestEBPFInbound(t *testing.T) {
 	mount := requireEBPF(t, true)
-	ns := ebpftest.NewNetns(t, "192.0.2.20/32", "2001:db8::20/128")
-	rel, _ := ebpftest.NewCgroup(t, mount) // empty: nothing is captured outbound
+	ns := netnstest.New(t, "192.0.2.20/32", "2001:db8::20/128")
+	rel, _ := netnstest.NewCgroup(t, mount) // empty: nothing is captured outbound
 
 	var servers []*ebpfServer
 	t.Cleanup(func() {
@@ -167,7 +169,7 @@ func TestEBPFInbound(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, err := AttachEBPF(EBPFOptions{Cgroup: rel, OutboundPort: 15001, InboundPorts: []uint16{9090}, NetNS: ns.Path})
+	c, err := AttachEBPF(EBPFOptions{Cgroup: rel, OutboundPort: 15001, InboundPorts: []uint16{9090}, NetNS: ns.Path()})
 	if err != nil {
 		t.Fatalf("AttachEBPF: %v", err)
 	}
@@ -209,5 +211,42 @@ func TestEBPFInbound(t *testing.T) {
 	}
 	if got := n.dialFromTest(t, netip.MustParseAddrPort("192.0.2.20:9090")); got != "app 192.0.2.20:9090" {
 		t.Errorf("after Close: %q", got)
+	}
+}
+
+// TestEBPFDetachAtOnce: once DetachEBPF returns, no program of the
+// capture is attached any more, so that the next connect goes where it
+// was going ('realipd ebpf detach', then traffic). Removing the pins alone
+// left the links to be released later by the kernel; a few rounds catch
+// that.
+func TestEBPFDetachAtOnce(t *testing.T) {
+	mount := requireEBPF(t, false)
+	pin := newEBPFBPFFS(t)
+	rel, dir := netnstest.NewCgroup(t, mount)
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	t.Cleanup(func() { _ = DetachEBPF(pin) }) // if the test fails half way
+	hooks := []ebpf.AttachType{ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect, ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt}
+	for round := range 100 {
+		c, err := AttachEBPF(EBPFOptions{Cgroup: rel, OutboundPort: 15001, ExcludeMark: 1338, Pin: pin})
+		if err != nil {
+			t.Fatalf("AttachEBPF: %v", err)
+		}
+		c.Close()
+		if err := DetachEBPF(pin); err != nil {
+			t.Fatalf("DetachEBPF: %v", err)
+		}
+		for _, h := range hooks {
+			r, err := link.QueryPrograms(link.QueryOptions{Target: int(cg.Fd()), Attach: h})
+			if err != nil {
+				t.Fatalf("querying the %v programs of the cgroup: %v", h, err)
+			}
+			if len(r.Programs) != 0 {
+				t.Fatalf("round %d: right after DetachEBPF, %d %v program(s) still attached", round, len(r.Programs), h)
+			}
+		}
 	}
 }

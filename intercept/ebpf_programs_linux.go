@@ -241,7 +241,7 @@ const (
 // connectProgram rewrites the TCP connects of an AF_INET (v6 false) or
 // AF_INET6 socket to the loopback capture port and records the original
 // destination under the socket's cookie. Loopback destinations and sockets
-// carrying excludeMark are left alone.
+// carrying excludeMark (when it is not 0) are left alone.
 func connectProgram(v6 bool, port uint16, excludeMark uint32) asm.Instructions {
 	b := &bpfBuilder{}
 	b.add(
@@ -281,15 +281,18 @@ func connectProgram(v6 bool, port uint16, excludeMark uint32) asm.Instructions {
 		)
 		b.label("native6")
 	}
-	// The exclusion mark: ctx->sk->mark.
-	b.add(
-		asm.LoadMem(asm.R2, asm.R6, saSk, asm.DWord),
-		asm.JEq.Imm(asm.R2, 0, "unmarked"),
-		asm.LoadMem(asm.R3, asm.R2, skMark, asm.Word),
-		asm.JNE.Imm32(asm.R3, int32(excludeMark), "unmarked"),
-	)
-	b.count(counterExcluded)
-	b.pass()
+	// The exclusion mark: ctx->sk->mark. Mark 0 excludes nothing: every
+	// unmarked socket carries it, so comparing with it would capture none.
+	if excludeMark != 0 {
+		b.add(
+			asm.LoadMem(asm.R2, asm.R6, saSk, asm.DWord),
+			asm.JEq.Imm(asm.R2, 0, "unmarked"),
+			asm.LoadMem(asm.R3, asm.R2, skMark, asm.Word),
+			asm.JNE.Imm32(asm.R3, int32(excludeMark), "unmarked"),
+		)
+		b.count(counterExcluded)
+		b.pass()
+	}
 
 	b.label("unmarked")
 	// The original destination, keyed by the socket cookie.

@@ -457,7 +457,7 @@ func TestRedirectTrafficNetns(t *testing.T) {
 			bind := "127.0.0.6"
 			if f == IPv6 {
 				bind = "::6"
-				a.IP(t, "-6", "addr", "add", "::6/128", "dev", "lo") // as Envoy's inbound passthrough needs it
+				a.AddAddr(t, "lo", "::6/128") // as Envoy's inbound passthrough needs it
 			}
 			passthrough := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(bind)}}
 			check("Envoy's inbound passthrough (from "+bind+")", a, passthrough, app8080, "app")

@@ -30,14 +30,15 @@ type proxyConn struct {
 	client *net.TCPConn
 	up     *net.TCPConn // nil until dialled; guarded by Server.mu
 	cut    cutReason    // non-zero once realipd cut it; guarded by Server.mu
-	last   atomic.Int64 // when bytes last moved either way (Unix nanoseconds)
+	last   atomic.Int64 // when bytes last moved either way, on now's clock (a time.Duration)
+	now    func() time.Duration
 	// http marks a connection of the HTTP mode, idle-swept like a proxied
 	// one from the start (its upstream connections are the Transport's).
 	http bool
 }
 
 // touch records that bytes moved.
-func (pc *proxyConn) touch() { pc.last.Store(time.Now().UnixNano()) }
+func (pc *proxyConn) touch() { pc.last.Store(int64(pc.now())) }
 
 // serveConn sets up one accepted connection (PROXY header, policies,
 // upstream dial) and proxies it. A connection refused on the way is
@@ -57,7 +58,7 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 			srv.log.Error("origdst: a connection's handler failed; the connection was reset", "peer", c.RemoteAddr().String(), "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	pc := &proxyConn{client: c.TCPConn}
+	pc := &proxyConn{client: c.TCPConn, now: srv.now}
 	ctx := srv.track(pc)
 	defer srv.untrack(pc)
 
@@ -89,12 +90,13 @@ func (srv *Server) serveConn(c *Conn, listener string) {
 		return
 	}
 	srv.m.setup.Observe(time.Since(c.Accepted).Seconds())
+	// Stamped before the idle sweep can see it with its upstream.
+	pc.touch()
 	if !srv.setUpstream(pc, up) { // cut while dialling
 		abort(up)
 		abort(c.TCPConn)
 		return
 	}
-	pc.touch()
 	srv.pipe(pc, up, pre, detect)
 }
 
@@ -475,11 +477,10 @@ func (srv *Server) cutAll(why cutReason) int {
 // IdleTimeout (at most every 30 s) and cuts those that moved no byte
 // either way for IdleTimeout. stop ends the sweeps.
 func (srv *Server) startIdleSweeps() (stop func()) {
-	idle := srv.opts.IdleTimeout
-	if idle <= 0 {
+	if srv.opts.IdleTimeout <= 0 {
 		return func() {}
 	}
-	every := min(max(idle/4, 10*time.Millisecond), 30*time.Second)
+	every := min(max(srv.opts.IdleTimeout/4, 10*time.Millisecond), 30*time.Second)
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -490,17 +491,20 @@ func (srv *Server) startIdleSweeps() (stop func()) {
 			select {
 			case <-quit:
 				return
-			case now := <-t.C:
-				buf = srv.sweepIdle(buf[:0], now.Add(-idle).UnixNano())
+			case <-t.C: // the tick's time is the wall clock's: not used
+				buf = srv.sweepIdle(buf[:0])
 			}
 		}
 	}()
 	return func() { close(quit); <-done }
 }
 
-// sweepIdle cuts the proxied connections whose bytes last moved before
-// the time since (Unix nanoseconds).
-func (srv *Server) sweepIdle(buf []*proxyConn, since int64) []*proxyConn {
+// sweepIdle cuts the proxied connections whose bytes last moved
+// IdleTimeout or longer ago. Both times are read on srv.now, the
+// monotonic clock: a step of the wall clock (NTP, a resumed VM) neither
+// cuts every connection at once nor keeps an idle one.
+func (srv *Server) sweepIdle(buf []*proxyConn) []*proxyConn {
+	since := int64(srv.now() - srv.opts.IdleTimeout)
 	srv.mu.Lock()
 	for pc := range srv.conns {
 		if (pc.up != nil || pc.http) && pc.cut == 0 && pc.last.Load() < since {

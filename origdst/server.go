@@ -40,7 +40,8 @@ type Options struct {
 	// (default DefaultDialTimeout).
 	DialTimeout time.Duration
 	// IdleTimeout closes a proxied connection that moved no byte either
-	// way for this long; 0: never.
+	// way for this long, on the monotonic clock (decide.Monotonic); 0:
+	// never.
 	IdleTimeout time.Duration
 	// DrainTimeout is how long, once Serve's ctx ends, proxied connections
 	// may finish before they are cut; 0 cuts them at once.
@@ -60,7 +61,9 @@ type Options struct {
 	// HTTPPorts are the original-destination ports whose connections are
 	// served as HTTP/1.1 (origdst.http_ports): each request is resolved
 	// from its forwarding headers and decided on, gets the client-IP
-	// header, and is forwarded; a deny is answered with Settings.DenyStatus.
+	// header, and is forwarded; a deny is answered as the Decider shapes
+	// it for every door (extproc.deny_status unless the policy gives its
+	// own).
 	HTTPPorts []uint16
 	// OriginalSource, in ModeTProxy, dials each TCP connection's upstream
 	// from the client's own address (the TCP peer's IP, a transparent
@@ -68,8 +71,8 @@ type Options struct {
 	// Envoy's original_src filter does, so that the application sees the
 	// client: the TPROXY rules skip that mark and route the application's
 	// answers, which the connection mark gets back, to realipd's socket.
-	// The HTTP mode, whose upstream connections are shared, dials from the
-	// host's address and says who the client is in the client-IP header.
+	// The HTTP mode dials from the host's address and says who the client
+	// is in the client-IP header.
 	OriginalSource bool
 	// TProxyMark is the mark of the TPROXY rules (origdst.tproxy_mark),
 	// needed with OriginalSource.
@@ -114,6 +117,10 @@ type Server struct {
 	lns      map[*Listener]struct{}  // the listeners accepting
 	draining bool
 	connCtx  context.Context // the connections' context, cancelled when they are cut
+
+	// now is the clock of the idle timeout: decide.Monotonic (tests
+	// inject one).
+	now func() time.Duration
 
 	warnLookup, warnAccept decide.Every
 	cur                    *decide.Current // the decision in force, shared with the other doors
@@ -197,6 +204,7 @@ func New(opts Options, cur *decide.Current) (*Server, error) {
 	policyError := func(policy string) { srv.m.policyErrors.WithLabelValues(policy).Inc() }
 	srv.tcpDoor = decide.Door{Name: decide.DoorTCP, PolicyError: policyError, Logger: log}
 	srv.httpDoor = decide.Door{Name: decide.DoorHTTP, PolicyError: policyError, Logger: log}
+	srv.now = decide.Monotonic
 	srv.dialOn = opts.RunDial
 	srv.v6only = make([]bool, len(listen))
 	for i, a := range listen {

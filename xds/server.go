@@ -111,6 +111,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/realipd/realipd/grpcserve"
 	"github.com/realipd/realipd/sockowner"
 )
 
@@ -449,45 +450,17 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 
-	s.log.Info("xds: serving", "address", addrString(ln))
-	errc := make(chan error, 1)
-	go func() { errc <- gs.Serve(ln) }()
-	s.serving.Add(1)
-
-	select {
-	case err := <-errc:
-		s.serving.Add(-1)
-		hs.Shutdown()
-		endStreams()
-		gs.Stop()
-		return fmt.Errorf("xds: serve %s: %w", addrString(ln), err)
-	case <-ctx.Done():
-	}
-	s.serving.Add(-1)
-
-	s.log.Info("xds: draining", "address", addrString(ln), "timeout", s.drainTimeout)
-	hs.Shutdown() // every service NOT_SERVING
-	stopped := make(chan struct{})
-	go func() {
-		gs.GracefulStop()
-		close(stopped)
-	}()
-	// ADS streams never end on their own: after GracefulStop has refused
-	// new streams (it runs first, the streams' end makes it return), end
-	// them so the drain finishes as soon as their last responses are out.
-	endStreams()
-	t := time.NewTimer(s.drainTimeout)
-	defer t.Stop()
-	select {
-	case <-stopped:
-	case <-t.C:
-		s.log.Warn("xds: drain timeout: cutting remaining streams", "address", addrString(ln))
-		gs.Stop()
-		<-stopped
-	}
-	<-errc // Serve returned (nil after a stop)
-	s.log.Info("xds: stopped", "address", addrString(ln))
-	return nil
+	return grpcserve.Serve(ctx, gs, ln, grpcserve.Drain{
+		Name:    "xds",
+		Logger:  s.log,
+		Health:  hs,
+		Timeout: s.drainTimeout,
+		Serving: &s.serving,
+		// ADS streams never end on their own: once GracefulStop has begun
+		// refusing new streams, end them, so that the drain finishes as
+		// soon as their last responses are out.
+		OnDrain: endStreams,
+	})
 }
 
 // keepaliveTimeout is how long a keepalive ping, or data sent, may wait for

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -313,6 +314,9 @@ func newExtProcHarnessOn(t *testing.T, cur *decide.Current) *extProcHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What these tests check is the answer, not how fast it comes: on a
+	// loaded machine an answer can take longer than Envoy's default 200 ms.
+	c.MessageTimeout = 10 * time.Second
 	t.Cleanup(func() {
 		c.Close()
 		cancel()

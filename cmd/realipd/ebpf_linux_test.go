@@ -20,15 +20,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/realipd/realipd/intercept"
-	"github.com/realipd/realipd/internal/ebpftest"
+	"github.com/realipd/realipd/internal/netnstest"
 )
 
 // TestEBPFClientProcess is the client process of the eBPF tests
-// (ebpftest.RunClient starts this binary again running only this test);
+// (netnstest.RunClient starts this binary again running only this test);
 // in a normal run it does nothing.
 func TestEBPFClientProcess(t *testing.T) {
-	if ebpftest.IsClient() {
-		ebpftest.ClientMain()
+	if netnstest.IsClient() {
+		netnstest.ClientMain()
 	}
 }
 
@@ -37,7 +37,7 @@ func TestEBPFClientProcess(t *testing.T) {
 // only reads SO_ORIGINAL_DST and forwards there (its upstream dials carry
 // the exclusion mark, like Envoy's), and an empty cgroup for the client.
 type ebpfWorld struct {
-	ns        *ebpftest.Netns
+	ns        *netnstest.Netns
 	cgroupRel string
 	cgroupDir string
 	self      string // this process's cgroup: where the proxy runs
@@ -51,17 +51,17 @@ var ebpfUpstream = netip.MustParseAddrPort("192.0.2.30:8080")
 
 func newEBPFWorld(t *testing.T) *ebpfWorld {
 	t.Helper()
-	ebpftest.RequireRoot(t)
-	mount := ebpftest.Cgroup2Mount(t)
+	netnstest.Require(t)
+	mount := netnstest.Cgroup2Mount(t)
 	if err := intercept.ProbeEBPF(false); err != nil {
-		ebpftest.Skip(t, "the kernel cannot run the eBPF capture: %v", err)
+		netnstest.Unavailablef(t, "needs a kernel that runs the eBPF capture: %v", err)
 	}
 	self, err := intercept.ProcessCgroup(0)
 	if err != nil {
-		ebpftest.Skip(t, "this process is in no cgroup v2: %v", err)
+		netnstest.Unavailablef(t, "needs to run in a cgroup v2: %v", err)
 	}
-	w := &ebpfWorld{ns: ebpftest.NewNetns(t, ebpfUpstream.Addr().String()+"/32"), self: self}
-	w.cgroupRel, w.cgroupDir = ebpftest.NewCgroup(t, mount)
+	w := &ebpfWorld{ns: netnstest.New(t, ebpfUpstream.Addr().String()+"/32"), self: self}
+	w.cgroupRel, w.cgroupDir = netnstest.NewCgroup(t, mount)
 
 	var wg sync.WaitGroup
 	var lns []net.Listener
@@ -154,7 +154,7 @@ func ebpfDialMarked(dst netip.AddrPort) ebpfDialResult {
 // forward is the whole transparent proxy: SO_ORIGINAL_DST, dial, copy.
 func (w *ebpfWorld) forward(c net.Conn, dials chan<- ebpfProxyDial) {
 	defer c.Close()
-	dst, err := ebpftest.OriginalDst(c.(*net.TCPConn))
+	dst, err := netnstest.OriginalDst(c.(*net.TCPConn))
 	if err != nil {
 		fmt.Fprintf(c, "proxy: %v\n", err)
 		return
@@ -197,7 +197,7 @@ intercept:
 // dial runs a client in the captured cgroup and returns its reply.
 func (w *ebpfWorld) dial(t *testing.T) string {
 	t.Helper()
-	r := ebpftest.RunClient(t, "TestEBPFClientProcess", w.cgroupDir, w.ns, []ebpftest.Dial{{Family: 4, Addr: ebpfUpstream}})[0]
+	r := netnstest.RunClient(t, "TestEBPFClientProcess", w.cgroupDir, w.ns, []netnstest.Dial{{Family: 4, Addr: ebpfUpstream}})[0]
 	if r.Err != "" {
 		t.Fatalf("client: %s", r.Err)
 	}
@@ -298,7 +298,7 @@ func TestServeEBPFPinned(t *testing.T) {
 	w := newEBPFWorld(t)
 	bpffs := t.TempDir()
 	if err := unix.Mount("bpf", bpffs, "bpf", 0, ""); err != nil {
-		ebpftest.Skip(t, "cannot mount a bpffs: %v", err)
+		netnstest.Unavailablef(t, "cannot mount a bpffs: %v", err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
 	pin := filepath.Join(bpffs, "realipd")

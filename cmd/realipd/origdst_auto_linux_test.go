@@ -139,6 +139,15 @@ origdst: {enabled: true, fallback: auto, fallback_grace: 300ms, listen: ["127.0.
 			}
 		}
 	}
+	// The handoff's loop reports ready once it runs, a moment after the
+	// listener logged that it serves: wait for it once, then it must stay.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, code := get(t, s.admin+"/readyz"); code == http.StatusOK || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling an observable state, not synchronising
+	}
 	ready("start")
 	metrics("start", "realipd_origdst_listeners 1", `realipd_origdst_ports{holder="native"} 1`)
 

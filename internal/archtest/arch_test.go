@@ -13,6 +13,8 @@ import (
 const module = "github.com/realipd/realipd"
 
 type pkg struct {
+	Dir        string
+	GoFiles    []string
 	ImportPath string
 	Name       string
 	Doc        string
@@ -104,6 +106,17 @@ func TestLayering(t *testing.T) {
 					t.Errorf("decide imports %s; it may import the standard library, clientip and plugins only", imp)
 				}
 			}
+		case rel == "grpcserve":
+			// The serve-and-drain sequence of the gRPC roles: gRPC and
+			// listenaddr, never a role (extproc and xds import it).
+			for _, imp := range p.Imports {
+				if isStandard(imp) || imp == "google.golang.org/grpc" || strings.HasPrefix(imp, "google.golang.org/grpc/") {
+					continue
+				}
+				if r, ok := local(imp); !ok || r != "listenaddr" {
+					t.Errorf("grpcserve imports %s; it may import the standard library, google.golang.org/grpc and listenaddr only", imp)
+				}
+			}
 		case rel == "listsource":
 			// Fetching and parsing CIDR lists: the standard library and
 			// clientip (merging) only; metrics and the file watch are
@@ -140,10 +153,9 @@ func TestLayering(t *testing.T) {
 			}
 		}
 	}
-	if _, ok := byPath[module+"/decide"]; !ok {
-		t.Fatal("decide not found: the test is not looking at this module")
-	}
-	if _, ok := byPath[module+"/clientip"]; !ok {
-		t.Fatal("clientip not found: the test is not looking at this module")
+	for _, want := range []string{"clientip", "decide", "grpcserve"} {
+		if _, ok := byPath[module+"/"+want]; !ok {
+			t.Fatalf("%s not found: the test is not looking at this module", want)
+		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,19 +64,41 @@ func Unavailable(t testing.TB, reason string) {
 	t.Skipf("network namespace test: %s (set %s=1 to fail instead)", reason, RequireEnv)
 }
 
+// Unavailablef is Unavailable with the reason formatted.
+func Unavailablef(t testing.TB, format string, args ...any) {
+	t.Helper()
+	Unavailable(t, fmt.Sprintf(format, args...))
+}
+
+// How long the helpers wait for the kernel to settle what they configured
+// (an address to leave the tentative state, a link to be up, a cgroup to
+// be empty), and how often they look.
+const (
+	settleTimeout = 10 * time.Second
+	pollInterval  = 5 * time.Millisecond
+)
+
+var seq atomic.Int64
+
+// uniqueName returns prefix-PID-N-RANDOM: unique among the running
+// processes (PID), within this one (N), and against what a killed run of
+// an earlier process with the same PID left behind (RANDOM).
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s-%d-%d-%08x", prefix, os.Getpid(), seq.Add(1), rand.Uint32())
+}
+
 // Netns is a network namespace the test made.
 type Netns struct {
 	Name string
 }
 
-var seq atomic.Int32
-
-// New makes a namespace with lo up, deleted when the test ends. It calls
-// Require first.
-func New(t testing.TB) *Netns {
+// New makes a namespace with lo up and the addresses loAddrs (CIDRs) on
+// lo, usable when it returns (see AddAddr); it is deleted when the test
+// ends. It calls Require first.
+func New(t testing.TB, loAddrs ...string) *Netns {
 	t.Helper()
 	Require(t)
-	n := &Netns{Name: fmt.Sprintf("realipd-t%d-%d", os.Getpid(), seq.Add(1))}
+	n := &Netns{Name: uniqueName("realipd-t")}
 	if out, err := exec.Command("ip", "netns", "add", n.Name).CombinedOutput(); err != nil {
 		Unavailable(t, fmt.Sprintf("cannot make a network namespace: ip netns add: %v: %s", err, out))
 	}
@@ -82,14 +107,28 @@ func New(t testing.TB) *Netns {
 			t.Errorf("ip netns del %s: %v: %s", n.Name, err, out)
 		}
 	})
+	// No duplicate address detection in a test's private network: the
+	// addresses of the links made later are usable as soon as the kernel
+	// has configured them (AddAddr, Veth wait for that), not a second or
+	// two later.
+	n.Must(t, func() error {
+		for _, conf := range []string{"all", "default"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+conf+"/accept_dad", []byte("0"), 0o644); err != nil {
+				return fmt.Errorf("namespace %s: %w", n.Name, err)
+			}
+		}
+		return nil
+	})
 	n.IP(t, "link", "set", "lo", "up")
+	n.AddAddr(t, "lo", loAddrs...)
 	return n
 }
 
 // Path is the namespace's file, /run/netns/NAME.
 func (n *Netns) Path() string { return "/run/netns/" + n.Name }
 
-// IP runs ip(8) in the namespace and returns its output.
+// IP runs ip(8) in the namespace and returns its output. Add addresses
+// with AddAddr, which waits until they can be used.
 func (n *Netns) IP(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("ip", append([]string{"-n", n.Name}, args...)...).CombinedOutput()
@@ -99,25 +138,105 @@ func (n *Netns) IP(t testing.TB, args ...string) string {
 	return string(out)
 }
 
-// Do runs f on a thread in the namespace and returns its error.
+// AddAddr gives dev the addresses (CIDRs) and returns once every one can
+// be bound and reached. An IPv6 address is added with nodad, and still
+// waited for: the kernel's address-configuration work, which marks an
+// address usable (without nodad it is tentative until then, and bind(2)
+// to it fails with EADDRNOTAVAIL, even on lo) and adds its local route
+// (until then a connection to it fails with ENETUNREACH), runs after
+// "ip addr add" has returned, under the RTNL lock, and may wait behind
+// the namespaces other tests make or delete. So AddAddr waits until no
+// address of the namespace is tentative (a new link's link-local address
+// included) and every IPv6 address it added is in the local routing
+// table. (An IPv4 address's routes are added before "ip addr add"
+// returns.)
+func (n *Netns) AddAddr(t testing.TB, dev string, addrs ...string) {
+	t.Helper()
+	var local []string // "local ADDR " lines the local table must show
+	for _, addr := range addrs {
+		args := []string{"addr", "add", addr, "dev", dev}
+		if p, err := netip.ParsePrefix(addr); err == nil && p.Addr().Is6() {
+			args = append(args, "nodad")
+			local = append(local, "local "+p.Addr().String()+" ")
+		}
+		n.IP(t, args...)
+	}
+	n.waitFor(t, "done configuring its IPv6 addresses", func() (bool, string) {
+		if out := n.IP(t, "-6", "addr", "show", "tentative"); strings.TrimSpace(out) != "" {
+			return false, "tentative:\n" + out
+		}
+		routes := n.IP(t, "-6", "route", "show", "table", "local")
+		for _, l := range local {
+			if !strings.Contains(routes, l) {
+				return false, "no " + strings.TrimSpace(l) + " route in the local table:\n" + routes
+			}
+		}
+		return true, ""
+	})
+}
+
+// waitUp returns once dev's operational state is UP: the kernel has seen
+// its carrier and activated its queue (link events are handled after
+// "ip link set up" returns; until then a veth drops what it sends).
+func (n *Netns) waitUp(t testing.TB, dev string) {
+	t.Helper()
+	n.waitFor(t, dev+" up", func() (bool, string) {
+		out := n.IP(t, "-o", "link", "show", "dev", dev)
+		return strings.Contains(out, " state UP "), out
+	})
+}
+
+// waitFor polls ok until it holds, or fails the test after settleTimeout
+// with ok's last report.
+func (n *Netns) waitFor(t testing.TB, what string, ok func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		done, last := ok()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("namespace %s: still not %s after %v:\n%s", n.Name, what, settleTimeout, last)
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// Exec runs a command in the namespace (ip netns exec) and returns its
+// combined output.
+func (n *Netns) Exec(name string, args ...string) ([]byte, error) {
+	return exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...).CombinedOutput()
+}
+
+// Do runs f on an OS thread that joined the namespace and returns its
+// error: the sockets f creates belong to the namespace for their whole
+// life. The thread is never returned to the Go scheduler (it ends with f).
 func (n *Netns) Do(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-		fd, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open netns %s: %w", n.Name, err)
-			return
-		}
-		err = unix.Setns(fd, unix.CLONE_NEWNET)
-		unix.Close(fd)
-		if err != nil {
-			errc <- fmt.Errorf("setns %s: %w", n.Name, err)
+		if err := enter(n.Path()); err != nil {
+			errc <- err
 			return
 		}
 		errc <- f()
 	}()
 	return <-errc
+}
+
+// enter makes the calling thread, which must be locked to its goroutine
+// for good, join the network namespace of the file path.
+func enter(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("setns %s: %w", path, err)
+	}
+	return nil
 }
 
 // Must is Do that fails the test on an error.
@@ -151,9 +270,9 @@ func (n *Netns) Run(t testing.TB, stdin string, name string, args ...string) str
 	return string(out)
 }
 
-// Veth links a and b with a veth pair (veth-a in a, veth-b in b) and gives
-// each end its addresses (IPv6 ones without duplicate address detection,
-// so that they are usable at once).
+// Veth links a and b with a veth pair (veth-a in a, veth-b in b), up
+// at both ends, and gives each end its addresses (AddAddr): when it
+// returns, packets flow and the addresses can be bound.
 func Veth(t testing.TB, a, b *Netns, aAddrs, bAddrs []string) {
 	t.Helper()
 	VethNamed(t, a, b, "veth-a", "veth-b", aAddrs, bAddrs)
@@ -166,19 +285,17 @@ func VethNamed(t testing.TB, a, b *Netns, aDev, bDev string, aAddrs, bAddrs []st
 	if out, err := exec.Command("ip", "link", "add", aDev, "netns", a.Name, "type", "veth", "peer", "name", bDev, "netns", b.Name).CombinedOutput(); err != nil {
 		t.Fatalf("ip link add veth: %v: %s", err, out)
 	}
-	for _, end := range []struct {
+	ends := []struct {
 		ns    *Netns
 		dev   string
 		addrs []string
-	}{{a, aDev, aAddrs}, {b, bDev, bAddrs}} {
-		for _, addr := range end.addrs {
-			args := []string{"addr", "add", addr, "dev", end.dev}
-			if strings.Contains(addr, ":") {
-				args = append(args, "nodad")
-			}
-			end.ns.IP(t, args...)
-		}
+	}{{a, aDev, aAddrs}, {b, bDev, bAddrs}}
+	for _, end := range ends {
 		end.ns.IP(t, "link", "set", end.dev, "up")
+	}
+	for _, end := range ends {
+		end.ns.waitUp(t, end.dev)
+		end.ns.AddAddr(t, end.dev, end.addrs...)
 	}
 }
 
@@ -198,11 +315,7 @@ func (n *Netns) Pool(t testing.TB, size int) (run func(func())) {
 	for range size {
 		go func() {
 			runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-			fd, err := unix.Open(n.Path(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err == nil {
-				err = unix.Setns(fd, unix.CLONE_NEWNET)
-				unix.Close(fd)
-			}
+			err := enter(n.Path())
 			ready <- err
 			if err != nil {
 				return

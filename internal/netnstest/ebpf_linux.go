@@ -1,4 +1,4 @@
-package ebpftest
+package netnstest
 
 import (
 	"bufio"
@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,138 +20,47 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RequireEnv is the variable that turns the skips of Skip into failures
-// (CI sets it, where every test must run for real).
-const RequireEnv = "REALIPD_REQUIRE_NETNS"
-
-// Skip skips the test with the reason, or fails it when RequireEnv is 1.
-func Skip(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv(RequireEnv) == "1" {
-		t.Fatalf("%s (and %s=1 requires this test to run)", fmt.Sprintf(format, args...), RequireEnv)
-	}
-	t.Skipf(format, args...)
-}
-
-// RequireRoot skips (or fails) unless the test runs as root, and returns the
-// cgroup2 mount.
-func RequireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		Skip(t, "needs root (network namespaces, cgroups and BPF)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		Skip(t, "needs the ip command (iproute2) to create network namespaces")
-	}
-}
-
-var seq atomic.Int64
-
-// Netns is a named network namespace (ip netns) that the test created.
-type Netns struct {
-	Name string
-	Path string // /run/netns/NAME
-}
-
-// NewNetns creates a network namespace with lo up and the given addresses
-// (CIDRs) on lo, removed when the test ends.
-func NewNetns(t testing.TB, addrs ...string) *Netns {
-	t.Helper()
-	name := fmt.Sprintf("realipd-ebpf-%d-%d", os.Getpid(), seq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		Skip(t, "cannot create a network namespace: ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	n := &Netns{Name: name, Path: "/run/netns/" + name}
-	n.IP(t, "link", "set", "lo", "up")
-	for _, a := range addrs {
-		n.IP(t, "addr", "add", a, "dev", "lo")
-	}
-	return n
-}
-
-// IP runs ip -n NAME args and fails the test on an error.
-func (n *Netns) IP(t testing.TB, args ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-n", n.Name}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip -n %s %s: %v: %s", n.Name, strings.Join(args, " "), err, out)
-	}
-}
-
-// Exec runs a command inside the namespace and returns its combined output.
-func (n *Netns) Exec(name string, args ...string) ([]byte, error) {
-	return exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...).CombinedOutput()
-}
-
-// Do runs fn on an OS thread that has entered the namespace: sockets fn
-// creates belong to it for their whole life. The thread is never returned
-// to the Go scheduler (it ends with fn).
-func (n *Netns) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
-		if err := enter(n.Path); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
-func enter(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("setns %s: %w", path, err)
-	}
-	return nil
-}
-
 // Cgroup2Mount returns the cgroup2 mount point from /proc/mounts, or skips.
 func Cgroup2Mount(t testing.TB) string {
 	t.Helper()
 	data, err := os.ReadFile("/proc/mounts")
 	if err != nil {
-		Skip(t, "no /proc/mounts: %v", err)
+		Unavailablef(t, "has no /proc/mounts: %v", err)
 	}
 	for line := range strings.SplitSeq(string(data), "\n") {
 		if f := strings.Fields(line); len(f) >= 3 && f[2] == "cgroup2" {
 			return f[1]
 		}
 	}
-	Skip(t, "no cgroup2 file system is mounted")
+	Unavailablef(t, "needs a cgroup2 file system, and none is mounted")
 	return ""
 }
 
 // NewCgroup creates a cgroup under the cgroup2 mount and returns its path
-// relative to the mount ("/realipd-ebpf-...") and its directory. It is
+// relative to the mount ("/realipd-cg-...") and its directory. It is
 // removed when the test ends (its processes must have exited by then).
 func NewCgroup(t testing.TB, mount string) (rel, dir string) {
 	t.Helper()
-	rel = fmt.Sprintf("/realipd-ebpf-%d-%d", os.Getpid(), seq.Add(1))
+	rel = "/" + uniqueName("realipd-cg")
 	dir = filepath.Join(mount, rel)
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		Skip(t, "cannot create a cgroup under %s: %v", mount, err)
+		Unavailablef(t, "cannot create a cgroup under %s: %v", mount, err)
 	}
 	t.Cleanup(func() {
-		// A process that has just exited may still be listed for a moment.
-		var err error
-		for range 50 {
-			if err = unix.Rmdir(dir); err == nil || errors.Is(err, unix.ENOENT) {
+		// A process that has just exited may still be listed for a moment
+		// (longer on a loaded machine): EBUSY until the kernel has let go.
+		deadline := time.Now().Add(settleTimeout)
+		for {
+			err := unix.Rmdir(dir)
+			if err == nil || errors.Is(err, unix.ENOENT) {
 				return
 			}
-			time.Sleep(20 * time.Millisecond)
+			if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+				t.Errorf("removing the cgroup %s: %v", dir, err)
+				return
+			}
+			time.Sleep(pollInterval)
 		}
-		t.Errorf("removing the cgroup %s: %v", dir, err)
 	})
 	return rel, dir
 }
@@ -196,7 +104,7 @@ func RunClient(t testing.TB, testName, cgroupDir string, netns *Netns, dials []D
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^"+testName+"$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envHelper+"=1", envNetns+"="+netns.Path, envDials+"="+string(spec))
+	cmd.Env = append(os.Environ(), envHelper+"=1", envNetns+"="+netns.Path(), envDials+"="+string(spec))
 	if cgroupDir != "" {
 		cg, err := os.Open(cgroupDir)
 		if err != nil {
