@@ -164,10 +164,11 @@ type httpConn struct {
 	outBuf *[]byte // the pooled buffer of out, held while the connection works
 	out    []byte  // a head being written
 
-	up           *net.TCPConn // the upstream connection, nil until the first forwarded request
-	upWaiter     *dataWaiter  // up's
-	clientWaiter *dataWaiter  // the client's, made when a long body first needs it
-	upServed     int          // responses read on up
+	up           *net.TCPConn  // the upstream connection, nil until the first forwarded request
+	upWaiter     *dataWaiter   // up's
+	clientWaiter *dataWaiter   // the client's, made when a long body first needs it
+	upServed     int           // responses read on up
+	upLastUsed   time.Duration // when up's last response began, on decide.Monotonic
 
 	req    h1.Request
 	isHead bool // req is a HEAD: its response has no body
