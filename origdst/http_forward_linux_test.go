@@ -209,3 +209,50 @@ func TestHTTPModeUpstreamClosesKeptAlive(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPModeUpstreamToldOfClose: a request that ends the client's
+// connection (Connection: close) goes upstream with Connection: close, so
+// the upstream closes first and keeps the TIME_WAIT rather than realipd's
+// dials; a kept-alive request goes without it. The upstream closing first
+// does not cut the answer.
+func TestHTTPModeUpstreamToldOfClose(t *testing.T) {
+	heads := make(chan string, 4)
+	up := scriptedUpstream(t, func(c net.Conn, _ int) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			heads <- fmt.Sprintf("%s close=%v", req.URL.Path, req.Close)
+			if req.Close {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nbye!\n")
+				c.Close() // the upstream closes first, as told
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+		}
+	})
+	r := resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})
+	c := httpModeConn(t, Settings{Resolver: r}, up)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /kept HTTP/1.1\r\nHost: app\r\n\r\nGET /last HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+	for _, want := range []string{"ok\n", "bye!\n"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := io.ReadAll(resp.Body); err != nil || string(b) != want {
+			t.Errorf("got %q, %v; want %q", b, err, want)
+		}
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the client's last request the connection is open: %v", err)
+	}
+	for _, want := range []string{"/kept close=false", "/last close=true"} {
+		if got := <-heads; got != want {
+			t.Errorf("the upstream saw %q, want %q", got, want)
+		}
+	}
+}

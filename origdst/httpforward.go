@@ -277,10 +277,18 @@ func (hc *httpConn) rewriteHead(d *decide.Decider, local *denyCounters, res clie
 		b = strconv.AppendInt(b, req.ContentLength, 10)
 		b = append(b, "\r\n"...)
 	}
-	if websocket {
+	switch {
+	case websocket:
 		b = append(b, "Connection: Upgrade\r\nUpgrade: "...)
 		b = append(b, req.Upgrade...)
 		b = append(b, "\r\n"...)
+	case !req.KeepAlive && req.Minor > 0:
+		// The client's connection ends with this answer, and so does the
+		// upstream one: saying so lets the upstream close first and keep
+		// the TIME_WAIT, not realipd, whose upstream dials would
+		// otherwise run out of local ports under many short connections
+		// (an HTTP/1.0 request closes by default).
+		b = append(b, "Connection: close\r\n"...)
 	}
 	// As Envoy at the edge: the scheme the client used.
 	b = append(b, "X-Forwarded-Proto: http\r\n"...)
