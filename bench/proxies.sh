@@ -237,9 +237,10 @@ run_iperf() { # target
 if [ -n "${PROFILE:-}" ]; then
 	# A CPU profile of realipd under wrk -c32, written to $PROFILE.
 	inclient wrk -t1 -c32 -d12s "http://$POD:8080/" >/dev/null &
+	load=$!
 	sleep 1
 	inpod curl -fsS -o "$PROFILE" "http://127.0.0.1:9902/debug/pprof/profile?seconds=10"
-	wait
+	wait "$load"
 	echo "profile written to $PROFILE" >&2
 fi
 
