@@ -424,24 +424,15 @@ func validHost(v []byte) bool {
 	return true
 }
 
-var validHostByte = func() (t [128]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!$%&'()*+,-.:;=[]_~" {
-		t[c] = true
-	}
-	return t
-}()
+var validHostByte = alnumAnd("!$%&'()*+,-.:;=[]_~")
 
 // isTchar reports whether c is a token character (RFC 9110).
 func isTchar(c byte) bool { return c < 0x80 && tchar[c] }
 
-var tchar = func() (t [128]bool) {
+var tchar = alnumAnd("!#$%&'*+-.^_`|~")
+
+// alnumAnd is the table of ASCII letters, digits and the bytes of extra.
+func alnumAnd(extra string) (t [128]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -449,11 +440,11 @@ var tchar = func() (t [128]bool) {
 		t[c] = true
 		t[c-'a'+'A'] = true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
+	for _, c := range extra {
 		t[c] = true
 	}
 	return t
-}()
+}
 
 // IsToken reports whether b is a non-empty token.
 func IsToken(b []byte) bool {
