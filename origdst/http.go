@@ -126,7 +126,7 @@ func (b *buffer) room(grow bool) []byte {
 
 // fill reads once from c into the buffer; grow lets a full small buffer
 // become a large one (a long head).
-func (b *buffer) fill(c *net.TCPConn, pc *proxyConn, grow bool) error {
+func (b *buffer) fill(c io.Reader, pc *proxyConn, grow bool) error {
 	b.hold()
 	room := b.room(grow)
 	if len(room) == 0 {
@@ -164,7 +164,9 @@ type httpConn struct {
 	outBuf *[]byte // the pooled buffer of out, held while the connection works
 	out    []byte  // a head being written
 
+	clientIO     *rawSocket    // the client's socket, read and written without a thread handoff
 	up           *net.TCPConn  // the upstream connection, nil until the first forwarded request
+	upIO         *rawSocket    // up's socket, as clientIO
 	upWaiter     *dataWaiter   // up's
 	clientWaiter *dataWaiter   // the client's, made when a long body first needs it
 	upServed     int           // responses read on up
@@ -207,6 +209,7 @@ func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Re
 		return
 	}
 	hc.reader = newBufferedReader(rc, &hc.in)
+	hc.clientIO = newRawSocket(rc)
 	if len(pre) > 0 {
 		hc.in.hold()
 		hc.in.w = copy(*hc.in.b, pre) // pre is at most a PROXY header's read-ahead: it fits
@@ -345,7 +348,7 @@ func (hc *httpConn) readHead() error {
 			deadline = true
 			_ = hc.client.SetReadDeadline(time.Now().Add(requestHeaderTimeout))
 		}
-		if err := hc.in.fill(hc.client, hc.pc, true); err != nil {
+		if err := hc.in.fill(hc.clientIO, hc.pc, true); err != nil {
 			return err
 		}
 	}
@@ -465,7 +468,7 @@ func (hc *httpConn) dropBody() bool {
 				return false
 			}
 			if n == 0 {
-				if total > maxDrainBody || hc.in.fill(hc.client, hc.pc, false) != nil {
+				if total > maxDrainBody || hc.in.fill(hc.clientIO, hc.pc, false) != nil {
 					return false
 				}
 				continue
@@ -484,7 +487,7 @@ func (hc *httpConn) dropBody() bool {
 			if left -= k; left == 0 {
 				return true
 			}
-			if hc.in.fill(hc.client, hc.pc, false) != nil {
+			if hc.in.fill(hc.clientIO, hc.pc, false) != nil {
 				return false
 			}
 		}
@@ -521,7 +524,7 @@ func (hc *httpConn) answer(status int, body string, extra func([]byte) []byte, k
 		b = append(b, body...)
 	}
 	hc.out = b[:0]
-	_, err := hc.client.Write(b)
+	_, err := hc.clientIO.Write(b)
 	hc.pc.touch()
 	return err == nil
 }

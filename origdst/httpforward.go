@@ -156,7 +156,7 @@ func (hc *httpConn) dialUpstream() error {
 		abort(up)
 		return err
 	}
-	hc.up, hc.upWaiter, hc.upServed = up, newDataWaiter(rc), 0
+	hc.up, hc.upIO, hc.upWaiter, hc.upServed = up, newRawSocket(rc), newDataWaiter(rc), 0
 	return nil
 }
 
@@ -448,7 +448,7 @@ func (hc *httpConn) sendRequest(head []byte) error {
 		hc.in.consume(int(k))
 		left -= k
 	}
-	if _, err := hc.up.Write(head); err != nil {
+	if _, err := hc.upIO.Write(head); err != nil {
 		return err
 	}
 	hc.pc.touch()
@@ -474,7 +474,7 @@ func (hc *httpConn) sendBody() error {
 		if len(out) == 0 {
 			return nil
 		}
-		_, err := hc.up.Write(out)
+		_, err := hc.upIO.Write(out)
 		out = out[:0]
 		hc.pc.touch()
 		return err
@@ -488,7 +488,7 @@ func (hc *httpConn) sendBody() error {
 			if err := flush(); err != nil {
 				return err
 			}
-			if err := hc.in.fill(hc.client, hc.pc, false); err != nil {
+			if err := hc.in.fill(hc.clientIO, hc.pc, false); err != nil {
 				return errors.Join(errClientBody, err)
 			}
 			continue
@@ -506,7 +506,7 @@ func (hc *httpConn) sendBody() error {
 				}
 			}
 			if len(seg.Data) > cap(out) {
-				if _, err := hc.up.Write(seg.Data); err != nil {
+				if _, err := hc.upIO.Write(seg.Data); err != nil {
 					return err
 				}
 				hc.pc.touch()
@@ -596,7 +596,7 @@ func (hc *httpConn) relayResponse(websocket bool) (started bool, err error) {
 			if !websocket {
 				return started, errors.New("origdst: 101 to a request that asked for no upgrade")
 			}
-			if _, err := hc.client.Write(head); err != nil {
+			if _, err := hc.clientIO.Write(head); err != nil {
 				return true, err
 			}
 			hc.upIn.consume(resp.HeadLen)
@@ -613,7 +613,7 @@ func (hc *httpConn) relayResponse(websocket bool) (started bool, err error) {
 		// realipd answered the client's Expect itself), dropped for an
 		// HTTP/1.0 one, which has none.
 		if resp.Status != 100 && req.Minor == 1 {
-			if _, err := hc.client.Write(head); err != nil {
+			if _, err := hc.clientIO.Write(head); err != nil {
 				return true, err
 			}
 			started = true
@@ -638,7 +638,7 @@ func (hc *httpConn) readResponseHead() error {
 				return err
 			}
 		}
-		if err := hc.upIn.fill(hc.up, hc.pc, true); err != nil {
+		if err := hc.upIn.fill(hc.upIO, hc.pc, true); err != nil {
 			return err
 		}
 	}
@@ -654,7 +654,7 @@ func (hc *httpConn) relayBody(head bool, pending int) error {
 		if n == 0 {
 			return nil
 		}
-		if _, err := hc.client.Write(hc.upIn.data()[:n]); err != nil {
+		if _, err := hc.clientIO.Write(hc.upIn.data()[:n]); err != nil {
 			return err
 		}
 		hc.pc.touch()
@@ -705,7 +705,7 @@ func (hc *httpConn) relayBody(head bool, pending int) error {
 		if s.Done() {
 			return nil
 		}
-		if err := hc.upIn.fill(hc.up, hc.pc, false); err != nil {
+		if err := hc.upIn.fill(hc.upIO, hc.pc, false); err != nil {
 			return err
 		}
 	}

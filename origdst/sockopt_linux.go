@@ -244,7 +244,7 @@ func (r *bufferedReader) try(fd uintptr) bool {
 	r.buf.hold()
 	room := r.buf.room(false)
 	for {
-		n, err := unix.Read(int(fd), room)
+		n, err := rawRead(fd, room)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -253,7 +253,7 @@ func (r *bufferedReader) try(fd uintptr) bool {
 				r.buf.release() // wait without it
 			}
 			return false
-		case err != nil:
+		case err != 0:
 			r.err = err
 			return true
 		}
