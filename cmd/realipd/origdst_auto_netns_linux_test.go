@@ -142,6 +142,15 @@ policies:
 		}
 	}
 	waitHolders("start", "native")
+	// Every role reports ready a moment after its listener is bound (the
+	// ext_proc server once it serves): wait for it once, then it must
+	// stay.
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
+		if _, code := get("/readyz"); code == http.StatusOK {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling an observable state, not synchronising
+	}
 	ready("start")
 
 	// The attacker: nobody, as node definitely-not-envoy.
