@@ -111,6 +111,11 @@ func TestRawSocketWriteToReset(t *testing.T) {
 	if !isUpstreamGone(err) {
 		t.Fatalf("Write to a reset connection: %v, want EPIPE or ECONNRESET", err)
 	}
+	// The reset is reported once (ECONNRESET); the next write reaches a
+	// broken pipe, the case that raises SIGPIPE.
+	if _, err := s.Write([]byte("x")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("Write after the reset was reported: %v, want EPIPE", err)
+	}
 	a.Close()
 	if _, err := s.Write([]byte("x")); err == nil {
 		t.Fatal("Write on a closed connection succeeded")

@@ -43,3 +43,11 @@ type bufferedReader struct{}
 func newBufferedReader(syscall.RawConn, *buffer) *bufferedReader { return &bufferedReader{} }
 
 func (*bufferedReader) read() (int, error) { return 0, errors.ErrUnsupported }
+
+type rawSocket struct{}
+
+func newRawSocket(syscall.RawConn) *rawSocket { return &rawSocket{} }
+
+func (*rawSocket) Read([]byte) (int, error) { return 0, errors.ErrUnsupported }
+
+func (*rawSocket) Write([]byte) (int, error) { return 0, errors.ErrUnsupported }
