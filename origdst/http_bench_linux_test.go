@@ -75,6 +75,16 @@ func httpModeConn(tb testing.TB, s Settings, up netip.AddrPort) net.Conn {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	startSession(tb, srv)
+	c, sc := tcpPair(tb)
+	go srv.ServeConn(sc, up, "bench")
+	return c
+}
+
+// startSession runs srv's ServeListeners (with no listener: connections
+// come through ServeConn) until the test ends, and returns once it serves.
+func startSession(tb testing.TB, srv *Server) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeListeners(ctx, nil) }()
@@ -82,22 +92,6 @@ func httpModeConn(tb testing.TB, s Settings, up netip.AddrPort) net.Conn {
 	for !srv.serving.Load() {
 		runtime.Gosched() // the session begins on ServeListeners' goroutine
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	sc, err := ln.Accept()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go srv.ServeConn(sc.(*net.TCPConn), up, "bench")
-	return c
 }
 
 // BenchmarkHTTPModeRequest: one keep-alive GET through the HTTP mode in

@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -43,33 +42,14 @@ func reviewServer(tb testing.TB, cur *decide.Current, up netip.AddrPort, opts ..
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeListeners(ctx, nil) }()
-	tb.Cleanup(func() { cancel(); <-done })
-	for !srv.serving.Load() {
-		runtime.Gosched()
-	}
+	startSession(tb, srv)
 	conn = func(tb testing.TB) (net.Conn, <-chan any) {
 		tb.Helper()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		defer ln.Close()
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() { c.Close() })
-		sc, err := ln.Accept()
-		if err != nil {
-			tb.Fatal(err)
-		}
+		c, sc := tcpPair(tb)
 		ended := make(chan any, 1)
 		go func() {
 			defer func() { ended <- recover() }()
-			srv.ServeConn(sc.(*net.TCPConn), up, "review")
+			srv.ServeConn(sc, up, "review")
 		}()
 		return c, ended
 	}

@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// tcpPair returns the two ends of a TCP connection over loopback, closed
-// when the test ends.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+// tcpPair returns the two ends of a TCP connection over loopback (the
+// dialling end first), closed when the test ends.
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
