@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -31,7 +32,9 @@ import (
 // copied and its body spliced or copied by its framing. There is no shared
 // pool of upstream connections, so nothing can go to one client's upstream
 // connection from another; a connection that waits for its next request
-// holds no buffer.
+// holds no buffer. Once it has its upstream connection, a kept-alive
+// connection waits in an event loop, which serves the plain requests in
+// place (httploop_linux.go).
 
 // Limits of the HTTP mode, Envoy's where Envoy has one.
 const (
@@ -178,7 +181,20 @@ type httpConn struct {
 	// Per request, reused: the lines of the header resolution reads, and
 	// the policies' request.
 	lines []string
-	preq  plugins.Request
+
+	// While the connection waits in an event loop (httploop_linux.go).
+	loop       *httpLoop     // the loop it waits in; nil: it waits in Go's poller
+	inLoop     atomic.Bool   // the loop has it
+	back       chan loopBack // how the loop gives it back
+	clientRC   syscall.RawConn
+	upRC       syscall.RawConn // up's
+	loopState                  // the loop's own, while it has the connection
+	unsent     []byte          // the head's bytes a loop could not send (sendRest)
+	respLeft   int             // the response's bytes in upIn a loop could not write (backResponseRest)
+	replayable bool            // the request a loop forwarded may be sent twice (exchange)
+	resumeAt   exchangeStep    // where exchange goes on (backExchange)
+	decided    decided         // the decision a loop made (backDecided)
+	preq       plugins.Request
 }
 
 // serveHTTP serves c as HTTP/1.1 until it closes; its first bytes may be
@@ -208,6 +224,7 @@ func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Re
 	if err != nil {
 		return
 	}
+	hc.clientRC = rc
 	hc.reader = newBufferedReader(rc, &hc.in)
 	hc.clientIO = newRawSocket(rc)
 	if len(pre) > 0 {
@@ -223,6 +240,27 @@ func (srv *Server) serveHTTP(pc *proxyConn, c *Conn, pre []byte, res clientip.Re
 	}
 }
 
+// loopBack says where an event loop gave a connection back to its
+// goroutine, which goes on from there.
+type loopBack uint8
+
+const (
+	backEnd          loopBack = iota // the connection ends (the client closed, an error, a cut, the drain)
+	backRequest                      // hc.in holds the start of a request, not decided
+	backDecided                      // the request is decided (hc.decided), not answered
+	backExchange                     // the request is forwarded up to hc.resumeAt
+	backResponseRest                 // the response is relayed but for hc.respLeft bytes
+)
+
+// decided is a decision made in an event loop, acted upon by the
+// connection's goroutine.
+type decided struct {
+	d       *decide.Decider
+	local   *denyCounters
+	res     clientip.Result
+	outcome decide.Outcome
+}
+
 // close releases what the connection holds.
 func (hc *httpConn) close() {
 	if hc.up != nil {
@@ -236,10 +274,28 @@ func (hc *httpConn) close() {
 	hc.in.b, hc.upIn.b, hc.outBuf, hc.out = nil, nil, nil, nil
 }
 
-// serveOne serves one request; false ends the connection.
+// serveOne serves one request; false ends the connection. A connection
+// that waits for its next request with an upstream connection of its own
+// waits in one of the server's event loops (httploop_linux.go), which
+// serves the requests it can in place and gives the connection back at the
+// point it stopped.
 func (hc *httpConn) serveOne() bool {
 	if hc.in.empty() {
-		if !hc.waitRequest() {
+		if hc.loop != nil && hc.up != nil {
+			switch hc.waitInLoop() {
+			case backEnd:
+				return false
+			case backDecided:
+				o := hc.decided
+				hc.decided = decided{}
+				return hc.act(o.d, o.local, o.res, o.outcome)
+			case backExchange:
+				return hc.exchange(hc.out, false, hc.replayable, hc.resumeAt)
+			case backResponseRest:
+				return hc.writeResponseRest()
+			}
+			// backRequest: hc.in holds the start of a request.
+		} else if !hc.waitRequest() {
 			return false
 		}
 	}
@@ -255,25 +311,33 @@ func (hc *httpConn) serveOne() bool {
 	}
 	req := &hc.req
 	hc.isHead = bytesEqual(req.Method, "HEAD")
-	// The chain is held while the policies decide, and released at once:
-	// a request that goes on (a long body, a WebSocket tunnel) must not
-	// keep a chain a reload replaced, nor its plugins, alive.
-	d, held := hc.srv.cur.Acquire()
-	release := func() {
-		if held {
-			held = false
-			d.Release()
-		}
-	}
-	defer release()
+	d := hc.srv.cur.Load()
 	local := hc.srv.countersOf(d)
 	if refusal := envoyRefuses(req); refusal != "" {
-		release()
 		hc.srv.m.deniedHTTP(local, decide.PolicyHTTPRefused)
 		hc.srv.log.Debug("origdst: HTTP request refused", "reason", refusal, "peer", hc.peer)
 		d.Refuse(context.Background(), &hc.srv.httpDoor, &decide.Input{Peer: hc.peer, Resolution: clientip.Result{Reason: clientip.ReasonNone}, OriginalDst: hc.dst}, decide.PolicyHTTPRefused)
 		return hc.answerRequest(http403, refusal+"\n", nil)
 	}
+	return hc.act(hc.decide())
+}
+
+// decide resolves the client of hc.req and lets the policies decide. The
+// chain is held while they decide, and released at once: a request that
+// goes on (a long body, a WebSocket tunnel) must not keep a chain a reload
+// replaced, nor its plugins, alive.
+func (hc *httpConn) decide() (*decide.Decider, *denyCounters, clientip.Result, decide.Outcome) {
+	d, held := hc.srv.cur.Acquire()
+	if held {
+		defer d.Release()
+	}
+	local, res, o := hc.decideWith(d)
+	return d, local, res, o
+}
+
+// decideWith is decide with d, which the caller holds.
+func (hc *httpConn) decideWith(d *decide.Decider) (*denyCounters, clientip.Result, decide.Outcome) {
+	local := hc.srv.countersOf(d)
 	res := hc.resolve(d, local)
 	if !res.OK() {
 		hc.srv.m.httpUnresolved.WithLabelValues(res.Reason.String()).Inc()
@@ -292,7 +356,12 @@ func (hc *httpConn) serveOne() bool {
 		}
 		return &hc.preq
 	})
-	release()
+	return local, res, o
+}
+
+// act answers a denied request or forwards an allowed one; it reports
+// whether the connection goes on.
+func (hc *httpConn) act(d *decide.Decider, local *denyCounters, res clientip.Result, o decide.Outcome) bool {
 	if o.Deny {
 		hc.srv.m.deniedHTTP(local, o.Policy)
 		return hc.answerRequest(o.Status, o.Body, func(b []byte) []byte {
@@ -641,6 +710,12 @@ func (srv *Server) trackHTTP(pc *proxyConn, hc *httpConn) bool {
 	}
 	srv.httpConns[pc] = hc
 	pc.http = true // idle-swept from now on
+	if len(srv.loops) > 0 {
+		hc.loop = srv.loops[srv.nextLoop%len(srv.loops)]
+		srv.nextLoop++
+		hc.back = make(chan loopBack, 1)
+		pc.onCut = func() { hc.reclaim(true) }
+	}
 	return true
 }
 
@@ -657,9 +732,12 @@ func (srv *Server) drainHTTP() {
 	srv.mu.Unlock()
 	for _, hc := range conns {
 		// A connection that marked itself idle before the drain began is
-		// woken (its wait ends at the deadline); one that marks itself
-		// after sees the drain (see waitRequest).
-		if hc.idle.Load() {
+		// woken (its wait ends at the deadline, or its loop gives it
+		// back); one that marks itself after sees the drain (see
+		// waitRequest and waitInLoop).
+		if hc.inLoop.Load() {
+			hc.reclaim(false)
+		} else if hc.idle.Load() {
 			_ = hc.client.SetReadDeadline(time.Unix(1, 0))
 		}
 	}

@@ -43,22 +43,50 @@ func (hc *httpConn) forward(d *decide.Decider, local *denyCounters, res clientip
 		}
 		req.ExpectContinue = false
 	}
+	return hc.exchange(head, websocket, replayable, sendHead)
+}
+
+// exchangeStep is where an exchange begins.
+type exchangeStep uint8
+
+const (
+	sendHead      exchangeStep = iota // nothing was sent
+	sendRest                          // an event loop sent the head's first bytes; hc.unsent is the rest
+	awaitResponse                     // the request went out; the response is awaited (its first bytes may be in hc.upIn)
+)
+
+// exchange sends the request, head then body, to the original destination
+// and relays the response, from step at on (an event loop may have done
+// the first steps); it reports whether the connection goes on.
+func (hc *httpConn) exchange(head []byte, websocket, replayable bool, at exchangeStep) bool {
 	retried := false
 	for {
-		if hc.up != nil && !hc.upstreamReusable() {
-			// The upstream closed the kept-alive connection, or sent
-			// what nobody asked for: a new one, before anything is sent.
-			hc.dropUpstream()
-		}
-		if hc.up == nil {
-			if err := hc.dialUpstream(); err != nil {
-				hc.srv.m.httpUpstreamErrors.Inc()
-				hc.srv.log.Debug("origdst: HTTP request to the original destination failed", "original_dst", hc.dst.String(), "error", err)
-				return hc.answer(http503, upstreamErrorBody, nil, false) && false
+		if at == sendHead {
+			if hc.up != nil && !hc.upstreamReusable() {
+				// The upstream closed the kept-alive connection, or sent
+				// what nobody asked for: a new one, before anything is
+				// sent.
+				hc.dropUpstream()
+			}
+			if hc.up == nil {
+				if err := hc.dialUpstream(); err != nil {
+					hc.srv.m.httpUpstreamErrors.Inc()
+					hc.srv.log.Debug("origdst: HTTP request to the original destination failed", "original_dst", hc.dst.String(), "error", err)
+					return hc.answer(http503, upstreamErrorBody, nil, false) && false
+				}
 			}
 		}
 		reused := hc.upServed > 0
-		err := hc.sendRequest(head)
+		var err error
+		switch at {
+		case sendHead:
+			err = hc.sendRequest(head)
+		case sendRest:
+			_, err = hc.upIO.Write(hc.unsent)
+			hc.unsent = nil
+			hc.pc.touch()
+		}
+		at = sendHead // a retry sends it all again
 		if err == nil {
 			var started bool
 			started, err = hc.relayResponse(websocket)
@@ -91,6 +119,20 @@ func (hc *httpConn) forward(d *decide.Decider, local *denyCounters, res clientip
 		hc.answer(http503, upstreamErrorBody, nil, false)
 		return false
 	}
+}
+
+// writeResponseRest writes what an event loop could not write at once of
+// a response it relayed (the first hc.respLeft bytes of hc.upIn), then
+// ends the request as exchange does.
+func (hc *httpConn) writeResponseRest() bool {
+	n := hc.respLeft
+	hc.respLeft = 0
+	if _, err := hc.clientIO.Write(hc.upIn.data()[:n]); err != nil {
+		return false
+	}
+	hc.pc.touch()
+	hc.upIn.consume(n)
+	return hc.afterResponse()
 }
 
 func hasBody(req *h1.Request) bool { return req.Chunked || req.ContentLength > 0 }
@@ -156,7 +198,7 @@ func (hc *httpConn) dialUpstream() error {
 		abort(up)
 		return err
 	}
-	hc.up, hc.upIO, hc.upWaiter, hc.upServed = up, newRawSocket(rc), newDataWaiter(rc), 0
+	hc.up, hc.upRC, hc.upIO, hc.upWaiter, hc.upServed = up, rc, newRawSocket(rc), newDataWaiter(rc), 0
 	return nil
 }
 

@@ -65,6 +65,7 @@ type metrics struct {
 	httpRequests       *prometheus.CounterVec // decision, policy
 	httpUnresolved     *prometheus.CounterVec
 	httpUpstreamErrors prometheus.Counter
+	httpLoopServed     prometheus.Counter
 
 	handoff *handoffMetrics // a Handoff's (fallback: auto); zero without one
 }
@@ -106,7 +107,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		[]string{"reason"})
 	httpUpstreamErrors := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_upstream_errors_total",
 		Help: "Allowed requests of the HTTP ports that could not be forwarded to the original destination (answered 503 unless the client left)."})
+	httpLoopServed := prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "http_event_loop_requests_total",
+		Help: "Allowed requests of the HTTP ports that an event loop forwarded and answered in place; the others of http_requests_total{decision=\"allow\"} went through the connection's goroutine (a body, a plugin policy, a new upstream connection, a response in pieces)."})
 	m := &metrics{
+		httpLoopServed:     httpLoopServed,
 		httpAllowed:        httpRequests.WithLabelValues("allow", ""),
 		httpRequests:       httpRequests,
 		refusedBy:          refused,
@@ -131,7 +135,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		cut.WithLabelValues(c.String())
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{accepted, refused, active, listeners, bytes, dialErrors, lookupErrors, cut, policyErrors, setup, httpRequests, httpUnresolved, httpUpstreamErrors} {
+		for _, c := range []prometheus.Collector{accepted, refused, active, listeners, bytes, dialErrors, lookupErrors, cut, policyErrors, setup, httpRequests, httpUnresolved, httpUpstreamErrors, httpLoopServed} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("origdst: register metrics: %w", err)
 			}

@@ -35,6 +35,10 @@ type proxyConn struct {
 	// http marks a connection of the HTTP mode, idle-swept like a proxied
 	// one from the start (its upstream connections are the Transport's).
 	http bool
+	// onCut, when set, runs after a cut closed the sockets: an HTTP
+	// connection waiting in an event loop, which a closed socket does not
+	// wake, is given back to its goroutine. Guarded by Server.mu.
+	onCut func()
 }
 
 // touch records that bytes moved.
@@ -446,11 +450,14 @@ func (srv *Server) cut(pc *proxyConn, why cutReason) bool {
 		return false
 	}
 	pc.cut = why
-	up := pc.up
+	up, onCut := pc.up, pc.onCut
 	srv.mu.Unlock()
 	abort(pc.client)
 	if up != nil {
 		abort(up)
+	}
+	if onCut != nil {
+		onCut()
 	}
 	srv.m.cut.WithLabelValues(why.String()).Inc()
 	return true

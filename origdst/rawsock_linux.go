@@ -16,17 +16,70 @@ import (
 // safe for concurrent use, and deadlines and Close work as on the
 // connection.
 type rawSocket struct {
-	rc              syscall.RawConn
-	readFn, writeFn func(fd uintptr) bool // bound once: no allocation per call
-	p               []byte
-	n               int
-	err             error
+	rc                    syscall.RawConn
+	readFn, writeFn       func(fd uintptr) bool // bound once: no allocation per call
+	readNowFn, writeNowFn func(fd uintptr)      // the same, for readNow and writeNow
+	p                     []byte
+	n                     int
+	err                   error
 }
 
 func newRawSocket(rc syscall.RawConn) *rawSocket {
 	s := &rawSocket{rc: rc}
 	s.readFn, s.writeFn = s.tryRead, s.tryWrite
+	s.readNowFn, s.writeNowFn = s.readOnce, s.writeWhatFits
 	return s
+}
+
+// readNow reads what is there, at most len(p), without waiting: n > 0
+// bytes, or 0 and io.EOF, or 0 and syscall.EAGAIN when nothing is there
+// yet, or another error (net.ErrClosed once the socket is closed).
+func (s *rawSocket) readNow(p []byte) (int, error) {
+	s.p, s.n, s.err = p, 0, nil
+	err := s.rc.Control(s.readNowFn)
+	s.p = nil
+	if err == nil {
+		err = s.err
+	}
+	if err == nil && s.n == 0 {
+		err = io.EOF
+	}
+	return s.n, err
+}
+
+func (s *rawSocket) readOnce(fd uintptr) {
+	for {
+		n, e := rawRead(fd, s.p)
+		if e == syscall.EINTR {
+			continue
+		}
+		if e != 0 {
+			s.err = e
+			return
+		}
+		s.n = n
+		return
+	}
+}
+
+// writeNow writes as much of p as the socket takes without waiting: all
+// of it with a nil error, or the first n bytes and syscall.EAGAIN (the
+// socket is full) or another error.
+func (s *rawSocket) writeNow(p []byte) (int, error) {
+	s.p, s.n, s.err = p, 0, nil
+	err := s.rc.Control(s.writeNowFn)
+	s.p = nil
+	if err == nil {
+		err = s.err
+	}
+	return s.n, err
+}
+
+func (s *rawSocket) writeWhatFits(fd uintptr) {
+	if s.tryWrite(fd) || s.err != nil {
+		return
+	}
+	s.err = syscall.EAGAIN
 }
 
 // Write writes all of p, waiting for room as often as needed.

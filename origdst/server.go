@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -129,6 +130,8 @@ type Server struct {
 	httpPorts    []uint16
 	httpConns    map[*proxyConn]*httpConn // the HTTP connections; guarded by mu
 	httpDraining atomic.Bool              // the drain ends the HTTP connections' keep-alive
+	loops        []*httpLoop              // the HTTP mode's event loops, while serving; guarded by mu
+	nextLoop     int                      // the loop the next HTTP connection waits in; guarded by mu
 }
 
 // New checks opts and builds a Server deciding with cur, which the other
@@ -359,13 +362,24 @@ func (srv *Server) ServeListeners(ctx context.Context, lns []*Listener) error {
 // lets the connections finish for at most DrainTimeout, cuts the rest and
 // returns once every connection is closed. Sessions must not overlap.
 func (srv *Server) begin(ctx context.Context) (end func() error, err error) {
+	// Under mu, so that ServeConn, which takes it, serves with the loops.
+	srv.mu.Lock()
 	if !srv.serving.CompareAndSwap(false, true) {
+		srv.mu.Unlock()
 		return nil, errors.New("origdst: the server is already serving")
 	}
 	connCtx, cutConns := context.WithCancel(context.WithoutCancel(ctx))
-	srv.mu.Lock()
+	var loops []*httpLoop
+	if len(srv.httpPorts) > 0 {
+		var loopErr error
+		if loops, loopErr = startHTTPLoops(srv, runtime.GOMAXPROCS(0)); loopErr != nil {
+			// The goroutines wait in Go's poller instead: slower, the same.
+			srv.log.Warn("origdst: the HTTP mode's event loops could not start; connections wait in goroutines", "error", loopErr)
+		}
+	}
 	srv.connCtx = connCtx
 	srv.draining = false
+	srv.loops = loops
 	srv.mu.Unlock()
 	stopIdle := srv.startIdleSweeps()
 	return func() error {
@@ -373,6 +387,11 @@ func (srv *Server) begin(ctx context.Context) (end func() error, err error) {
 		defer cutConns()
 		defer stopIdle()
 		srv.drain(cutConns)
+		// Every connection is closed: the loops hold none.
+		srv.mu.Lock()
+		srv.loops = nil
+		srv.mu.Unlock()
+		stopHTTPLoops(loops)
 		return nil
 	}, nil
 }

@@ -51,3 +51,17 @@ func newRawSocket(syscall.RawConn) *rawSocket { return &rawSocket{} }
 func (*rawSocket) Read([]byte) (int, error) { return 0, errors.ErrUnsupported }
 
 func (*rawSocket) Write([]byte) (int, error) { return 0, errors.ErrUnsupported }
+
+// httpLoop is the HTTP mode's event loop, on Linux only; elsewhere the
+// connections wait in goroutines.
+type httpLoop struct{}
+
+type loopState struct{}
+
+func startHTTPLoops(*Server, int) ([]*httpLoop, error) { return nil, nil }
+
+func stopHTTPLoops([]*httpLoop) {}
+
+func (*httpConn) waitInLoop() loopBack { return backEnd }
+
+func (*httpConn) reclaim(bool) {}

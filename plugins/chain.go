@@ -93,6 +93,8 @@ type Chain struct {
 	// in order; headers is the union of their last answers.
 	headerPolicies []HeaderInputs
 	headers        atomic.Pointer[headerUnion]
+	// immediate: every policy implements Immediate.
+	immediate bool
 
 	// refs counts the holders (Acquire) and carries retiredBit (see
 	// retire.go).
@@ -137,8 +139,11 @@ func NewChain(entries ...ChainEntry) (*Chain, error) {
 			return nil, fmt.Errorf("plugins: chain entry %q: invalid on_error %d", e.Name, e.OnError)
 		}
 	}
-	c := &Chain{entries: append([]ChainEntry(nil), entries...)}
+	c := &Chain{entries: append([]ChainEntry(nil), entries...), immediate: true}
 	for _, e := range c.entries {
+		if _, ok := e.Policy.(Immediate); !ok {
+			c.immediate = false
+		}
 		if hi, ok := e.Policy.(HeaderInputs); ok {
 			c.headerPolicies = append(c.headerPolicies, hi)
 		}
@@ -195,6 +200,12 @@ func (c *Chain) rebuildHeaders() *headerUnion {
 	u.names = slices.Compact(u.names)
 	c.headers.Store(u)
 	return u
+}
+
+// Immediate reports whether every policy of the chain answers from memory
+// (Immediate), so that Decide never waits; an empty (nil) chain does.
+func (c *Chain) Immediate() bool {
+	return c == nil || c.immediate
 }
 
 // Len returns the number of policies.

@@ -353,3 +353,34 @@ func BenchmarkChainRequestHeaders(b *testing.B) {
 		}
 	}
 }
+
+// TestChainImmediate: a chain answers from memory (Immediate) when every
+// policy does — an empty chain too — and not when one policy may wait.
+func TestChainImmediate(t *testing.T) {
+	cidr := NewCIDR(nil, []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")})
+	waits := policyFunc(func(context.Context, *Request) (Decision, error) { return Decision{}, nil })
+	for _, tc := range []struct {
+		name    string
+		entries []ChainEntry
+		want    bool
+	}{
+		{name: "empty", want: true},
+		{name: "cidr", entries: []ChainEntry{{Name: "a", Policy: cidr}}, want: true},
+		{name: "cidr twice", entries: []ChainEntry{{Name: "a", Policy: cidr}, {Name: "b", Policy: cidr}}, want: true},
+		{name: "a policy that may wait", entries: []ChainEntry{{Name: "a", Policy: cidr}, {Name: "b", Policy: waits}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewChain(tc.entries...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Immediate(); got != tc.want {
+				t.Errorf("Immediate() = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	var nilChain *Chain
+	if !nilChain.Immediate() {
+		t.Error("a nil chain is not Immediate")
+	}
+}

@@ -45,4 +45,7 @@ func (p *CIDR) Decide(_ context.Context, req *Request) (Decision, error) {
 	return Decision{}, nil
 }
 
-var _ Policy = (*CIDR)(nil)
+// DecidesImmediately implements Immediate: a CIDR answers from memory.
+func (*CIDR) DecidesImmediately() {}
+
+var _ Immediate = (*CIDR)(nil)

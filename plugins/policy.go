@@ -58,6 +58,17 @@ type Policy interface {
 	Decide(ctx context.Context, req *Request) (Decision, error)
 }
 
+// Immediate is implemented by policies whose Decide answers from memory:
+// it never waits on anything (no I/O, no other process, no lock held
+// across a wait). A caller that serves many connections on one thread
+// (the native HTTP mode's event loops) runs such a chain in place and
+// hands the request to a goroutine of its own otherwise. Out-of-process
+// plugins do not implement it.
+type Immediate interface {
+	Policy
+	DecidesImmediately()
+}
+
 // HeaderInputs is implemented by policies that read request headers
 // (Request.Headers). Callers that build Requests, such as the ext_proc
 // server, collect only the headers some policy of the Chain asks for, and

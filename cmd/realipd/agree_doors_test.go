@@ -65,9 +65,10 @@ func TestDoorsAgree(t *testing.T) {
 
 	cases := agreementCases()
 	cur := decide.NewCurrent(doorsDecider(t, cases[0], nil))
+	reg := prometheus.NewRegistry()
 	srv, err := origdst.New(origdst.Options{
 		Mode: origdst.ModeRedirect, Listen: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")},
-		HTTPPorts: []uint16{app.Port()}, ProxyProtocol: true, Registerer: prometheus.NewRegistry(),
+		HTTPPorts: []uint16{app.Port()}, ProxyProtocol: true, Registerer: reg,
 	}, cur)
 	if err != nil {
 		t.Fatal(err)
@@ -113,6 +114,7 @@ func TestDoorsAgree(t *testing.T) {
 	if len(cases) < 30 {
 		t.Fatalf("the table has %d cases, want at least 30", len(cases))
 	}
+	secondAllowed := 0 // second requests the app answered
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, chain := doorsConfig(t, tc)
@@ -122,7 +124,10 @@ func TestDoorsAgree(t *testing.T) {
 
 			viaExtProc, envoyXFF := askExtProcCase(t, ep, tc, i, app.String(), ipHeader)
 
-			// The HTTP mode.
+			// The HTTP mode, twice on one connection: the first request
+			// is served by the connection's goroutine, which dials the
+			// app; the second, when the first was allowed, by an event
+			// loop (origdst/httploop_linux.go).
 			c := door(t, peer, app)
 			var req strings.Builder
 			fmt.Fprintf(&req, "GET /case HTTP/1.1\r\nHost: %s\r\n", app)
@@ -130,19 +135,28 @@ func TestDoorsAgree(t *testing.T) {
 				fmt.Fprintf(&req, "%s: %s\r\n", h[0], h[1])
 			}
 			req.WriteString("\r\n")
-			if _, err := io.WriteString(c, req.String()); err != nil {
-				t.Fatal(err)
+			br := bufio.NewReader(c)
+			for round := range 2 {
+				if _, err := io.WriteString(c, req.String()); err != nil {
+					t.Fatal(err)
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("request %d: %v", round+1, err)
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkAgreement(t, tc, nativeAnswer(t, resp.StatusCode, body, resp.Header, ipHeader, envoyXFF), viaExtProc)
+				if round == 1 && resp.StatusCode == http.StatusOK {
+					secondAllowed++
+				}
+				if resp.Close {
+					break
+				}
 			}
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkAgreement(t, tc, nativeAnswer(t, resp.StatusCode, body, resp.Header, ipHeader, envoyXFF), viaExtProc)
 
 			// The TCP proxy, against ext_proc on the same peer without
 			// a forwarding header.
@@ -159,6 +173,29 @@ func TestDoorsAgree(t *testing.T) {
 			}
 		})
 	}
+	// The event loops served second requests (not those of a chain with
+	// a plugin policy, which may wait: their goroutines did).
+	byLoop := gatheredCounter(t, reg, "realipd_origdst_http_event_loop_requests_total")
+	t.Logf("event loops served %v of %d second requests allowed", byLoop, secondAllowed)
+	if byLoop == 0 || byLoop > float64(secondAllowed) {
+		t.Errorf("event loops served %v requests; want between 1 and %d (the second requests allowed)", byLoop, secondAllowed)
+	}
+}
+
+// gatheredCounter is the value of the counter name (without labels) in reg.
+func gatheredCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
 }
 
 // doorsConfig parses tc's configuration and builds its chain (tc.policy
