@@ -101,13 +101,22 @@ func loopServed(tb testing.TB, reg *prometheus.Registry) float64 {
 // connection's goroutine with the same answer, after which the loop serves
 // again.
 func TestHTTPEventLoopServes(t *testing.T) {
+	for _, loops := range []int{0, -1} {
+		t.Run(fmt.Sprintf("http_event_loops=%d", loops), func(t *testing.T) { testHTTPEventLoopServes(t, loops) })
+	}
+}
+
+// testHTTPEventLoopServes is TestHTTPEventLoopServes with loops event
+// loops (-1: none, and every request goes through the goroutine with the
+// same answers).
+func testHTTPEventLoopServes(t *testing.T, loops int) {
 	up := echoUpstream(t)
 	chain, err := plugins.NewChain(plugins.ChainEntry{Name: "block", Policy: plugins.NewCIDR(nil, []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := resolver(t, clientip.Config{Strategy: clientip.RightmostTrustedRange, TrustedCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
-	srv, reg := loopServer(t, Settings{Chain: chain, Resolver: r}, up, Options{})
+	srv, reg := loopServer(t, Settings{Chain: chain, Resolver: r}, up, Options{HTTPEventLoops: loops})
 	startSession(t, srv)
 	c := serveOne(t, srv, up)
 	br := bufio.NewReader(c)
@@ -149,6 +158,9 @@ func TestHTTPEventLoopServes(t *testing.T) {
 			if got := fmt.Sprintf("%d %s", resp.StatusCode, body); got != want {
 				t.Errorf("step %d: got %.80q, want %.80q", i, got, want)
 			}
+		}
+		if loops < 0 {
+			step.byLoop = 0
 		}
 		if got := loopServed(t, reg) - before; got != step.byLoop {
 			t.Errorf("step %d: the event loop served %v requests, want %v", i, got, step.byLoop)

@@ -66,6 +66,12 @@ type Options struct {
 	// it for every door (extproc.deny_status unless the policy gives its
 	// own).
 	HTTPPorts []uint16
+	// HTTPEventLoops is the number of the HTTP mode's event loops
+	// (origdst.http_event_loops; httploop_linux.go), where kept-alive
+	// connections wait and their plain requests are served: 0 for half of
+	// GOMAXPROCS (at least one), -1 for none (every connection waits in
+	// its own goroutine). Linux only.
+	HTTPEventLoops int
 	// OriginalSource, in ModeTProxy, dials each TCP connection's upstream
 	// from the client's own address (the TCP peer's IP, a transparent
 	// socket: IP_TRANSPARENT) with SO_MARK TProxyMark instead of Mark, as
@@ -372,7 +378,7 @@ func (srv *Server) begin(ctx context.Context) (end func() error, err error) {
 	var loops []*httpLoop
 	if len(srv.httpPorts) > 0 {
 		var loopErr error
-		if loops, loopErr = startHTTPLoops(srv, runtime.GOMAXPROCS(0)); loopErr != nil {
+		if loops, loopErr = startHTTPLoops(srv, httpEventLoops(srv.opts.HTTPEventLoops)); loopErr != nil {
 			// The goroutines wait in Go's poller instead: slower, the same.
 			srv.log.Warn("origdst: the HTTP mode's event loops could not start; connections wait in goroutines", "error", loopErr)
 		}
@@ -394,6 +400,22 @@ func (srv *Server) begin(ctx context.Context) (end func() error, err error) {
 		stopHTTPLoops(loops)
 		return nil
 	}, nil
+}
+
+// httpEventLoops is the number of event loops Options.HTTPEventLoops
+// asks for. The automatic number, half of GOMAXPROCS, leaves the other
+// half to the goroutines (first requests, bodies, the TCP proxy, the other
+// roles): on the 2-CPU benchmark machine, where realipd shares the CPUs
+// with the client and the application, one loop gave the steadiest tail
+// at the same requests per second (docs/performance.md).
+func httpEventLoops(n int) int {
+	switch {
+	case n > 0:
+		return n
+	case n < 0:
+		return 0
+	}
+	return max(1, (runtime.GOMAXPROCS(0)+1)/2)
 }
 
 // serveListener adds ln to the serving session and accepts on it until

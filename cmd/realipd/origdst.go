@@ -33,6 +33,7 @@ func origdstOptions(cfg *config.Config, logger *slog.Logger, reg prometheus.Regi
 		OriginalSource: o.OriginalSource,
 		TProxyMark:     uint32(o.TProxyMark),
 		HTTPPorts:      httpPorts(o.HTTPPorts),
+		HTTPEventLoops: o.HTTPEventLoops,
 		Logger:         logger,
 		Registerer:     reg,
 	}, nil

@@ -77,6 +77,7 @@ type OrigDst struct {
 	Fallback       string   `json:"fallback"`
 	FallbackGrace  Duration `json:"fallback_grace"` // fallback: auto: how long no Envoy may hold the capture ports before realipd binds them
 	HTTPPorts      []int    `json:"http_ports"`
+	HTTPEventLoops int      `json:"http_event_loops"` // the HTTP mode's event loops: 0 automatic, -1 none
 	ProxyProtocol  bool     `json:"proxy_protocol"`
 	OriginalSource bool     `json:"original_source"` // tproxy: dial the upstream from the client's address
 	DialTimeout    Duration `json:"dial_timeout"`    // connecting to the original destination

@@ -48,6 +48,7 @@ func TestDefaultIsValid(t *testing.T) {
 		{"origdst.idle_timeout", c.OrigDst.IdleTimeout.Duration, time.Hour},
 		{"origdst.drain_timeout", c.OrigDst.DrainTimeout.Duration, 10 * time.Second},
 		{"origdst.max_connections", c.OrigDst.MaxConnections, 10000},
+		{"origdst.http_event_loops", c.OrigDst.HTTPEventLoops, 0},
 	}
 	for _, ck := range checks {
 		if !reflect.DeepEqual(ck.got, ck.want) {
@@ -229,6 +230,11 @@ func TestValidate(t *testing.T) {
 			want: map[string]string{"origdst.dial_timeout": "0s is not a positive duration", "origdst.idle_timeout": "negative",
 				"origdst.drain_timeout": "negative", "origdst.fallback_grace": "negative", "origdst.max_connections": "0 is not a positive"}},
 		{name: "origdst no idle timeout, no drain", yaml: "origdst: {idle_timeout: 0s, drain_timeout: 0s, fallback_grace: 0s}"},
+		{name: "origdst event loops", yaml: "origdst: {http_event_loops: -2}",
+			want: map[string]string{"origdst.http_event_loops": "-2 is not -1 (none), 0 (automatic) or a number of loops up to 1024"}},
+		{name: "origdst event loops too many", yaml: "origdst: {http_event_loops: 1025}",
+			want: map[string]string{"origdst.http_event_loops": "1025 is not"}},
+		{name: "origdst no event loops", yaml: "origdst: {http_event_loops: -1}"},
 		{name: "policy type", yaml: "policies: [{name: a, type: foo}]",
 			want: map[string]string{"policies[0].type": `"foo" is not one of cidr, plugin`}},
 		{name: "policy names", yaml: "policies: [{type: cidr, deny: [10.0.0.0/8]}, {name: a, type: cidr, deny: [10.0.0.0/8]}, {name: a, type: cidr, allow: [10.0.0.0/8]}]",

@@ -16,6 +16,10 @@ import (
 	"github.com/realipd/realipd/listsource"
 )
 
+// maxHTTPEventLoops bounds origdst.http_event_loops (each loop is a
+// goroutine, an epoll set and an eventfd).
+const maxHTTPEventLoops = 1024
+
 // Validate checks every key, records the parsed forms (ClientIP,
 // DenyPrefixes, ListenAddrs...) and normalises extproc.client_ip_header to
 // lower case. It returns nil or a *ValidationError listing every problem,
@@ -289,6 +293,9 @@ func (o *OrigDst) validate(errs *errorList, path string, c *Config) {
 		errs.add(path+".fallback", "auto needs xds.enabled (it watches for an Envoy that has ACKed)")
 	}
 	validatePorts(errs, path+".http_ports", o.HTTPPorts)
+	if o.HTTPEventLoops < -1 || o.HTTPEventLoops > maxHTTPEventLoops {
+		errs.add(path+".http_event_loops", "%d is not -1 (none), 0 (automatic) or a number of loops up to %d", o.HTTPEventLoops, maxHTTPEventLoops)
+	}
 	if o.OriginalSource && o.Mode != "tproxy" {
 		errs.add(path+".original_source", "needs origdst.mode: tproxy (only the TPROXY rules route the answers back to realipd)")
 	}
