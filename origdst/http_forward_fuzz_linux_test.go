@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -21,12 +22,47 @@ import (
 	"github.com/realipd/realipd/plugins"
 )
 
-// countingPolicy allows every request and counts its decisions.
+// countingPolicy allows every request and counts its decisions; it
+// answers from memory (plugins.Immediate), so that the event loops decide
+// with it.
 type countingPolicy struct{ n atomic.Int64 }
 
 func (p *countingPolicy) Decide(context.Context, *plugins.Request) (plugins.Decision, error) {
 	p.n.Add(1)
 	return plugins.Decision{}, nil
+}
+
+func (p *countingPolicy) DecidesImmediately() {}
+
+// loopFailures is a logger that keeps the event loops' reports of a
+// connection they failed on (a recovered panic), which a fuzz target
+// checks: a loop's panic does not reach ServeConn.
+type loopFailures struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *loopFailures) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("event loop failed")) {
+		l.mu.Lock()
+		l.lines = append(l.lines, string(p))
+		l.mu.Unlock()
+	}
+	return len(p), nil
+}
+
+// take returns the reports kept since the last call.
+func (l *loopFailures) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v := l.lines
+	l.lines = nil
+	return v
+}
+
+// logTo makes a server log to w.
+func logTo(w io.Writer) func(*Options) {
+	return func(o *Options) { o.Logger = slog.New(slog.NewTextHandler(w, nil)) }
 }
 
 // checkingUpstream reads requests with net/http on every connection and
@@ -158,7 +194,8 @@ func FuzzHTTPModeForwarding(f *testing.F) {
 	}
 	s := Settings{Chain: chain, Resolver: resolver(f, clientip.Config{Strategy: clientip.RemoteAddr})}
 	var dials atomic.Int64
-	srv, conn := reviewServer(f, current(f, s), up.ln.Addr().(*net.TCPAddr).AddrPort())
+	var failures loopFailures
+	srv, conn := reviewServer(f, current(f, s), up.ln.Addr().(*net.TCPAddr).AddrPort(), logTo(&failures))
 	srv.dialOn = func(dial func()) { dial(); dials.Add(1) }
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, ended := conn(t)
@@ -187,6 +224,9 @@ func FuzzHTTPModeForwarding(f *testing.F) {
 			time.Sleep(time.Millisecond)
 		}
 		if v := up.violations(); len(v) > 0 {
+			t.Fatalf("%q:\n%s", data, strings.Join(v, "\n"))
+		}
+		if v := failures.take(); len(v) > 0 {
 			t.Fatalf("%q:\n%s", data, strings.Join(v, "\n"))
 		}
 		if got, decided := up.requests.Load(), policy.n.Load(); got > decided {
@@ -236,6 +276,98 @@ func FuzzHTTPModeResponses(f *testing.F) {
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatalf("ServeConn has not returned: %q", data)
+		}
+	})
+}
+
+// FuzzHTTPEventLoopResponses has the upstream answer a connection's second
+// request — the one an event loop forwards — with arbitrary bytes, then
+// close, on a server with event loops and on one without: the client gets
+// the same bytes from both (unless either connection was reset), and
+// neither panics nor hangs.
+func FuzzHTTPEventLoopResponses(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+		"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+		"HTTP/1.0 200 OK\r\n\r\nbody until close",
+		"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 304 Not Modified\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"), true)
+	var answer atomic.Pointer[[]byte]
+	up := scriptedUpstream(f, func(c net.Conn, _ int) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		c.Write(*answer.Load())
+	})
+	s := Settings{Resolver: resolver(f, clientip.Config{Strategy: clientip.RemoteAddr})}
+	var failures loopFailures
+	withLoops, reg := loopServer(f, s, up, Options{HTTPEventLoops: 1, Logger: slog.New(slog.NewTextHandler(&failures, nil))})
+	startSession(f, withLoops)
+	withoutLoops, _ := loopServer(f, s, up, Options{HTTPEventLoops: -1})
+	startSession(f, withoutLoops)
+	// exchange sends two requests on a new connection to srv and returns
+	// what came after the first answer, and whether the connection was
+	// reset.
+	exchange := func(t *testing.T, srv *Server, method string) ([]byte, bool) {
+		c, sc := tcpPair(t)
+		ended := make(chan any, 1)
+		go func() {
+			defer func() { ended <- recover() }()
+			srv.ServeConn(sc, up, "fuzz")
+		}()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		first := "GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+		if resp, body := roundTrip(t, c, br, first); resp.StatusCode != 200 || body != "first" {
+			t.Fatalf("first answer: %d %q", resp.StatusCode, body)
+		}
+		io.WriteString(c, method+" /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+		c.CloseWrite()
+		got, err := io.ReadAll(br)
+		reset := err != nil && isReset(err)
+		if err != nil && !reset {
+			t.Fatalf("no end to the answer: %v", err)
+		}
+		select {
+		case p := <-ended:
+			if p != nil {
+				t.Fatalf("panic: %v", p)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("ServeConn has not returned")
+		}
+		return got, reset
+	}
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		answer.Store(&data)
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		before := loopServed(t, reg)
+		viaLoop, loopReset := exchange(t, withLoops, method)
+		if v := failures.take(); len(v) > 0 {
+			t.Fatalf("%q:\n%s", data, strings.Join(v, "\n"))
+		}
+		viaGoroutine, goroutineReset := exchange(t, withoutLoops, method)
+		if !loopReset && !goroutineReset && !bytes.Equal(viaLoop, viaGoroutine) {
+			t.Fatalf("upstream answer %q: with event loops the client got %q, without %q (the loop served %v)", data, viaLoop, viaGoroutine, loopServed(t, reg)-before)
 		}
 	})
 }

@@ -18,7 +18,7 @@ import (
 )
 
 // The HTTP mode's event loops. A kept-alive connection that waits for its
-// next request waits in one of them (GOMAXPROCS loops), not in Go's poller
+// next request waits in one of them (Options.HTTPEventLoops), not in Go's poller
 // on its own: a loop is a goroutine with an epoll set of its connections'
 // sockets, which waits in Go's poller for the set (one wait for all of
 // them), then takes every ready socket the kernel reports, in that order,
