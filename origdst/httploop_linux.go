@@ -154,12 +154,13 @@ func stopHTTPLoops(loops []*httpLoop) {
 	}
 }
 
-// post sends m to the loop; nothing once the loop is told to stop.
-func (l *httpLoop) post(m loopMsg) {
+// post sends m to the loop; false, and nothing sent, once the loop is
+// told to stop or has failed.
+func (l *httpLoop) post(m loopMsg) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
-		return
+		return false
 	}
 	l.stopped = m.stop
 	wake := len(l.inbox) == 0
@@ -174,6 +175,7 @@ func (l *httpLoop) post(m loopMsg) {
 			}
 		}
 	}
+	return true
 }
 
 // poll takes the ready events of the epoll set without waiting (the wait
@@ -205,10 +207,23 @@ func (l *httpLoop) run() {
 	var inbox []loopMsg
 	for {
 		if err := l.epRC.Read(l.pollFn); err != nil {
-			// Cannot happen to an open epoll set: its connections go
-			// back to their goroutines.
-			l.srv.log.Error("origdst: an HTTP event loop failed; its connections wait in goroutines", "error", err)
+			// Cannot happen to an open epoll set. The connections it
+			// holds, and those on their way in, end; from now on post
+			// fails, and the others wait in their goroutines
+			// (waitInLoop).
+			l.srv.log.Error("origdst: an HTTP event loop failed; its connections end, the others wait in goroutines", "error", err)
+			l.mu.Lock()
+			l.stopped = true
+			pending := l.inbox
+			l.inbox = nil
+			l.mu.Unlock()
 			l.giveBackAll()
+			for _, m := range pending {
+				if m.hc != nil && !m.reclaim { // a connection the loop never took
+					m.hc.inLoop.Store(false)
+					m.hc.back <- backEnd
+				}
+			}
 			return
 		}
 		events := l.events[:l.ready]
@@ -562,7 +577,14 @@ func (hc *httpConn) waitInLoop() loopBack {
 		return backEnd
 	}
 	hc.inLoop.Store(true)
-	hc.loop.post(loopMsg{hc: hc})
+	if !hc.loop.post(loopMsg{hc: hc}) {
+		// The loop failed (run): the connection waits in Go's poller.
+		hc.inLoop.Store(false)
+		if !hc.waitRequest() {
+			return backEnd
+		}
+		return backRequest
+	}
 	b := <-hc.back
 	hc.idle.Store(false)
 	return b

@@ -310,3 +310,43 @@ func TestHTTPEventLoopCutAndDrain(t *testing.T) {
 	}
 	t.Logf("drained in %v", time.Since(start))
 }
+
+// TestHTTPEventLoopFailedLoop: should a loop ever fail (its epoll set
+// unusable: "cannot happen", a bug), the connections it held end, and
+// every connection that would wait in it afterwards waits in its own
+// goroutine instead and is served, as the loop's log line says; none
+// waits for the failed loop forever.
+func TestHTTPEventLoopFailedLoop(t *testing.T) {
+	up := echoUpstream(t)
+	r := resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})
+	srv, _ := loopServer(t, Settings{Resolver: r}, up, Options{HTTPEventLoops: 1})
+	startSession(t, srv)
+	srv.mu.Lock()
+	l := srv.loops[0]
+	srv.mu.Unlock()
+	// The failure: the loop's wait in Go's poller fails.
+	if err := l.ep.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop did not end on the failure")
+	}
+	c := serveOne(t, srv, up)
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d after the loop failed: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+}
