@@ -193,6 +193,7 @@ type httpConn struct {
 	respLeft   int             // the response's bytes in upIn a loop could not write (backResponseRest)
 	replayable bool            // the request a loop forwarded may be sent twice (exchange)
 	resumeAt   exchangeStep    // where exchange goes on (backExchange)
+	upStray    bool            // bytes or a close came on up with no request outstanding: it carries no more requests
 	decided    decided         // the decision a loop made (backDecided)
 	preq       plugins.Request
 }

@@ -158,22 +158,22 @@ func replayableRequest(req *h1.Request) bool {
 // carry the next request: nothing came on it since the last response (no
 // close, no stray bytes, which would be taken for the next answer).
 func (hc *httpConn) upstreamReusable() bool {
-	if !hc.upIn.empty() {
+	if !hc.upIn.empty() || hc.upStray {
 		return false
 	}
-	// A connection that answered a moment ago has had no time to be
-	// closed for idleness, the way upstreams close kept-alive
-	// connections without saying so (one that closes after a number of
-	// requests says Connection: close in the last answer): the check, a
-	// system call, is spared on a busy connection.
-	if decide.Monotonic()-hc.upLastUsed < upstreamFreshFor {
-		return true
-	}
+	// Looked at every time (a system call): bytes that came a moment
+	// after the last response are as wrong as later ones. The event
+	// loops, which serve the busy connections, know it from the socket's
+	// edges without a call.
 	return hc.upWaiter.quiet()
 }
 
-// upstreamFreshFor is how long after its last answer a kept-alive
-// upstream connection is used without being checked first.
+// upstreamFreshFor is how long after its last answer an event loop sends a
+// request on a kept-alive upstream connection; an older one goes through
+// the goroutine, which checks it: an upstream that closes idle connections
+// without saying so (one that closes after a number of requests says
+// Connection: close in its last answer) does it after a while, and a
+// request sent as it closes would be lost or sent twice.
 const upstreamFreshFor = 500 * time.Millisecond
 
 // isUpstreamGone reports whether err is the upstream having closed or
@@ -198,7 +198,7 @@ func (hc *httpConn) dialUpstream() error {
 		abort(up)
 		return err
 	}
-	hc.up, hc.upRC, hc.upIO, hc.upWaiter, hc.upServed = up, rc, newRawSocket(rc), newDataWaiter(rc), 0
+	hc.up, hc.upRC, hc.upIO, hc.upWaiter, hc.upServed, hc.upStray = up, rc, newRawSocket(rc), newDataWaiter(rc), 0, false
 	return nil
 }
 

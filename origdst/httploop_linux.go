@@ -300,6 +300,10 @@ func (l *httpLoop) add(hc *httpConn) {
 		return
 	}
 	hc.upRegistered, hc.upRegisteredRC = true, hc.upRC
+	// What came on the upstream connection before the loop had it would
+	// come as an edge, but maybe after the client's next request in the
+	// same batch: looked at now (one system call per entry in the loop).
+	hc.upReady = !hc.upWaiter.quiet()
 	l.serve(hc) // what came before the loop had it
 }
 
@@ -403,6 +407,13 @@ func (l *httpLoop) nextRequest(hc *httpConn) (b loopBack, wait bool) {
 			// edge of its own (a shutdown too: the edge says so).
 			hc.clientReady = false
 		}
+	}
+	if hc.upReady {
+		// Bytes or a close came on the upstream connection while no
+		// request was outstanding: whatever they are, they would be
+		// taken for the next response. It carries no more requests
+		// (upstreamReusable).
+		hc.upStray = true
 	}
 	req := &hc.req
 	if err := h1.ParseRequest(hc.in.data(), req); err != nil {

@@ -350,3 +350,56 @@ func TestHTTPEventLoopFailedLoop(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPEventLoopStrayUpstreamBytes: bytes an upstream sends with no
+// request outstanding (an answer nobody asked for, after the client has had
+// the real one) are never taken for the answer to the client's next
+// request, which goes on a new upstream connection; with the event loops
+// and without.
+func TestHTTPEventLoopStrayUpstreamBytes(t *testing.T) {
+	for _, loops := range []int{0, -1} {
+		t.Run(fmt.Sprintf("http_event_loops=%d", loops), func(t *testing.T) {
+			sendStray, strayed := make(chan struct{}), make(chan struct{})
+			var conns atomic.Int64
+			up := scriptedUpstream(t, func(c net.Conn, _ int) {
+				conns.Add(1)
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					body := "real answer to " + req.URL.Path
+					io.WriteString(c, fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+					if req.URL.Path == "/then-stray" {
+						// Once the client has the answer, so once
+						// realipd has read it: the stray bytes come
+						// after. On loopback they are in realipd's
+						// socket once Write returns.
+						<-sendStray
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!")
+						strayed <- struct{}{}
+					}
+				}
+			})
+			r := resolver(t, clientip.Config{Strategy: clientip.RemoteAddr})
+			srv, _ := loopServer(t, Settings{Resolver: r}, up, Options{HTTPEventLoops: loops})
+			startSession(t, srv)
+			c := serveOne(t, srv, up)
+			br := bufio.NewReader(c)
+			for _, path := range []string{"/first", "/then-stray", "/next", "/after"} {
+				resp, body := roundTrip(t, c, br, "GET "+path+" HTTP/1.1\r\nHost: app\r\n\r\n")
+				if want := "real answer to " + path; resp.StatusCode != 200 || body != want {
+					t.Fatalf("GET %s: %d %q, want %q", path, resp.StatusCode, body, want)
+				}
+				if path == "/then-stray" {
+					sendStray <- struct{}{}
+					<-strayed
+				}
+			}
+			if conns.Load() != 2 {
+				t.Errorf("%d upstream connections, want 2 (the one that sent stray bytes dropped)", conns.Load())
+			}
+		})
+	}
+}
