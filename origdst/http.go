@@ -378,16 +378,23 @@ func (hc *httpConn) act(d *decide.Decider, local *denyCounters, res clientip.Res
 	return hc.forward(d, local, res, o.Headers)
 }
 
-// waitRequest waits for the first bytes of the next request without
-// holding a buffer; false when the connection ends (the client closed,
-// realipd cut it, or a drain began).
-func (hc *httpConn) waitRequest() bool {
+// goIdle marks the connection idle, waiting for its next request, and
+// gives back the buffers it does not need while it waits; false when the
+// drain has begun (a drain that begins after wakes it: drainHTTP).
+func (hc *httpConn) goIdle() bool {
 	hc.in.release()
 	hc.upIn.release()
 	putBuf(hc.outBuf)
 	hc.outBuf, hc.out = nil, nil
 	hc.idle.Store(true)
-	if hc.srv.httpDraining.Load() {
+	return !hc.srv.httpDraining.Load()
+}
+
+// waitRequest waits for the first bytes of the next request without
+// holding a buffer; false when the connection ends (the client closed,
+// realipd cut it, or a drain began).
+func (hc *httpConn) waitRequest() bool {
+	if !hc.goIdle() {
 		return false
 	}
 	n, err := hc.reader.read()

@@ -561,16 +561,8 @@ func (l *httpLoop) awaitResponse(hc *httpConn) (b loopBack, wait bool) {
 		// afterResponse closed it, which took it out of the epoll set.
 		hc.upRegistered = false
 	}
-	if hc.in.empty() {
-		// As waitRequest: no buffer held while waiting.
-		hc.in.release()
-		hc.upIn.release()
-		putBuf(hc.outBuf)
-		hc.outBuf, hc.out = nil, nil
-		hc.idle.Store(true)
-		if hc.srv.httpDraining.Load() {
-			return backEnd, false
-		}
+	if hc.in.empty() && !hc.goIdle() {
+		return backEnd, false
 	}
 	return backNone, false
 }
@@ -579,12 +571,7 @@ func (l *httpLoop) awaitResponse(hc *httpConn) (b loopBack, wait bool) {
 // may serve it, and the ones after, itself; it returns where the loop gave
 // the connection back.
 func (hc *httpConn) waitInLoop() loopBack {
-	hc.in.release()
-	hc.upIn.release()
-	putBuf(hc.outBuf)
-	hc.outBuf, hc.out = nil, nil
-	hc.idle.Store(true)
-	if hc.srv.httpDraining.Load() {
+	if !hc.goIdle() {
 		return backEnd
 	}
 	hc.inLoop.Store(true)

@@ -36,12 +36,17 @@ func newRawSocket(rc syscall.RawConn) *rawSocket {
 // yet, or another error (net.ErrClosed once the socket is closed).
 func (s *rawSocket) readNow(p []byte) (int, error) {
 	s.p, s.n, s.err = p, 0, nil
-	err := s.rc.Control(s.readNowFn)
+	return s.finish(s.rc.Control(s.readNowFn), true)
+}
+
+// finish ends a call that ran with s.p: err is the RawConn's (a closed
+// socket), else the system call's; a read (eof) of nothing is io.EOF.
+func (s *rawSocket) finish(err error, eof bool) (int, error) {
 	s.p = nil
 	if err == nil {
 		err = s.err
 	}
-	if err == nil && s.n == 0 {
+	if eof && err == nil && s.n == 0 {
 		err = io.EOF
 	}
 	return s.n, err
@@ -67,12 +72,7 @@ func (s *rawSocket) readOnce(fd uintptr) {
 // socket is full) or another error.
 func (s *rawSocket) writeNow(p []byte) (int, error) {
 	s.p, s.n, s.err = p, 0, nil
-	err := s.rc.Control(s.writeNowFn)
-	s.p = nil
-	if err == nil {
-		err = s.err
-	}
-	return s.n, err
+	return s.finish(s.rc.Control(s.writeNowFn), false)
 }
 
 func (s *rawSocket) writeWhatFits(fd uintptr) {
@@ -85,12 +85,7 @@ func (s *rawSocket) writeWhatFits(fd uintptr) {
 // Write writes all of p, waiting for room as often as needed.
 func (s *rawSocket) Write(p []byte) (int, error) {
 	s.p, s.n, s.err = p, 0, nil
-	err := s.rc.Write(s.writeFn)
-	s.p = nil
-	if err == nil {
-		err = s.err
-	}
-	return s.n, err
+	return s.finish(s.rc.Write(s.writeFn), false)
 }
 
 func (s *rawSocket) tryWrite(fd uintptr) bool {
@@ -121,15 +116,7 @@ func (s *rawSocket) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	s.p, s.n, s.err = p, 0, nil
-	err := s.rc.Read(s.readFn)
-	s.p = nil
-	if err == nil {
-		err = s.err
-	}
-	if err == nil && s.n == 0 {
-		err = io.EOF
-	}
-	return s.n, err
+	return s.finish(s.rc.Read(s.readFn), true)
 }
 
 func (s *rawSocket) tryRead(fd uintptr) bool {
