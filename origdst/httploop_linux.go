@@ -181,7 +181,9 @@ func (l *httpLoop) post(m loopMsg) bool {
 // poll takes the ready events of the epoll set without waiting (the wait
 // is Go's poller's); true when some came, or an error.
 func (l *httpLoop) poll(fd uintptr) bool {
-	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_WAIT, fd, uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
+	// epoll_pwait without a signal mask: epoll_wait, on every architecture
+	// (arm64 has no epoll_wait).
+	r, _, e := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&l.events[0])), uintptr(len(l.events)), 0, 0, 0)
 	switch e {
 	case 0:
 		l.ready = int(r)
