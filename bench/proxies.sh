@@ -20,7 +20,8 @@
 # (realipd: x-real-ip and X-Forwarded-For; HAProxy: option forwardfor;
 # nginx: X-Real-IP and X-Forwarded-For). The runs are interleaved over
 # ROUNDS rounds of DURATION each; the medians and the ratios to the better
-# of HAProxy and nginx are printed as a Markdown table.
+# of HAProxy and nginx are printed as a Markdown table, then realipd's
+# ratios to each of them.
 #
 # Environment: ROUNDS (3), DURATION (5s), CONNS ("1 32 256"), TCP (1: run
 # iperf3), REALIPD (a built binary; default: go build into a temp dir),
@@ -278,6 +279,21 @@ for scenario in $(for c in $CONNS; do echo "keepalive:c$c"; done) close:c32; do
 		awk -v l="$label" -v t="$t" -v r="$rps" -v p50="$p50" -v p99="$p99" -v br="$best_rps" -v bp="$best_p99" \
 			'BEGIN {printf "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f |\n", l, t, r, p50, p99, (br>0)?r/br:0, (bp>0)?p99/bp:0}'
 	done
+done
+echo
+echo "## realipd against each (ratios of the medians above)"
+echo
+echo "| connections | req/s vs HAProxy | req/s vs nginx | p99 vs HAProxy | p99 vs nginx |"
+echo "|---|---|---|---|---|"
+for scenario in $(for c in $CONNS; do echo "keepalive:c$c"; done) close:c32; do
+	mode="${scenario%%:*}" c="${scenario#*:}"
+	label="${c#c}"
+	[ "$mode" = close ] && label="${c#c}, Connection: close"
+	awk -v l="$label" \
+		-v r="$(stat http "$mode" "$c" realipd 5)" -v h="$(stat http "$mode" "$c" haproxy 5)" -v n="$(stat http "$mode" "$c" nginx 5)" \
+		-v rp="$(stat http "$mode" "$c" realipd 7)" -v hp="$(stat http "$mode" "$c" haproxy 7)" -v np="$(stat http "$mode" "$c" nginx 7)" \
+		'function q(a, b) { return (b > 0) ? sprintf("%.2f", a / b) : "-" }
+		BEGIN {printf "| %s | %s | %s | %s | %s |\n", l, q(r, h), q(r, n), q(rp, hp), q(rp, np)}'
 done
 if [ "$TCP" = 1 ]; then
 	echo
