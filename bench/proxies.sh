@@ -261,12 +261,18 @@ stat() { # kind mode conns target column
 	awk -v k="$1" -v m="$2" -v c="$3" -v t="$4" -v col="$5" '$1==k && $2==m && $3==c && $4==t {print $col}' "$results" | median
 }
 
+# The HTTP scenarios, mode:cN, and their labels in the tables.
+scenarios() { for c in $CONNS; do echo "keepalive:c$c"; done; echo close:c32; }
+label_of() { # mode c
+	if [ "$1" = close ]; then echo "${2#c}, Connection: close"; else echo "${2#c}"; fi
+}
+
 echo
 echo "## HTTP (wrk -t1, $DURATION, medians of $ROUNDS interleaved rounds)"
 echo
 echo "| connections | target | requests/s | p50 ms | p99 ms | req/s vs best of HAProxy, nginx | p99 vs best |"
 echo "|---|---|---|---|---|---|---|"
-for scenario in $(for c in $CONNS; do echo "keepalive:c$c"; done) close:c32; do
+for scenario in $(scenarios); do
 	mode="${scenario%%:*}" c="${scenario#*:}"
 	hrps="$(stat http "$mode" "$c" haproxy 5)" nrps="$(stat http "$mode" "$c" nginx 5)"
 	hp99="$(stat http "$mode" "$c" haproxy 7)" np99="$(stat http "$mode" "$c" nginx 7)"
@@ -274,9 +280,7 @@ for scenario in $(for c in $CONNS; do echo "keepalive:c$c"; done) close:c32; do
 	best_p99="$(awk -v a="$hp99" -v b="$np99" -v ra="$hrps" -v rb="$nrps" 'BEGIN {print (ra>rb)?a:b}')"
 	for t in "${targets[@]}"; do
 		rps="$(stat http "$mode" "$c" "$t" 5)" p50="$(stat http "$mode" "$c" "$t" 6)" p99="$(stat http "$mode" "$c" "$t" 7)"
-		label="${c#c}"
-		[ "$mode" = close ] && label="${c#c}, Connection: close"
-		awk -v l="$label" -v t="$t" -v r="$rps" -v p50="$p50" -v p99="$p99" -v br="$best_rps" -v bp="$best_p99" \
+		awk -v l="$(label_of "$mode" "$c")" -v t="$t" -v r="$rps" -v p50="$p50" -v p99="$p99" -v br="$best_rps" -v bp="$best_p99" \
 			'BEGIN {printf "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f |\n", l, t, r, p50, p99, (br>0)?r/br:0, (bp>0)?p99/bp:0}'
 	done
 done
@@ -285,11 +289,9 @@ echo "## realipd against each (ratios of the medians above)"
 echo
 echo "| connections | req/s vs HAProxy | req/s vs nginx | p99 vs HAProxy | p99 vs nginx |"
 echo "|---|---|---|---|---|"
-for scenario in $(for c in $CONNS; do echo "keepalive:c$c"; done) close:c32; do
+for scenario in $(scenarios); do
 	mode="${scenario%%:*}" c="${scenario#*:}"
-	label="${c#c}"
-	[ "$mode" = close ] && label="${c#c}, Connection: close"
-	awk -v l="$label" \
+	awk -v l="$(label_of "$mode" "$c")" \
 		-v r="$(stat http "$mode" "$c" realipd 5)" -v h="$(stat http "$mode" "$c" haproxy 5)" -v n="$(stat http "$mode" "$c" nginx 5)" \
 		-v rp="$(stat http "$mode" "$c" realipd 7)" -v hp="$(stat http "$mode" "$c" haproxy 7)" -v np="$(stat http "$mode" "$c" nginx 7)" \
 		'function q(a, b) { return (b > 0) ? sprintf("%.2f", a / b) : "-" }
