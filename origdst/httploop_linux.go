@@ -391,24 +391,15 @@ func (l *httpLoop) nextRequest(hc *httpConn) (b loopBack, wait bool) {
 			return backNone, true
 		}
 		hc.in.hold()
-		room := hc.in.room(false)
-		n, err := hc.clientIO.readNow(room)
+		err := hc.readClient(hc.in.room(false))
 		if errors.Is(err, syscall.EAGAIN) {
-			hc.clientReady = false
 			hc.in.release() // wait without it
 			return backNone, true
 		}
 		if err != nil {
 			return backEnd, false // the client closed, or a reset, or a cut
 		}
-		hc.in.w += n
-		hc.pc.touch()
 		hc.idle.Store(false)
-		if n < len(room) && !hc.clientHup {
-			// The socket had no more: what comes next comes with an
-			// edge of its own (a shutdown too: the edge says so).
-			hc.clientReady = false
-		}
 	}
 	if hc.upReady {
 		// Bytes or a close came on the upstream connection while no
@@ -422,19 +413,8 @@ func (l *httpLoop) nextRequest(hc *httpConn) (b loopBack, wait bool) {
 		// The rest of the head has yet to come (its wait is bounded by
 		// the goroutine), or the head is malformed (the goroutine
 		// answers).
-		if room := hc.in.room(false); err == h1.ErrIncomplete && hc.clientReady && len(room) > 0 {
-			n, rerr := hc.clientIO.readNow(room)
-			switch {
-			case rerr == nil:
-				hc.in.w += n
-				hc.pc.touch()
-				if n < len(room) && !hc.clientHup {
-					hc.clientReady = false
-				}
-				return backNone, false // parse again
-			case errors.Is(rerr, syscall.EAGAIN):
-				hc.clientReady = false
-			}
+		if room := hc.in.room(false); err == h1.ErrIncomplete && hc.clientReady && len(room) > 0 && hc.readClient(room) == nil {
+			return backNone, false // parse again
 		}
 		return backRequest, false
 	}
@@ -475,6 +455,26 @@ func (l *httpLoop) nextRequest(hc *httpConn) (b loopBack, wait bool) {
 	}
 	hc.awaiting = true
 	return backNone, false
+}
+
+// readClient reads what the client's socket has into room, the free end
+// of hc.in, without waiting; syscall.EAGAIN when it has nothing.
+func (hc *httpConn) readClient(room []byte) error {
+	n, err := hc.clientIO.readNow(room)
+	if errors.Is(err, syscall.EAGAIN) {
+		hc.clientReady = false
+	}
+	if err != nil {
+		return err
+	}
+	hc.in.w += n
+	hc.pc.touch()
+	if n < len(room) && !hc.clientHup {
+		// The socket had no more: what comes next comes with an edge of
+		// its own (a shutdown too: the edge says so).
+		hc.clientReady = false
+	}
+	return nil
 }
 
 // loopCanForward reports whether the loop may forward req itself: a head
